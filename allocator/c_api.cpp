@@ -1,0 +1,95 @@
+// The C ABI of libactmem_alloc.so (actmem_alloc.h) over the process-wide allocators.
+#include "allocator/actmem_alloc.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <string>
+
+#include "allocator/errors.h"
+#include "allocator/process_allocators.h"
+
+namespace {
+
+using actmem::alloc::ProcessAllocators;
+
+thread_local std::string t_last_error;
+
+// Reads the configuration when the library loads, so a malformed variable stops the process at
+// start rather than at the first allocation.
+__attribute__((constructor)) void check_configuration_at_load() {
+  try {
+    ProcessAllocators::instance();
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "%s\n", error.what());
+    std::_Exit(2);
+  }
+}
+
+[[noreturn]] void die(const std::exception& error) {
+  std::fprintf(stderr, "%s\n", error.what());
+  std::abort();
+}
+
+}  // namespace
+
+extern "C" {
+
+void* actmem_malloc(size_t size, int device, cudaStream_t stream) {
+  if (size == 0) return nullptr;
+  try {
+    return ProcessAllocators::instance().for_device(device).allocate(size, stream);
+  } catch (const std::exception& error) {
+    t_last_error = error.what();
+    std::fprintf(stderr, "%s\n", error.what());
+    return nullptr;
+  }
+}
+
+void actmem_free(void* ptr, size_t /*size*/, int device, cudaStream_t /*stream*/) {
+  if (ptr == nullptr) return;
+  try {
+    ProcessAllocators::instance().for_device(device).deallocate(ptr);
+  } catch (const std::exception& error) {
+    die(error);
+  }
+}
+
+void actmem_record_stream(void* ptr, int device, cudaStream_t stream) {
+  try {
+    ProcessAllocators::instance().for_device(device).record_stream(ptr, stream);
+  } catch (const std::exception& error) {
+    die(error);
+  }
+}
+
+const char* actmem_stats_json(void) {
+  thread_local std::string json;
+  json = ProcessAllocators::instance().stats_json();
+  return json.c_str();
+}
+
+void actmem_empty_cache(void) { ProcessAllocators::instance().empty_cache(); }
+
+void actmem_set_budget(int device, size_t bytes) {
+  try {
+    ProcessAllocators::instance().for_device(device).set_budget(
+        bytes == 0 ? std::nullopt : std::optional<std::size_t>(bytes));
+  } catch (const std::exception& error) {
+    die(error);
+  }
+}
+
+size_t actmem_get_budget(int device) {
+  try {
+    return ProcessAllocators::instance().for_device(device).budget().value_or(0);
+  } catch (const std::exception& error) {
+    die(error);
+  }
+}
+
+const char* actmem_last_error(void) {
+  return t_last_error.empty() ? nullptr : t_last_error.c_str();
+}
+
+}  // extern "C"

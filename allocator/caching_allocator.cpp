@@ -1,0 +1,584 @@
+#include "allocator/caching_allocator.h"
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+#include <map>
+#include <mutex>
+#include <shared_mutex>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+#include <utility>
+
+#include "allocator/block_pool.h"
+#include "allocator/errors.h"
+
+namespace actmem::alloc {
+
+using detail::Block;
+using detail::BlockPool;
+
+namespace {
+
+std::size_t round_up(std::size_t n, std::size_t multiple) {
+  return (n + multiple - 1) / multiple * multiple;
+}
+
+std::size_t round_request(std::size_t bytes) {
+  return bytes < CachingAllocator::kMinBlockSize
+             ? CachingAllocator::kMinBlockSize
+             : round_up(bytes, CachingAllocator::kMinBlockSize);
+}
+
+// The segment a fresh request of `size` (rounded) gets. See Note [Caching allocator layout].
+std::size_t segment_size_for(std::size_t size) {
+  if (size <= CachingAllocator::kSmallSize) return CachingAllocator::kSmallSegment;
+  if (size < CachingAllocator::kMinLargeAlloc) return CachingAllocator::kLargeSegment;
+  return round_up(size, CachingAllocator::kRoundLarge);
+}
+
+std::string pointer_text(const void* ptr) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%p", ptr);
+  return buffer;
+}
+
+}  // namespace
+
+class CachingAllocator::Impl {
+ public:
+  Impl(std::unique_ptr<Backend> backend, std::unique_ptr<StreamEvents> events,
+       AllocatorOptions options)
+      : backend_(std::move(backend)), events_(std::move(events)), options_(options) {
+    if (!backend_) throw std::invalid_argument("actmem: CachingAllocator needs a backend");
+    if (!events_) events_ = std::make_unique<ImmediateEvents>();
+    trace_enabled_ = options_.record_trace;
+  }
+
+  ~Impl() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& [event, block] : pending_) events_->release(event);
+    std::vector<Block*> blocks;
+    for (BlockPool* pool : {&small_, &large_}) {
+      blocks.insert(blocks.end(), pool->blocks.begin(), pool->blocks.end());
+    }
+    for (auto& [ptr, block] : live_) blocks.push_back(block);
+    for (auto& [event, block] : pending_) blocks.push_back(block);
+    std::sort(blocks.begin(), blocks.end());
+    blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
+    for (Block* block : blocks) delete block;
+    for (auto& [start, size] : segments_) backend_->deallocate(reinterpret_cast<void*>(start), size);
+  }
+
+  void* allocate(std::size_t bytes, Stream stream) {
+    if (bytes == 0) return nullptr;
+    const std::size_t size = round_request(bytes);
+    for (int round = 0;; ++round) {
+      std::size_t shortfall = 0;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (options_.budget_bytes && size > *options_.budget_bytes) {
+          throw out_of_memory(bytes, stream, "the request alone exceeds the budget");
+        }
+        if (!pending_.empty()) process_events();
+        BlockPool& pool = size <= kSmallSize ? small_ : large_;
+        if (Block* block = take_free_block(pool, size, stream)) {
+          return hand_out(block, size, bytes, /*cache_hit=*/true);
+        }
+        if (Block* block = new_segment(pool, size, stream)) {
+          return hand_out(block, size, bytes, /*cache_hit=*/false);
+        }
+        if (release_cached_segments() > 0) {
+          if (Block* block = new_segment(pool, size, stream)) {
+            return hand_out(block, size, bytes, /*cache_hit=*/false);
+          }
+        }
+        if (round >= options_.pressure_rounds || handler_count_ == 0) {
+          throw out_of_memory(bytes, stream,
+                              handler_count_ == 0 ? "no pressure handler is registered"
+                                                  : "the pressure handlers could not free enough");
+        }
+        shortfall = shortfall_for(size);
+        ++stats_.pressure_calls;
+      }
+      const std::size_t freed = call_pressure_handlers(shortfall);
+      std::lock_guard<std::mutex> lock(mutex_);
+      stats_.pressure_freed_bytes += static_cast<std::int64_t>(freed);
+      if (freed == 0) {
+        throw out_of_memory(bytes, stream, "the pressure handlers freed nothing");
+      }
+    }
+  }
+
+  void deallocate(void* ptr) {
+    if (ptr == nullptr) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = live_.find(ptr);
+    if (it == live_.end()) throw InvalidPointerError(describe_bad_pointer(ptr, "deallocate"));
+    Block* block = it->second;
+    live_.erase(it);
+    block->allocated = false;
+    stats_.allocated_bytes.decrease(static_cast<std::int64_t>(block->size));
+    stats_.requested_bytes.decrease(static_cast<std::int64_t>(block->requested));
+    stats_.live_blocks.decrease(1);
+    record_trace(TraceEntry::Action::kFree, block->ptr, 0, block->stream);
+    if (block->stream_uses.empty()) {
+      retire(block);
+      return;
+    }
+    for (Stream use : block->stream_uses) {
+      pending_.emplace_back(events_->record(use), block);
+      ++block->pending_events;
+    }
+    block->stream_uses.clear();
+  }
+
+  void record_stream(void* ptr, Stream stream) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    Block* block = live_block(ptr, "record_stream");
+    if (stream == block->stream) return;
+    auto& uses = block->stream_uses;
+    if (std::find(uses.begin(), uses.end(), stream) == uses.end()) uses.push_back(stream);
+  }
+
+  std::size_t block_size(const void* ptr) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return live_block(ptr, "block_size")->size;
+  }
+
+  bool owns(const void* ptr) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return live_.count(const_cast<void*>(ptr)) != 0;
+  }
+
+  bool in_reserved_memory(const void* ptr) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return segment_containing(ptr) != segments_.end();
+  }
+
+  void empty_cache() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!pending_.empty()) process_events();
+    release_cached_segments();
+  }
+
+  void set_budget(std::optional<std::size_t> bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    options_.budget_bytes = bytes;
+    if (over_budget()) release_cached_segments();
+  }
+
+  std::optional<std::size_t> budget() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return options_.budget_bytes;
+  }
+
+  HandlerId add_pressure_handler(PressureHandler handler) {
+    std::unique_lock<std::shared_mutex> handlers_lock(handlers_mutex_);
+    const HandlerId id = next_handler_id_++;
+    handlers_.emplace_back(id, std::move(handler));
+    std::lock_guard<std::mutex> lock(mutex_);
+    handler_count_ = handlers_.size();
+    return id;
+  }
+
+  void remove_pressure_handler(HandlerId id) {
+    std::unique_lock<std::shared_mutex> handlers_lock(handlers_mutex_);
+    handlers_.erase(std::remove_if(handlers_.begin(), handlers_.end(),
+                                   [id](const auto& entry) { return entry.first == id; }),
+                    handlers_.end());
+    std::lock_guard<std::mutex> lock(mutex_);
+    handler_count_ = handlers_.size();
+  }
+
+  AllocatorStats stats() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    AllocatorStats s = stats_;
+    s.budget_bytes = static_cast<std::int64_t>(options_.budget_bytes.value_or(0));
+    s.largest_free_block_bytes = static_cast<std::int64_t>(largest_free_block());
+    return s;
+  }
+
+  void reset_peak_stats() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (Stat* stat : {&stats_.allocated_bytes, &stats_.requested_bytes, &stats_.reserved_bytes,
+                       &stats_.active_bytes, &stats_.segments, &stats_.live_blocks}) {
+      stat->reset_peak();
+    }
+    stats_.fragmentation_at_peak_bytes = stats_.reserved_bytes.current -
+                                         stats_.allocated_bytes.current;
+    stats_.reserved_at_peak_bytes = stats_.reserved_bytes.current;
+  }
+
+  void set_trace_enabled(bool enabled) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    trace_enabled_ = enabled;
+  }
+  std::vector<TraceEntry> trace() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return trace_;
+  }
+  void clear_trace() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    trace_.clear();
+  }
+
+  const Backend& backend() const { return *backend_; }
+
+  void check_invariants();
+
+ private:
+  // --- Finding and handing out blocks (mutex_ held) ---
+
+  Block* take_free_block(BlockPool& pool, std::size_t size, Stream stream) {
+    Block key;
+    key.stream = stream;
+    key.size = size;
+    auto it = pool.blocks.lower_bound(&key);
+    if (it == pool.blocks.end() || (*it)->stream != stream) return nullptr;
+    Block* block = *it;
+    // An oversize block (> max_split_size) serves only requests of its own scale, so small
+    // requests cannot pin a big block, and a big request does not take a much bigger one.
+    if (size < options_.max_split_size && block->size >= options_.max_split_size) return nullptr;
+    if (size >= options_.max_split_size && block->size >= size + kLargeSegment) return nullptr;
+    pool.blocks.erase(it);
+    return block;
+  }
+
+  bool fits_budget(std::size_t segment) const {
+    return !options_.budget_bytes ||
+           static_cast<std::size_t>(stats_.reserved_bytes.current) + segment <=
+               *options_.budget_bytes;
+  }
+
+  bool over_budget() const {
+    return options_.budget_bytes &&
+           static_cast<std::size_t>(stats_.reserved_bytes.current) > *options_.budget_bytes;
+  }
+
+  // A fresh segment for a request of `size`, or nullptr if the budget or the backend refuses.
+  Block* new_segment(BlockPool& pool, std::size_t size, Stream stream) {
+    std::size_t segment = segment_size_for(size);
+    void* ptr = nullptr;
+    if (fits_budget(segment)) ptr = backend_->allocate(segment);
+    // Under pressure a request that would get a shared 20 MiB segment takes only its own size.
+    const std::size_t own = round_up(size, kRoundLarge);
+    if (ptr == nullptr && !pool.is_small && own < segment && fits_budget(own)) {
+      segment = own;
+      ptr = backend_->allocate(segment);
+    }
+    if (ptr == nullptr) return nullptr;
+    ++stats_.backend_allocs;
+    stats_.reserved_bytes.increase(static_cast<std::int64_t>(segment));
+    stats_.segments.increase(1);
+    segments_.emplace(reinterpret_cast<std::uintptr_t>(ptr), segment);
+    record_trace(TraceEntry::Action::kSegmentAlloc, ptr, segment, stream);
+    Block* block = new Block;
+    block->ptr = static_cast<char*>(ptr);
+    block->size = segment;
+    block->stream = stream;
+    block->pool = &pool;
+    return block;
+  }
+
+  bool should_split(const Block& block, std::size_t size) const {
+    const std::size_t remaining = block.size - size;
+    if (block.pool->is_small) return remaining >= kMinBlockSize;
+    return size < options_.max_split_size && remaining > kSmallSize;
+  }
+
+  // Marks `block` allocated for a request of `requested` bytes (`size` once rounded), splitting
+  // off the remainder when it is worth keeping.
+  void* hand_out(Block* block, std::size_t size, std::size_t requested, bool cache_hit) {
+    if (should_split(*block, size)) {
+      Block* rest = new Block;
+      rest->ptr = block->ptr + size;
+      rest->size = block->size - size;
+      rest->stream = block->stream;
+      rest->pool = block->pool;
+      rest->prev = block;
+      rest->next = block->next;
+      if (rest->next != nullptr) rest->next->prev = rest;
+      block->next = rest;
+      block->size = size;
+      block->pool->blocks.insert(rest);
+      ++stats_.splits;
+    }
+    block->allocated = true;
+    block->requested = requested;
+    live_.emplace(block->ptr, block);
+    const auto block_bytes = static_cast<std::int64_t>(block->size);
+    stats_.allocated_bytes.increase(block_bytes);
+    stats_.requested_bytes.increase(static_cast<std::int64_t>(requested));
+    stats_.active_bytes.increase(block_bytes);
+    stats_.live_blocks.increase(1);
+    ++stats_.allocations;
+    if (cache_hit) ++stats_.cache_hits;
+    if (stats_.allocated_bytes.current == stats_.allocated_bytes.peak) {
+      stats_.fragmentation_at_peak_bytes =
+          stats_.reserved_bytes.current - stats_.allocated_bytes.current;
+      stats_.reserved_at_peak_bytes = stats_.reserved_bytes.current;
+    }
+    record_trace(TraceEntry::Action::kAlloc, block->ptr, requested, block->stream);
+    return block->ptr;
+  }
+
+  // --- Returning blocks (mutex_ held) ---
+
+  // A block no stream uses any more: merge it with free neighbours and put it back in its pool.
+  void retire(Block* block) {
+    stats_.active_bytes.decrease(static_cast<std::int64_t>(block->size));
+    BlockPool& pool = *block->pool;
+    if (block->prev != nullptr && block->prev->is_free()) {
+      Block* prev = block->prev;
+      pool.blocks.erase(prev);
+      block->ptr = prev->ptr;
+      block->size += prev->size;
+      block->prev = prev->prev;
+      if (block->prev != nullptr) block->prev->next = block;
+      delete prev;
+      ++stats_.merges;
+    }
+    if (block->next != nullptr && block->next->is_free()) {
+      Block* next = block->next;
+      pool.blocks.erase(next);
+      block->size += next->size;
+      block->next = next->next;
+      if (block->next != nullptr) block->next->prev = block;
+      delete next;
+      ++stats_.merges;
+    }
+    if (block->is_whole_segment() && over_budget()) {
+      release_segment(block);
+      return;
+    }
+    pool.blocks.insert(block);
+  }
+
+  void process_events() {
+    auto done = std::stable_partition(pending_.begin(), pending_.end(), [this](const auto& entry) {
+      return !events_->is_complete(entry.first);
+    });
+    std::vector<std::pair<Event, Block*>> completed(done, pending_.end());
+    pending_.erase(done, pending_.end());
+    for (auto& [event, block] : completed) {
+      events_->release(event);
+      if (--block->pending_events == 0) retire(block);
+    }
+  }
+
+  void release_segment(Block* block) {
+    backend_->deallocate(block->ptr, block->size);
+    ++stats_.backend_frees;
+    stats_.reserved_bytes.decrease(static_cast<std::int64_t>(block->size));
+    stats_.segments.decrease(1);
+    segments_.erase(reinterpret_cast<std::uintptr_t>(block->ptr));
+    record_trace(TraceEntry::Action::kSegmentFree, block->ptr, block->size, block->stream);
+    delete block;
+  }
+
+  // Returns every free whole segment to the backend; the bytes released.
+  std::size_t release_cached_segments() {
+    std::size_t released = 0;
+    for (BlockPool* pool : {&small_, &large_}) {
+      for (auto it = pool->blocks.begin(); it != pool->blocks.end();) {
+        Block* block = *it;
+        if (!block->is_whole_segment()) {
+          ++it;
+          continue;
+        }
+        it = pool->blocks.erase(it);
+        released += block->size;
+        release_segment(block);
+      }
+    }
+    return released;
+  }
+
+  // --- Pressure and errors ---
+
+  std::size_t shortfall_for(std::size_t size) const {
+    if (!options_.budget_bytes) return size;  // the backend itself is out of memory
+    const std::size_t reserved = static_cast<std::size_t>(stats_.reserved_bytes.current);
+    const std::size_t smallest = size <= kSmallSize ? kSmallSegment : round_up(size, kRoundLarge);
+    return reserved + smallest > *options_.budget_bytes
+               ? reserved + smallest - *options_.budget_bytes
+               : size;
+  }
+
+  std::size_t call_pressure_handlers(std::size_t bytes_needed) {
+    std::shared_lock<std::shared_mutex> handlers_lock(handlers_mutex_);
+    std::size_t freed = 0;
+    for (auto& [id, handler] : handlers_) {
+      if (freed >= bytes_needed) break;
+      freed += handler(bytes_needed - freed);
+    }
+    return freed;
+  }
+
+  std::size_t largest_free_block() const {
+    std::size_t largest = 0;
+    for (const BlockPool* pool : {&small_, &large_}) {
+      for (const Block* block : pool->blocks) largest = std::max(largest, block->size);
+    }
+    return largest;
+  }
+
+  OutOfMemoryError out_of_memory(std::size_t bytes, Stream stream, const char* why) {
+    ++stats_.ooms;
+    record_trace(TraceEntry::Action::kOom, nullptr, bytes, stream);
+    const auto& s = stats_;
+    std::string message = "actmem: out of memory: tried to allocate " +
+                          format_bytes(static_cast<std::int64_t>(bytes)) + " on the " +
+                          backend_->name() + " backend";
+    if (options_.budget_bytes) {
+      message += " within a budget of " +
+                 format_bytes(static_cast<std::int64_t>(*options_.budget_bytes));
+    }
+    message += "; allocated " + format_bytes(s.allocated_bytes.current) + ", reserved " +
+               format_bytes(s.reserved_bytes.current) + ", cached (reserved, not allocated) " +
+               format_bytes(s.reserved_bytes.current - s.allocated_bytes.current) +
+               ", largest free block " +
+               format_bytes(static_cast<std::int64_t>(largest_free_block())) + " (" + why + ")";
+    return OutOfMemoryError(message, bytes);
+  }
+
+  std::map<std::uintptr_t, std::size_t>::const_iterator segment_containing(const void* ptr) const {
+    const auto address = reinterpret_cast<std::uintptr_t>(ptr);
+    auto it = segments_.upper_bound(address);
+    if (it == segments_.begin()) return segments_.end();
+    --it;
+    return address < it->first + it->second ? it : segments_.end();
+  }
+
+  std::string describe_bad_pointer(const void* ptr, const char* operation) const {
+    std::string message = std::string("actmem: ") + operation + "(" + pointer_text(ptr) + "): ";
+    if (segment_containing(ptr) != segments_.end()) {
+      return message +
+             "not a live allocation, though it lies in memory actmem reserved: a double free, "
+             "or a pointer into the middle of a block";
+    }
+    return message + "this pointer was never allocated by actmem (" + backend_->name() +
+           " backend)";
+  }
+
+  Block* live_block(const void* ptr, const char* operation) const {
+    auto it = live_.find(const_cast<void*>(ptr));
+    if (it == live_.end()) throw InvalidPointerError(describe_bad_pointer(ptr, operation));
+    return it->second;
+  }
+
+  void record_trace(TraceEntry::Action action, const void* ptr, std::size_t bytes, Stream stream) {
+    if (!trace_enabled_) return;
+    if (trace_.size() >= options_.trace_capacity) return;
+    trace_.push_back(TraceEntry{action, reinterpret_cast<std::uintptr_t>(ptr), bytes,
+                                reinterpret_cast<std::uintptr_t>(stream)});
+  }
+
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<StreamEvents> events_;
+  AllocatorOptions options_;
+
+  mutable std::mutex mutex_;  // guards everything below except the handlers
+  BlockPool small_{true};
+  BlockPool large_{false};
+  std::unordered_map<void*, Block*> live_;
+  std::vector<std::pair<Event, Block*>> pending_;  // freed blocks waiting on other streams
+  std::map<std::uintptr_t, std::size_t> segments_;  // start -> size
+  AllocatorStats stats_;
+  bool trace_enabled_ = false;
+  std::vector<TraceEntry> trace_;
+  std::size_t handler_count_ = 0;
+
+  // Held shared while handlers run (never together with mutex_), exclusively to change them.
+  std::shared_mutex handlers_mutex_;
+  std::vector<std::pair<HandlerId, PressureHandler>> handlers_;
+  HandlerId next_handler_id_ = 1;
+};
+
+void CachingAllocator::Impl::check_invariants() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto fail = [](const std::string& what) { throw std::logic_error("actmem invariant: " + what); };
+  std::vector<const Block*> blocks;
+  for (const BlockPool* pool : {&small_, &large_}) {
+    for (const Block* b : pool->blocks) {
+      if (!b->is_free()) fail("a block in a pool is not free");
+      if (b->pool != pool) fail("a block sits in the wrong pool");
+      blocks.push_back(b);
+    }
+  }
+  std::int64_t allocated = 0;
+  for (const auto& [ptr, b] : live_) {
+    if (!b->allocated || b->ptr != ptr) fail("the live map disagrees with its block");
+    allocated += static_cast<std::int64_t>(b->size);
+    blocks.push_back(b);
+  }
+  for (const auto& [event, b] : pending_) blocks.push_back(b);
+  std::sort(blocks.begin(), blocks.end(),
+            [](const Block* a, const Block* b) { return a->ptr < b->ptr; });
+  blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
+  if (allocated != stats_.allocated_bytes.current) fail("allocated bytes do not add up");
+
+  std::int64_t reserved = 0;
+  std::size_t index = 0;
+  for (const auto& [start, size] : segments_) {
+    reserved += static_cast<std::int64_t>(size);
+    const char* cursor = reinterpret_cast<const char*>(start);
+    const Block* previous = nullptr;
+    while (cursor < reinterpret_cast<const char*>(start) + size) {
+      if (index >= blocks.size() || blocks[index]->ptr != cursor) {
+        fail("the blocks do not tile a segment (gap or overlap)");
+      }
+      const Block* b = blocks[index++];
+      if (b->prev != previous) fail("a block's prev link is wrong");
+      if (previous != nullptr && previous->next != b) fail("a block's next link is wrong");
+      if (previous != nullptr && previous->is_free() && b->is_free()) {
+        fail("two free neighbours were not merged");
+      }
+      if (reinterpret_cast<std::uintptr_t>(b->ptr) % Backend::kAlignment != 0) {
+        fail("a block is misaligned");
+      }
+      previous = b;
+      cursor += b->size;
+    }
+    if (cursor != reinterpret_cast<const char*>(start) + size) fail("a block overruns its segment");
+    if (previous != nullptr && previous->next != nullptr) fail("a segment's last block has a next");
+  }
+  if (index != blocks.size()) fail("a block lies outside every segment");
+  if (reserved != stats_.reserved_bytes.current) fail("reserved bytes do not add up");
+}
+
+CachingAllocator::CachingAllocator(std::unique_ptr<Backend> backend,
+                                   std::unique_ptr<StreamEvents> events, AllocatorOptions options)
+    : impl_(std::make_unique<Impl>(std::move(backend), std::move(events), options)) {}
+CachingAllocator::CachingAllocator(std::unique_ptr<Backend> backend, AllocatorOptions options)
+    : CachingAllocator(std::move(backend), std::make_unique<ImmediateEvents>(), options) {}
+CachingAllocator::~CachingAllocator() = default;
+
+void* CachingAllocator::allocate(std::size_t bytes, Stream stream) {
+  return impl_->allocate(bytes, stream);
+}
+void CachingAllocator::deallocate(void* ptr) { impl_->deallocate(ptr); }
+void CachingAllocator::record_stream(void* ptr, Stream stream) { impl_->record_stream(ptr, stream); }
+std::size_t CachingAllocator::block_size(const void* ptr) const { return impl_->block_size(ptr); }
+bool CachingAllocator::owns(const void* ptr) const { return impl_->owns(ptr); }
+bool CachingAllocator::in_reserved_memory(const void* ptr) const {
+  return impl_->in_reserved_memory(ptr);
+}
+void CachingAllocator::empty_cache() { impl_->empty_cache(); }
+void CachingAllocator::set_budget(std::optional<std::size_t> bytes) { impl_->set_budget(bytes); }
+std::optional<std::size_t> CachingAllocator::budget() const { return impl_->budget(); }
+CachingAllocator::HandlerId CachingAllocator::add_pressure_handler(PressureHandler handler) {
+  return impl_->add_pressure_handler(std::move(handler));
+}
+void CachingAllocator::remove_pressure_handler(HandlerId id) { impl_->remove_pressure_handler(id); }
+AllocatorStats CachingAllocator::stats() const { return impl_->stats(); }
+void CachingAllocator::reset_peak_stats() { impl_->reset_peak_stats(); }
+void CachingAllocator::set_trace_enabled(bool enabled) { impl_->set_trace_enabled(enabled); }
+std::vector<TraceEntry> CachingAllocator::trace() const { return impl_->trace(); }
+void CachingAllocator::clear_trace() { impl_->clear_trace(); }
+const Backend& CachingAllocator::backend() const { return impl_->backend(); }
+void CachingAllocator::check_invariants() const { impl_->check_invariants(); }
+
+}  // namespace actmem::alloc

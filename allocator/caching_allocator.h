@@ -1,0 +1,109 @@
+// The caching allocator: the core of actmem's memory management.
+//
+// Contract:
+// - allocate(bytes, stream) returns memory aligned to 512 bytes for use on `stream`, or throws
+//   OutOfMemoryError; allocate(0) returns nullptr. deallocate(ptr) returns it; deallocate(nullptr)
+//   does nothing; any other pointer that is not a live allocation throws InvalidPointerError and
+//   changes nothing.
+// - A freed block is reused at once by requests on its own stream; if record_stream(ptr, other)
+//   was called, it is reused only after the work queued on `other` when it was freed completes.
+// - The budget caps reserved bytes. A request that would cross it first releases cached free
+//   segments, then asks the pressure handlers (without holding the allocator's lock) to free
+//   memory, retries, and only then throws OutOfMemoryError.
+// - Every public member is thread-safe.
+//
+// Note [Caching allocator layout]
+// Requests are rounded up to 512 bytes. Requests of at most 1 MiB come from the small pool, cut
+// from 2 MiB segments; larger ones from the large pool, cut from 20 MiB segments (requests under
+// 10 MiB) or from segments of their own size rounded up to 2 MiB. Each pool is an ordered set of
+// free blocks keyed by (stream, size, address), so the best fit on a stream is one lower_bound.
+// A block bigger than the request is split when the remainder is worth keeping (at least 512 B in
+// the small pool, more than 1 MiB in the large one); a freed block is merged with free neighbours
+// in its segment, so a segment whose blocks are all free becomes one block again and can be
+// returned to the backend. Under budget pressure, a request that would need a 20 MiB segment takes
+// one of its own rounded size instead.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "allocator/backend.h"
+#include "allocator/config.h"
+#include "allocator/stats.h"
+#include "allocator/stream_events.h"
+#include "allocator/trace.h"
+
+namespace actmem::alloc {
+
+class CachingAllocator {
+ public:
+  // Told how many bytes the allocator is short of; frees what it can (by releasing allocations
+  // back to this allocator) and returns how many bytes it freed, 0 when it could free nothing.
+  using PressureHandler = std::function<std::size_t(std::size_t bytes_needed)>;
+  using HandlerId = std::uint64_t;
+
+  static constexpr std::size_t kMinBlockSize = 512;
+  static constexpr std::size_t kSmallSize = std::size_t{1} << 20;
+  static constexpr std::size_t kSmallSegment = std::size_t{2} << 20;
+  static constexpr std::size_t kLargeSegment = std::size_t{20} << 20;
+  static constexpr std::size_t kMinLargeAlloc = std::size_t{10} << 20;
+  static constexpr std::size_t kRoundLarge = std::size_t{2} << 20;
+
+  CachingAllocator(std::unique_ptr<Backend> backend, std::unique_ptr<StreamEvents> events,
+                   AllocatorOptions options = {});
+  // Host streams: every event completes at once.
+  explicit CachingAllocator(std::unique_ptr<Backend> backend, AllocatorOptions options = {});
+  // Returns every segment to the backend. Allocations still live become dangling.
+  ~CachingAllocator();
+
+  CachingAllocator(const CachingAllocator&) = delete;
+  CachingAllocator& operator=(const CachingAllocator&) = delete;
+
+  void* allocate(std::size_t bytes, Stream stream = kDefaultStream);
+  void deallocate(void* ptr);
+  void record_stream(void* ptr, Stream stream);
+
+  // The rounded size of the live allocation at `ptr`; throws InvalidPointerError otherwise.
+  std::size_t block_size(const void* ptr) const;
+  // True when `ptr` is the start of a live allocation.
+  bool owns(const void* ptr) const;
+  // True when `ptr` lies anywhere inside memory this allocator reserved.
+  bool in_reserved_memory(const void* ptr) const;
+
+  // Returns every cached segment that holds no live block to the backend.
+  void empty_cache();
+
+  // Caps reserved bytes (nullopt: no cap). Lowering it releases cached segments at once and
+  // others as they become free.
+  void set_budget(std::optional<std::size_t> bytes);
+  std::optional<std::size_t> budget() const;
+
+  // Handlers are called in the order they were added. remove_pressure_handler waits for calls in
+  // progress to return, so a handler must not remove itself.
+  HandlerId add_pressure_handler(PressureHandler handler);
+  void remove_pressure_handler(HandlerId id);
+
+  AllocatorStats stats() const;
+  void reset_peak_stats();
+
+  void set_trace_enabled(bool enabled);
+  std::vector<TraceEntry> trace() const;
+  void clear_trace();
+
+  const Backend& backend() const;
+
+  // Checks the pools against the stats: blocks tile their segments without overlap, free
+  // neighbours are merged, byte counts add up. Throws std::logic_error describing the first
+  // violation. O(blocks); for tests.
+  void check_invariants() const;
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace actmem::alloc

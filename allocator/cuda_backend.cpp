@@ -1,0 +1,91 @@
+#include "allocator/cuda_backend.h"
+
+#include <string>
+
+#include "allocator/errors.h"
+
+namespace actmem::alloc {
+namespace {
+
+// Makes `device` current for the scope, restoring the previous one.
+class DeviceGuard {
+ public:
+  DeviceGuard(const CudaRuntime& runtime, int device) : runtime_(runtime) {
+    if (runtime_.get_device(&previous_) != cudaSuccess) previous_ = device;
+    if (previous_ != device) runtime_.set_device(device);
+    device_ = device;
+  }
+  ~DeviceGuard() {
+    if (previous_ != device_) runtime_.set_device(previous_);
+  }
+
+ private:
+  const CudaRuntime& runtime_;
+  int previous_ = 0;
+  int device_ = 0;
+};
+
+void check(const CudaRuntime& runtime, cudaError_t error, const char* what) {
+  if (error != cudaSuccess) {
+    throw AllocatorError(std::string("actmem: ") + what + " failed: " +
+                         runtime.get_error_string(error));
+  }
+}
+
+}  // namespace
+
+bool CudaRuntime::complete() const {
+  return malloc && free && mem_get_info && get_device && set_device && get_device_count &&
+         event_create_with_flags && event_record && event_query && event_destroy &&
+         get_last_error && get_error_string;
+}
+
+void* CudaBackend::do_allocate(std::size_t bytes) {
+  DeviceGuard guard(runtime_, device_);
+  void* ptr = nullptr;
+  if (runtime_.malloc(&ptr, bytes) != cudaSuccess) {
+    runtime_.get_last_error();  // clear the sticky out-of-memory error, as PyTorch does
+    return nullptr;
+  }
+  return ptr;
+}
+
+void CudaBackend::do_deallocate(void* ptr, std::size_t /*bytes*/) {
+  DeviceGuard guard(runtime_, device_);
+  check(runtime_, runtime_.free(ptr), "cudaFree");
+}
+
+Event CudaEvents::record(Stream stream) {
+  DeviceGuard guard(runtime_, device_);
+  cudaEvent_t event = nullptr;
+  check(runtime_, runtime_.event_create_with_flags(&event, cudaEventDisableTiming),
+        "cudaEventCreateWithFlags");
+  check(runtime_, runtime_.event_record(event, static_cast<cudaStream_t>(stream)),
+        "cudaEventRecord");
+  return event;
+}
+
+bool CudaEvents::is_complete(Event event) {
+  const cudaError_t status = runtime_.event_query(static_cast<cudaEvent_t>(event));
+  if (status == cudaErrorNotReady) {
+    runtime_.get_last_error();
+    return false;
+  }
+  check(runtime_, status, "cudaEventQuery");
+  return true;
+}
+
+void CudaEvents::release(Event event) {
+  runtime_.event_destroy(static_cast<cudaEvent_t>(event));
+}
+
+int cuda_device_count(const CudaRuntime& runtime) {
+  int count = 0;
+  if (runtime.get_device_count(&count) != cudaSuccess) {
+    runtime.get_last_error();
+    return 0;
+  }
+  return count;
+}
+
+}  // namespace actmem::alloc

@@ -1,0 +1,42 @@
+// The errors the allocator reports. Each message names the problem and the numbers behind it.
+#pragma once
+
+#include <cstddef>
+#include <stdexcept>
+#include <string>
+
+namespace actmem::alloc {
+
+// Base of every error the allocator throws.
+class AllocatorError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// A request could not be met: within the budget, after cached segments were released and the
+// pressure handlers were asked. what() names requested, allocated, reserved, cached bytes and the
+// largest free block.
+class OutOfMemoryError : public AllocatorError {
+ public:
+  OutOfMemoryError(const std::string& message, std::size_t requested_bytes)
+      : AllocatorError(message), requested_bytes_(requested_bytes) {}
+  std::size_t requested_bytes() const noexcept { return requested_bytes_; }
+
+ private:
+  std::size_t requested_bytes_;
+};
+
+// deallocate or record_stream got a pointer that is not a live allocation: never allocated, freed
+// twice, or pointing inside a block.
+class InvalidPointerError : public AllocatorError {
+ public:
+  using AllocatorError::AllocatorError;
+};
+
+// An environment variable or ACTMEM_ALLOC_CONF entry is unknown or malformed.
+class ConfigError : public AllocatorError {
+ public:
+  using AllocatorError::AllocatorError;
+};
+
+}  // namespace actmem::alloc

@@ -1,0 +1,253 @@
+// libactmem_preload.so: serves a program's cudaMalloc/cudaFree from actmem's caching allocator.
+//
+//   LD_PRELOAD=libactmem_preload.so ACTMEM_BUDGET=6GiB python train.py
+//
+// Interposes cudaMalloc, cudaFree, cudaMallocAsync, cudaFreeAsync and cudaMemGetInfo on programs
+// that link libcudart dynamically (PyTorch's wheels do; with PYTORCH_NO_CUDA_MEMORY_CACHING=1
+// every tensor then comes through here). Segments come from the real functions, found with
+// dlsym(RTLD_NEXT, ...).
+//
+// Contracts:
+// - Never recurses: a call made while this thread is already inside the shim goes straight to the
+//   real function.
+// - A pointer the shim did not hand out is passed to the real cudaFree; one that lies inside
+//   memory the shim reserved but is not a live allocation (a double free, an interior pointer) is
+//   refused with cudaErrorInvalidValue and a message on stderr, never passed on.
+// - cudaFree keeps CUDA's contract that it synchronizes the device before memory is reused;
+//   cudaFreeAsync is stream-ordered: the block is reused on another stream only after the work
+//   queued on the freeing stream completes.
+// - With no CUDA device (or ACTMEM_BACKEND=host) everything passes through untouched.
+#include <cuda_runtime_api.h>
+#include <dlfcn.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+
+#include "allocator/caching_allocator.h"
+#include "allocator/cuda_runtime.h"
+#include "allocator/errors.h"
+#include "allocator/export.h"
+#include "allocator/process_allocators.h"
+
+namespace actmem::alloc {
+namespace {
+
+struct RealCuda {
+  CudaRuntime runtime{};
+  cudaError_t (*device_synchronize)() = nullptr;
+  bool ok = false;
+};
+
+template <typename Fn>
+void next_symbol(Fn*& fn, const char* name) {
+  fn = reinterpret_cast<Fn*>(dlsym(RTLD_NEXT, name));
+}
+
+const RealCuda& real_cuda() {
+  static const RealCuda real = [] {
+    RealCuda r;
+    CudaRuntime& rt = r.runtime;
+    next_symbol(rt.malloc, "cudaMalloc");
+    next_symbol(rt.free, "cudaFree");
+    next_symbol(rt.mem_get_info, "cudaMemGetInfo");
+    next_symbol(rt.get_device, "cudaGetDevice");
+    next_symbol(rt.set_device, "cudaSetDevice");
+    next_symbol(rt.get_device_count, "cudaGetDeviceCount");
+    next_symbol(rt.event_create_with_flags, "cudaEventCreateWithFlags");
+    next_symbol(rt.event_record, "cudaEventRecord");
+    next_symbol(rt.event_query, "cudaEventQuery");
+    next_symbol(rt.event_destroy, "cudaEventDestroy");
+    next_symbol(rt.get_last_error, "cudaGetLastError");
+    next_symbol(rt.get_error_string, "cudaGetErrorString");
+    next_symbol(r.device_synchronize, "cudaDeviceSynchronize");
+    r.ok = rt.complete() && r.device_synchronize != nullptr;
+    return r;
+  }();
+  return real;
+}
+
+thread_local int t_depth = 0;  // > 0 while this thread is inside the shim
+
+class ShimScope {
+ public:
+  ShimScope() { ++t_depth; }
+  ~ShimScope() { --t_depth; }
+  static bool nested() { return t_depth > 0; }
+};
+
+// The allocators, or nullptr when the shim passes everything through.
+ProcessAllocators* managed() {
+  if (!real_cuda().ok) return nullptr;
+  ProcessAllocators& allocators = ProcessAllocators::instance();
+  return allocators.backend_kind() == BackendKind::kCuda ? &allocators : nullptr;
+}
+
+int current_device() {
+  int device = 0;
+  real_cuda().runtime.get_device(&device);
+  return device;
+}
+
+// The allocator that handed out `ptr`, or nullptr.
+CachingAllocator* owner_of(ProcessAllocators& allocators, const void* ptr) {
+  for (int device = 0; device < ProcessAllocators::kMaxDevices; ++device) {
+    CachingAllocator* allocator = allocators.existing(device);
+    if (allocator != nullptr && allocator->owns(ptr)) return allocator;
+  }
+  return nullptr;
+}
+
+bool inside_reserved_memory(ProcessAllocators& allocators, const void* ptr) {
+  for (int device = 0; device < ProcessAllocators::kMaxDevices; ++device) {
+    CachingAllocator* allocator = allocators.existing(device);
+    if (allocator != nullptr && allocator->in_reserved_memory(ptr)) return true;
+  }
+  return false;
+}
+
+cudaError_t shim_malloc(void** ptr, size_t size, cudaStream_t stream) {
+  ProcessAllocators* allocators = managed();
+  if (allocators == nullptr) return cudaErrorInitializationError;
+  if (ptr == nullptr) return cudaErrorInvalidValue;
+  *ptr = nullptr;
+  if (size == 0) return cudaSuccess;
+  try {
+    *ptr = allocators->for_device(current_device()).allocate(size, stream);
+    return cudaSuccess;
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "%s\n", error.what());
+    return cudaErrorMemoryAllocation;
+  }
+}
+
+// Returns `ptr` to its allocator; cudaErrorNotSupported when the shim does not own it.
+cudaError_t shim_free(void* ptr, cudaStream_t stream, bool stream_ordered) {
+  ProcessAllocators* allocators = managed();
+  if (allocators == nullptr || ptr == nullptr) return cudaErrorNotSupported;
+  CachingAllocator* owner = owner_of(*allocators, ptr);
+  if (owner == nullptr) {
+    if (!inside_reserved_memory(*allocators, ptr)) return cudaErrorNotSupported;
+    std::fprintf(stderr,
+                 "actmem: cudaFree(%p): not a live allocation, though it lies in memory actmem "
+                 "reserved: a double free, or a pointer into the middle of a block\n",
+                 ptr);
+    return cudaErrorInvalidValue;
+  }
+  try {
+    if (stream_ordered) {
+      owner->record_stream(ptr, stream);
+    } else {
+      real_cuda().device_synchronize();  // cudaFree's own contract
+    }
+    owner->deallocate(ptr);
+    return cudaSuccess;
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "%s\n", error.what());
+    return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace
+
+namespace detail {
+const CudaRuntime* resolve_cuda_runtime() {
+  return real_cuda().ok ? &real_cuda().runtime : nullptr;
+}
+}  // namespace detail
+
+namespace {
+// A malformed ACTMEM_* variable stops the program at start, with the variable named.
+__attribute__((constructor)) void check_configuration_at_load() {
+  try {
+    ProcessAllocators::instance();
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "%s\n", error.what());
+    std::_Exit(2);
+  }
+}
+}  // namespace
+
+}  // namespace actmem::alloc
+
+using actmem::alloc::real_cuda;
+using actmem::alloc::ShimScope;
+
+extern "C" {
+
+ACTMEM_EXPORT cudaError_t cudaMalloc(void** ptr, size_t size) {
+  if (ShimScope::nested()) return real_cuda().runtime.malloc(ptr, size);
+  ShimScope scope;
+  const cudaError_t status = actmem::alloc::shim_malloc(ptr, size, nullptr);
+  if (status == cudaErrorInitializationError && real_cuda().runtime.malloc != nullptr) {
+    return real_cuda().runtime.malloc(ptr, size);
+  }
+  return status;
+}
+
+ACTMEM_EXPORT cudaError_t cudaMallocAsync(void** ptr, size_t size, cudaStream_t stream) {
+  static const auto real = reinterpret_cast<cudaError_t (*)(void**, size_t, cudaStream_t)>(
+      dlsym(RTLD_NEXT, "cudaMallocAsync"));
+  if (ShimScope::nested()) return real ? real(ptr, size, stream) : cudaErrorNotSupported;
+  ShimScope scope;
+  const cudaError_t status = actmem::alloc::shim_malloc(ptr, size, stream);
+  if (status == cudaErrorInitializationError) {
+    return real ? real(ptr, size, stream) : cudaErrorNotSupported;
+  }
+  return status;
+}
+
+ACTMEM_EXPORT cudaError_t cudaFree(void* ptr) {
+  if (ShimScope::nested()) return real_cuda().runtime.free(ptr);
+  ShimScope scope;
+  const cudaError_t status = actmem::alloc::shim_free(ptr, nullptr, /*stream_ordered=*/false);
+  if (status == cudaErrorNotSupported) {
+    return real_cuda().runtime.free ? real_cuda().runtime.free(ptr) : cudaErrorInitializationError;
+  }
+  return status;
+}
+
+ACTMEM_EXPORT cudaError_t cudaFreeAsync(void* ptr, cudaStream_t stream) {
+  static const auto real =
+      reinterpret_cast<cudaError_t (*)(void*, cudaStream_t)>(dlsym(RTLD_NEXT, "cudaFreeAsync"));
+  if (ShimScope::nested()) return real ? real(ptr, stream) : cudaErrorNotSupported;
+  ShimScope scope;
+  const cudaError_t status = actmem::alloc::shim_free(ptr, stream, /*stream_ordered=*/true);
+  if (status == cudaErrorNotSupported) return real ? real(ptr, stream) : cudaErrorNotSupported;
+  return status;
+}
+
+// Free and total memory as a program sees it within ACTMEM_BUDGET: total is the budget (when it is
+// below the device's memory); free is what the program could still allocate, counting memory the
+// cache holds but no allocation uses.
+ACTMEM_EXPORT cudaError_t cudaMemGetInfo(size_t* free, size_t* total) {
+  const auto& real = real_cuda().runtime;
+  if (real.mem_get_info == nullptr) return cudaErrorInitializationError;
+  const cudaError_t status = real.mem_get_info(free, total);
+  if (status != cudaSuccess || ShimScope::nested() || free == nullptr || total == nullptr) {
+    return status;
+  }
+  ShimScope scope;
+  actmem::alloc::ProcessAllocators* allocators = actmem::alloc::managed();
+  if (allocators == nullptr) return status;
+  actmem::alloc::CachingAllocator* allocator =
+      allocators->existing(actmem::alloc::current_device());
+  const auto stats = allocator != nullptr ? allocator->stats() : actmem::alloc::AllocatorStats{};
+  const size_t cached =
+      static_cast<size_t>(stats.reserved_bytes.current - stats.allocated_bytes.current);
+  size_t new_free = *free + cached;
+  size_t new_total = *total;
+  const size_t budget = allocator != nullptr ? allocator->budget().value_or(0)
+                                             : allocators->config().allocator.budget_bytes.value_or(0);
+  if (budget != 0 && budget < new_total) {
+    new_total = budget;
+    const size_t allocated = static_cast<size_t>(stats.allocated_bytes.current);
+    const size_t headroom = budget > allocated ? budget - allocated : 0;
+    if (headroom < new_free) new_free = headroom;
+  }
+  *free = new_free < new_total ? new_free : new_total;
+  *total = new_total;
+  return cudaSuccess;
+}
+
+}  // extern "C"

@@ -1,0 +1,56 @@
+// The process-wide allocators behind the C ABI and the LD_PRELOAD shim: one CachingAllocator per
+// device, configured once from the environment (ProcessConfig::from_environment).
+//
+// The instance is created on first use and never destroyed: memory may still be freed by other
+// static destructors after main returns. When ACTMEM_STATS or ACTMEM_TRACE name a file, it is
+// written at exit.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "allocator/caching_allocator.h"
+#include "allocator/config.h"
+
+namespace actmem::alloc {
+
+class ProcessAllocators {
+ public:
+  static constexpr int kMaxDevices = 64;
+
+  // Throws ConfigError when the environment is malformed.
+  static ProcessAllocators& instance();
+
+  const ProcessConfig& config() const { return config_; }
+
+  // The allocator of `device` (ignored, and 0 used, on the host backend); created on first use.
+  // Throws AllocatorError for a device number out of range or a CUDA backend that cannot start.
+  CachingAllocator& for_device(int device);
+  // The allocator of `device` if it was created, else nullptr.
+  CachingAllocator* existing(int device);
+
+  // Which backend the allocators use, once resolved ("host" or "cuda").
+  BackendKind backend_kind();
+
+  // {"devices":{"0":{...stats...}}} for every device created so far.
+  std::string stats_json();
+  void empty_cache();
+
+  // Writes the stats and trace files that the configuration names.
+  void write_files();
+
+ private:
+  explicit ProcessAllocators(ProcessConfig config);
+  std::unique_ptr<CachingAllocator> make_allocator(int device);
+
+  ProcessConfig config_;
+  std::mutex mutex_;  // guards creation
+  std::once_flag backend_resolved_;
+  BackendKind backend_ = BackendKind::kAuto;
+  std::array<std::atomic<CachingAllocator*>, kMaxDevices> allocators_{};
+};
+
+}  // namespace actmem::alloc
