@@ -47,6 +47,9 @@ std::string pointer_text(const void* ptr) {
 }  // namespace
 
 class CachingAllocator::Impl {
+  using PoolNode = std::set<Block*, detail::BlockOrder>::node_type;
+  using LiveNode = std::unordered_map<void*, Block*>::node_type;
+
  public:
   Impl(std::unique_ptr<Backend> backend, std::unique_ptr<StreamEvents> events,
        AllocatorOptions options)
@@ -68,6 +71,7 @@ class CachingAllocator::Impl {
     std::sort(blocks.begin(), blocks.end());
     blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
     for (Block* block : blocks) delete block;
+    for (Block* block : spare_blocks_) delete block;
     for (auto& [start, size] : segments_) backend_->deallocate(reinterpret_cast<void*>(start), size);
   }
 
@@ -117,7 +121,11 @@ class CachingAllocator::Impl {
     auto it = live_.find(ptr);
     if (it == live_.end()) throw InvalidPointerError(describe_bad_pointer(ptr, "deallocate"));
     Block* block = it->second;
-    live_.erase(it);
+    if (spare_live_nodes_.size() < kSpareNodes) {
+      spare_live_nodes_.push_back(live_.extract(it));
+    } else {
+      live_.erase(it);
+    }
     block->allocated = false;
     stats_.allocated_bytes.decrease(static_cast<std::int64_t>(block->size));
     stats_.requested_bytes.decrease(static_cast<std::int64_t>(block->requested));
@@ -242,7 +250,7 @@ class CachingAllocator::Impl {
     // requests cannot pin a big block, and a big request does not take a much bigger one.
     if (size < options_.max_split_size && block->size >= options_.max_split_size) return nullptr;
     if (size >= options_.max_split_size && block->size >= size + kLargeSegment) return nullptr;
-    pool.blocks.erase(it);
+    release_node(pool.blocks.extract(it));
     return block;
   }
 
@@ -274,7 +282,7 @@ class CachingAllocator::Impl {
     stats_.segments.increase(1);
     segments_.emplace(reinterpret_cast<std::uintptr_t>(ptr), segment);
     record_trace(TraceEntry::Action::kSegmentAlloc, ptr, segment, stream);
-    Block* block = new Block;
+    Block* block = new_block();
     block->ptr = static_cast<char*>(ptr);
     block->size = segment;
     block->stream = stream;
@@ -292,7 +300,7 @@ class CachingAllocator::Impl {
   // off the remainder when it is worth keeping.
   void* hand_out(Block* block, std::size_t size, std::size_t requested, bool cache_hit) {
     if (should_split(*block, size)) {
-      Block* rest = new Block;
+      Block* rest = new_block();
       rest->ptr = block->ptr + size;
       rest->size = block->size - size;
       rest->stream = block->stream;
@@ -302,12 +310,12 @@ class CachingAllocator::Impl {
       if (rest->next != nullptr) rest->next->prev = rest;
       block->next = rest;
       block->size = size;
-      block->pool->blocks.insert(rest);
+      insert_free(*block->pool, rest);
       ++stats_.splits;
     }
     block->allocated = true;
     block->requested = requested;
-    live_.emplace(block->ptr, block);
+    insert_live(block);
     const auto block_bytes = static_cast<std::int64_t>(block->size);
     stats_.allocated_bytes.increase(block_bytes);
     stats_.requested_bytes.increase(static_cast<std::int64_t>(requested));
@@ -324,6 +332,59 @@ class CachingAllocator::Impl {
     return block->ptr;
   }
 
+  // --- Recycling: the steady state allocates nothing itself (mutex_ held) ---
+  //
+  // Splitting and merging would otherwise cost a set node, a map node and a Block per
+  // allocate/free pair; C++17 node handles let those be reused.
+
+  static constexpr std::size_t kSpareNodes = 64;
+
+  Block* new_block() {
+    if (spare_blocks_.empty()) return new Block;
+    Block* block = spare_blocks_.back();
+    spare_blocks_.pop_back();
+    return block;
+  }
+
+  void delete_block(Block* block) {
+    if (spare_blocks_.size() >= kSpareNodes) {
+      delete block;
+      return;
+    }
+    std::vector<Stream> uses = std::move(block->stream_uses);
+    uses.clear();
+    *block = Block{};
+    block->stream_uses = std::move(uses);
+    spare_blocks_.push_back(block);
+  }
+
+  void release_node(PoolNode node) {
+    if (spare_pool_nodes_.size() < kSpareNodes) spare_pool_nodes_.push_back(std::move(node));
+  }
+
+  void insert_free(BlockPool& pool, Block* block) {
+    if (spare_pool_nodes_.empty()) {
+      pool.blocks.insert(block);
+      return;
+    }
+    PoolNode node = std::move(spare_pool_nodes_.back());
+    spare_pool_nodes_.pop_back();
+    node.value() = block;
+    pool.blocks.insert(std::move(node));
+  }
+
+  void insert_live(Block* block) {
+    if (spare_live_nodes_.empty()) {
+      live_.emplace(block->ptr, block);
+      return;
+    }
+    LiveNode node = std::move(spare_live_nodes_.back());
+    spare_live_nodes_.pop_back();
+    node.key() = block->ptr;
+    node.mapped() = block;
+    live_.insert(std::move(node));
+  }
+
   // --- Returning blocks (mutex_ held) ---
 
   // A block no stream uses any more: merge it with free neighbours and put it back in its pool.
@@ -332,28 +393,28 @@ class CachingAllocator::Impl {
     BlockPool& pool = *block->pool;
     if (block->prev != nullptr && block->prev->is_free()) {
       Block* prev = block->prev;
-      pool.blocks.erase(prev);
+      release_node(pool.blocks.extract(prev));
       block->ptr = prev->ptr;
       block->size += prev->size;
       block->prev = prev->prev;
       if (block->prev != nullptr) block->prev->next = block;
-      delete prev;
+      delete_block(prev);
       ++stats_.merges;
     }
     if (block->next != nullptr && block->next->is_free()) {
       Block* next = block->next;
-      pool.blocks.erase(next);
+      release_node(pool.blocks.extract(next));
       block->size += next->size;
       block->next = next->next;
       if (block->next != nullptr) block->next->prev = block;
-      delete next;
+      delete_block(next);
       ++stats_.merges;
     }
     if (block->is_whole_segment() && over_budget()) {
       release_segment(block);
       return;
     }
-    pool.blocks.insert(block);
+    insert_free(pool, block);
   }
 
   void process_events() {
@@ -375,7 +436,7 @@ class CachingAllocator::Impl {
     stats_.segments.decrease(1);
     segments_.erase(reinterpret_cast<std::uintptr_t>(block->ptr));
     record_trace(TraceEntry::Action::kSegmentFree, block->ptr, block->size, block->stream);
-    delete block;
+    delete_block(block);
   }
 
   // Returns every free whole segment to the backend; the bytes released.
@@ -484,6 +545,9 @@ class CachingAllocator::Impl {
   BlockPool small_{true};
   BlockPool large_{false};
   std::unordered_map<void*, Block*> live_;
+  std::vector<PoolNode> spare_pool_nodes_;
+  std::vector<LiveNode> spare_live_nodes_;
+  std::vector<Block*> spare_blocks_;
   std::vector<std::pair<Event, Block*>> pending_;  // freed blocks waiting on other streams
   std::map<std::uintptr_t, std::size_t> segments_;  // start -> size
   AllocatorStats stats_;

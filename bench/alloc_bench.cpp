@@ -1,0 +1,141 @@
+// Allocator micro-benchmarks. Every figure that matters is a ratio against a baseline measured in
+// the same run (the machines are shared and noisy): the cached pair against glibc malloc/free and
+// against the uncached backend, printed by BaselineRatioReporter at the end.
+#include <benchmark/benchmark.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <random>
+#include <vector>
+
+#include "allocator/caching_allocator.h"
+#include "allocator/host_backend.h"
+#include "allocator/trace.h"
+#include "bench/baseline_ratio_reporter.h"
+
+namespace actmem::alloc {
+namespace {
+
+void size_args(benchmark::internal::Benchmark* b) {
+  for (long bytes : {512L, 4L << 10, 64L << 10, 1L << 20, 4L << 20, 32L << 20}) b->Arg(bytes);
+}
+
+// One allocate + free of the same size, served from the cache after the first iteration.
+void BM_CachedPair(benchmark::State& state) {
+  CachingAllocator allocator(std::make_unique<HostBackend>());
+  const auto bytes = static_cast<std::size_t>(state.range(0));
+  for (auto _ : state) {
+    void* p = allocator.allocate(bytes);
+    benchmark::DoNotOptimize(p);
+    allocator.deallocate(p);
+  }
+  const AllocatorStats s = allocator.stats();
+  state.counters["backend_allocs"] = static_cast<double>(s.backend_allocs);
+  state.counters["hit_rate"] = s.cache_hit_rate();
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_CachedPair)->Apply(size_args);
+
+// glibc malloc/free of the same size: the baseline a host allocator is judged against.
+void BM_MallocPair(benchmark::State& state) {
+  const auto bytes = static_cast<std::size_t>(state.range(0));
+  for (auto _ : state) {
+    void* p = std::malloc(bytes);
+    benchmark::DoNotOptimize(p);
+    std::free(p);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_MallocPair)->Apply(size_args);
+
+// The backend without the cache (aligned_alloc/free of the segment-rounded size).
+void BM_BackendPair(benchmark::State& state) {
+  HostBackend backend;
+  const auto bytes = static_cast<std::size_t>(state.range(0));
+  for (auto _ : state) {
+    void* p = backend.allocate(bytes);
+    benchmark::DoNotOptimize(p);
+    backend.deallocate(p, bytes);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_BackendPair)->Apply(size_args);
+
+// Many live blocks with random sizes (log-uniform, 512 B to 16 MiB) and random lifetimes.
+// Reports reserved bytes at the allocated peak over the peak itself: what caching and
+// fragmentation cost in memory.
+void BM_RandomWorkload(benchmark::State& state) {
+  const int live_target = static_cast<int>(state.range(0));
+  CachingAllocator allocator(std::make_unique<HostBackend>());
+  std::mt19937_64 rng(42);
+  std::uniform_real_distribution<double> exponent(9.0, 24.0);
+  std::vector<void*> live;
+  for (auto _ : state) {
+    if (static_cast<int>(live.size()) < live_target && (live.empty() || rng() % 2 == 0)) {
+      live.push_back(allocator.allocate(static_cast<std::size_t>(std::exp2(exponent(rng)))));
+    } else {
+      const std::size_t i = rng() % live.size();
+      allocator.deallocate(live[i]);
+      live[i] = live.back();
+      live.pop_back();
+    }
+  }
+  for (void* p : live) allocator.deallocate(p);
+  const AllocatorStats s = allocator.stats();
+  state.counters["peak_allocated_MiB"] = static_cast<double>(s.allocated_bytes.peak) / (1 << 20);
+  state.counters["peak_reserved_MiB"] = static_cast<double>(s.reserved_bytes.peak) / (1 << 20);
+  state.counters["reserved_over_peak_allocated"] =
+      static_cast<double>(s.reserved_bytes.peak) / static_cast<double>(s.allocated_bytes.peak);
+  state.counters["reserved_at_peak_over_peak"] =
+      static_cast<double>(s.reserved_at_peak_bytes) / static_cast<double>(s.allocated_bytes.peak);
+  state.counters["hit_rate"] = s.cache_hit_rate();
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_RandomWorkload)->Arg(64)->Arg(512);
+
+// A training step's allocation pattern, recorded once and replayed: forward allocates activations
+// of varied sizes with short-lived temporaries between them, backward frees them in reverse.
+std::vector<TraceEntry> training_step_trace() {
+  AllocatorOptions options;
+  options.record_trace = true;
+  CachingAllocator recorder(std::make_unique<HostBackend>(), options);
+  std::mt19937 rng(3);
+  std::vector<void*> activations;
+  for (int layer = 0; layer < 200; ++layer) {
+    activations.push_back(recorder.allocate((rng() % 8192 + 1) * 1024));
+    recorder.deallocate(recorder.allocate((rng() % 2048 + 1) * 1024));
+  }
+  while (!activations.empty()) {
+    recorder.deallocate(activations.back());
+    activations.pop_back();
+  }
+  return recorder.trace();
+}
+
+void BM_TraceReplay(benchmark::State& state) {
+  const std::vector<TraceEntry> trace = training_step_trace();
+  CachingAllocator allocator(std::make_unique<HostBackend>());
+  replay(trace, allocator);  // warm-up: the first step reserves what the step needs
+  const std::int64_t warm_backend_allocs = allocator.stats().backend_allocs;
+  std::size_t allocations = 0;
+  for (auto _ : state) allocations += replay(trace, allocator).allocations;
+  const AllocatorStats s = allocator.stats();
+  state.counters["steady_backend_allocs"] =
+      static_cast<double>(s.backend_allocs - warm_backend_allocs);
+  state.counters["allocs_per_step"] = static_cast<double>(allocations) / state.iterations();
+  state.SetItemsProcessed(static_cast<std::int64_t>(allocations));
+}
+BENCHMARK(BM_TraceReplay);
+
+}  // namespace
+}  // namespace actmem::alloc
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  actmem::bench::BaselineRatioReporter reporter({{"BM_CachedPair", "BM_MallocPair"},
+                                                 {"BM_CachedPair", "BM_BackendPair"}});
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,52 @@
+#include "policy/policy_config.h"
+
+#include <cstdlib>
+#include <stdexcept>
+
+#include "allocator/config.h"
+#include "allocator/errors.h"
+#include "policy/policy.h"
+
+namespace actmem {
+
+PolicyConfig PolicyConfig::from_environment(
+    const std::function<const char*(const char*)>& getenv) {
+  const auto get = [&](const char* name) -> const char* {
+    return getenv ? getenv(name) : std::getenv(name);
+  };
+  PolicyConfig config;
+#if defined(ACTMEM_HAVE_CUDA_TORCH)
+  config.offload_min_bytes = std::size_t{1} << 20;
+#endif
+  if (const char* policy = get("ACTMEM_POLICY")) {
+    try {
+      make_policy(policy);
+    } catch (const std::invalid_argument& error) {
+      throw std::invalid_argument(std::string("ACTMEM_POLICY='") + policy + "': " + error.what());
+    }
+    config.policy = policy;
+  }
+  if (const char* min_bytes = get("ACTMEM_OFFLOAD_MIN_BYTES")) {
+    try {
+      config.offload_min_bytes = alloc::parse_bytes(min_bytes, "ACTMEM_OFFLOAD_MIN_BYTES");
+    } catch (const alloc::ConfigError& error) {
+      throw std::invalid_argument(error.what());
+    }
+  }
+  if (const char* log = get("ACTMEM_LOG")) {
+    const std::string level = log;
+    if (level == "off") {
+      config.log = LogLevel::kOff;
+    } else if (level == "info") {
+      config.log = LogLevel::kInfo;
+    } else if (level == "debug") {
+      config.log = LogLevel::kDebug;
+    } else {
+      throw std::invalid_argument("actmem: ACTMEM_LOG='" + level +
+                                  "' is invalid: expected off, info or debug");
+    }
+  }
+  return config;
+}
+
+}  // namespace actmem

@@ -1,0 +1,26 @@
+// The policy's environment variables, read and checked once:
+//   ACTMEM_POLICY             keep | recompute | offload (default keep)
+//   ACTMEM_OFFLOAD_MIN_BYTES  tensors smaller than this are kept (default 1 MiB on CUDA, 64 KiB on
+//                             the CPU build, where tensors are smaller)
+//   ACTMEM_LOG                off | info | debug (default off)
+// A malformed value throws std::invalid_argument naming the variable and the valid values.
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <string>
+
+namespace actmem {
+
+enum class LogLevel { kOff, kInfo, kDebug };
+
+struct PolicyConfig {
+  std::string policy = "keep";
+  std::size_t offload_min_bytes = 64 * 1024;
+  LogLevel log = LogLevel::kOff;
+
+  static PolicyConfig from_environment(
+      const std::function<const char*(const char*)>& getenv = nullptr);
+};
+
+}  // namespace actmem

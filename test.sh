@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test: installs missing Debian packages, builds, runs ctest.
+#
+#   ./test.sh                     the release build, all tests
+#   ./test.sh --preset asan       another preset: release, debug, asan (address+undefined), tsan
+#   ./test.sh -R Conformance      anything else is passed to ctest
+set -euo pipefail
+cd "$(dirname "$0")"
+source scripts/setup.sh
+
+preset=release
+if [[ ${1:-} == --preset ]]; then
+  preset=${2:?"--preset needs a name: release, debug, asan, tsan"}
+  shift 2
+fi
+if [[ ${1:-} == --help || ${1:-} == -h ]]; then
+  sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+  exit 0
+fi
+
+actmem_install_missing
+actmem_build "$preset"
+ctest --preset "$preset" "$@"

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs the build tree into a temporary prefix and builds a downstream project against it
+# with find_package(actmem CONFIG REQUIRED).  Usage: install_test.sh BUILD_DIR SOURCE_DIR
+set -euo pipefail
+build=$1 source=$2
+prefix=$(mktemp -d)
+trap 'rm -rf "$prefix"' EXIT
+cmake --install "$build" --prefix "$prefix" >/dev/null
+cmake -S "$source/tests/install/downstream" -B "$prefix/downstream-build" -G Ninja \
+  -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
+cmake --build "$prefix/downstream-build" >/dev/null
+"$prefix/downstream-build/downstream"
