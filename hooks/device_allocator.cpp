@@ -3,14 +3,19 @@
 #include <cstring>
 
 namespace actmem {
+namespace {
+// The context is the pointer itself; the deleter finds the allocator through the installed one.
+void free_device_block(void* ptr) {
+  if (ptr != nullptr) installed_device_allocator()->caching_allocator().deallocate(ptr);
+}
+}  // namespace
+
 c10::DataPtr DeviceAllocator::allocate(size_t bytes) ACTMEM_ALLOCATE_CONST {
   void* ptr = allocator_.allocate(bytes);
-  // The context is the pointer itself; the deleter finds the allocator through the installed one.
-  return {ptr, ptr, [](void* p) {
-            if (p != nullptr) installed_device_allocator()->caching_allocator().deallocate(p);
-          },
-          c10::Device(c10::DeviceType::CPU)};
+  return {ptr, ptr, &free_device_block, c10::Device(c10::DeviceType::CPU)};
 }
+
+c10::DeleterFnPtr DeviceAllocator::raw_deleter() const { return &free_device_block; }
 
 #if ACTMEM_TORCH_AT_LEAST(2, 0)
 void DeviceAllocator::copy_data(void* dest, const void* src, std::size_t count) const {

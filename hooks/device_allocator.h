@@ -15,7 +15,8 @@ class DeviceAllocator final : public c10::Allocator {
   explicit DeviceAllocator(alloc::CachingAllocator& allocator) : allocator_(allocator) {}
 
   c10::DataPtr allocate(size_t bytes) ACTMEM_ALLOCATE_CONST override;
-  c10::DeleterFnPtr raw_deleter() const override { return nullptr; }
+  // Non-null: some kernels (mkldnn's) use raw_allocate/raw_deallocate.
+  c10::DeleterFnPtr raw_deleter() const override;
 #if ACTMEM_TORCH_AT_LEAST(2, 0)
   void copy_data(void* dest, const void* src, std::size_t count) const override;
 #endif

@@ -1,0 +1,168 @@
+#include "hooks/segment.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+
+#include <algorithm>
+#include <chrono>
+#include <stdexcept>
+
+#include "hooks/segment_frame.h"
+
+namespace actmem {
+namespace detail {
+
+thread_local std::shared_ptr<SegmentFrame> t_forward_frame;
+
+namespace {
+
+thread_local SegmentFrame* t_capturing_frame = nullptr;
+
+// Thrown by capture() once the rerun produced every tensor it must: stops the rerun early.
+struct StopRerun {};
+
+// Restores the CPU generator and the module's buffers when a rerun ends, however it ends.
+class RerunGuard {
+ public:
+  RerunGuard(SegmentFrame& frame) : frame_(frame) {
+    at::Generator generator = at::detail::getDefaultCPUGenerator();
+    {
+      std::lock_guard<std::mutex> lock(generator.mutex());
+      rng_before_ = generator.clone();
+      generator.set_state(frame.cpu_rng.get_state());
+    }
+    if (frame.module != nullptr) {
+      at::NoGradGuard no_grad;
+      for (const at::Tensor& buffer : frame.module->buffers()) buffers_.push_back(buffer.clone());
+    }
+    previous_capture_ = t_capturing_frame;
+    previous_forward_ = std::move(t_forward_frame);
+    t_capturing_frame = &frame;
+    t_forward_frame = nullptr;
+  }
+  ~RerunGuard() {
+    t_capturing_frame = previous_capture_;
+    t_forward_frame = std::move(previous_forward_);
+    at::Generator generator = at::detail::getDefaultCPUGenerator();
+    {
+      std::lock_guard<std::mutex> lock(generator.mutex());
+      generator.set_state(rng_before_.get_state());
+    }
+    if (frame_.module != nullptr) {
+      at::NoGradGuard no_grad;
+      std::size_t i = 0;
+      for (at::Tensor buffer : frame_.module->buffers()) buffer.copy_(buffers_[i++]);
+    }
+  }
+
+ private:
+  SegmentFrame& frame_;
+  at::Generator rng_before_;
+  std::vector<at::Tensor> buffers_;
+  SegmentFrame* previous_capture_;
+  std::shared_ptr<SegmentFrame> previous_forward_;
+};
+
+}  // namespace
+
+const std::shared_ptr<SegmentFrame>& forward_frame() { return t_forward_frame; }
+SegmentFrame* capturing_frame() { return t_capturing_frame; }
+
+void SegmentFrame::capture(const at::Tensor& tensor) {
+  const std::int64_t index = capture_index_++;
+  if (index < packs && wanted[index]) recomputed_[index] = tensor.detach();
+  if (index >= last_wanted_) throw StopRerun{};
+}
+
+void SegmentFrame::rerun() {
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    if (inputs[i]._version() != input_versions[i]) {
+      throw std::runtime_error("actmem: segment '" + name + "': input " + std::to_string(i) +
+                               " was modified in place after the segment ran, so it cannot be "
+                               "recomputed; clone it, or keep this segment");
+    }
+  }
+  const auto start = std::chrono::steady_clock::now();
+  recomputed_.assign(static_cast<std::size_t>(packs), at::Tensor());
+  capture_index_ = 0;
+  last_wanted_ = -1;
+  for (std::int64_t i = 0; i < packs; ++i) {
+    if (wanted[i]) last_wanted_ = i;
+  }
+  {
+    RerunGuard guard(*this);
+    at::AutoGradMode grad_mode(true);
+    TensorList rerun_inputs;
+    for (const at::Tensor& input : inputs) {
+      at::Tensor copy = input.detach();
+      if (input.requires_grad()) copy.requires_grad_(true);
+      rerun_inputs.push_back(copy);
+    }
+    try {
+      fn(rerun_inputs);
+    } catch (const StopRerun&) {
+    }
+  }
+  outstanding_ = 0;
+  for (std::int64_t i = 0; i < packs; ++i) {
+    if (!wanted[i]) continue;
+    if (!recomputed_[i].defined()) {
+      throw std::runtime_error("actmem: segment '" + name + "' saved " + std::to_string(packs) +
+                               " tensors in its forward but only " +
+                               std::to_string(capture_index_) +
+                               " when rerun: its function must do the same work given the same "
+                               "inputs and RNG state");
+    }
+    ++outstanding_;
+  }
+  materialized_ = true;
+  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                      std::chrono::steady_clock::now() - start)
+                      .count();
+  scope->counters.recomputations += 1;
+  scope->counters.recompute_ns += ns;
+}
+
+at::Tensor SegmentFrame::take(std::int64_t index) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!materialized_ || !recomputed_[index].defined()) rerun();
+  at::Tensor tensor = std::move(recomputed_[index]);
+  recomputed_[index] = at::Tensor();
+  if (--outstanding_ == 0) materialized_ = false;  // a second backward reruns again
+  return tensor;
+}
+
+}  // namespace detail
+
+TensorList segment(const std::string& name, const SegmentFn& fn, const TensorList& inputs,
+                   torch::nn::Module* module) {
+  const std::shared_ptr<detail::ScopeState>& scope = detail::active_scope();
+  // Outside a scope, inside another segment (flattened) or inside a rerun: just run it.
+  if (!scope || detail::forward_frame() || detail::capturing_frame() != nullptr) {
+    return fn(inputs);
+  }
+  auto frame = std::make_shared<detail::SegmentFrame>();
+  frame->name = name;
+  frame->fn = fn;
+  frame->module = module;
+  frame->scope = scope;
+  for (const at::Tensor& input : inputs) {
+    at::Tensor saved = input.detach();
+    if (input.requires_grad()) saved.requires_grad_(true);
+    frame->inputs.push_back(saved);
+    frame->input_versions.push_back(input._version());
+  }
+  {
+    at::Generator generator = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    frame->cpu_rng = generator.clone();
+  }
+  detail::t_forward_frame = frame;
+  struct Reset {
+    ~Reset() { detail::t_forward_frame = nullptr; }
+  } reset;
+  return fn(inputs);
+}
+
+}  // namespace actmem
