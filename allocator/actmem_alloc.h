@@ -16,7 +16,8 @@
  *   free, a foreign or interior pointer) prints what is wrong and aborts: continuing would corrupt
  *   the pools.
  * - All functions are thread-safe. Memory freed on `stream` is reused by later requests on the same
- *   stream at once, and by other streams only after actmem_record_stream's uses complete.
+ *   stream only (each stream has its own pool); with actmem_record_stream, only after the work
+ *   queued on the recorded streams at free time completes.
  * - `device` selects one allocator per device (ignored by the host backend).
  */
 #ifndef ACTMEM_ALLOC_H_

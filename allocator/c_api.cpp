@@ -65,11 +65,21 @@ void actmem_record_stream(void* ptr, int device, cudaStream_t stream) {
 
 const char* actmem_stats_json(void) {
   thread_local std::string json;
-  json = ProcessAllocators::instance().stats_json();
+  try {
+    json = ProcessAllocators::instance().stats_json();
+  } catch (const std::exception& error) {
+    die(error);
+  }
   return json.c_str();
 }
 
-void actmem_empty_cache(void) { ProcessAllocators::instance().empty_cache(); }
+void actmem_empty_cache(void) {
+  try {
+    ProcessAllocators::instance().empty_cache();
+  } catch (const std::exception& error) {
+    die(error);
+  }
+}
 
 void actmem_set_budget(int device, size_t bytes) {
   try {

@@ -38,6 +38,20 @@ std::size_t segment_size_for(std::size_t size) {
   return round_up(size, CachingAllocator::kRoundLarge);
 }
 
+// Above this, rounding would overflow std::size_t.
+constexpr std::size_t kMaxRequest = static_cast<std::size_t>(-1) - 2 * CachingAllocator::kRoundLarge;
+
+// The smallest segment that can hold a request of `size` (rounded): 2 MiB for the small pool,
+// the request rounded up to 2 MiB for the large one.
+std::size_t smallest_segment_for(std::size_t size) {
+  return size <= CachingAllocator::kSmallSize ? CachingAllocator::kSmallSegment
+                                              : round_up(size, CachingAllocator::kRoundLarge);
+}
+
+// True while this thread runs a pressure handler: an allocation it makes may not ask the handlers
+// again (that would recurse into them, and re-lock their list).
+thread_local bool t_in_handler = false;
+
 std::string pointer_text(const void* ptr) {
   char buffer[32];
   std::snprintf(buffer, sizeof buffer, "%p", ptr);
@@ -72,18 +86,29 @@ class CachingAllocator::Impl {
     blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
     for (Block* block : blocks) delete block;
     for (Block* block : spare_blocks_) delete block;
-    for (auto& [start, size] : segments_) backend_->deallocate(reinterpret_cast<void*>(start), size);
+    for (auto& [start, size] : segments_) {
+      try {
+        backend_->deallocate(reinterpret_cast<void*>(start), size);
+      } catch (const std::exception&) {
+        // At teardown (a CUDA runtime already unloading, say) there is nobody left to tell.
+      }
+    }
   }
 
   void* allocate(std::size_t bytes, Stream stream) {
     if (bytes == 0) return nullptr;
+    if (bytes > kMaxRequest) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      throw out_of_memory(bytes, stream, "no allocator can serve a request this large");
+    }
     const std::size_t size = round_request(bytes);
     for (int round = 0;; ++round) {
       std::size_t shortfall = 0;
       {
         std::lock_guard<std::mutex> lock(mutex_);
-        if (options_.budget_bytes && size > *options_.budget_bytes) {
-          throw out_of_memory(bytes, stream, "the request alone exceeds the budget");
+        if (options_.budget_bytes && smallest_segment_for(size) > *options_.budget_bytes) {
+          throw out_of_memory(bytes, stream,
+                              "the smallest segment this request needs exceeds the budget alone");
         }
         if (!pending_.empty()) process_events();
         BlockPool& pool = size <= kSmallSize ? small_ : large_;
@@ -98,10 +123,11 @@ class CachingAllocator::Impl {
             return hand_out(block, size, bytes, /*cache_hit=*/false);
           }
         }
-        if (round >= options_.pressure_rounds || handler_count_ == 0) {
+        if (round >= options_.pressure_rounds || handler_count_ == 0 || t_in_handler) {
           throw out_of_memory(bytes, stream,
-                              handler_count_ == 0 ? "no pressure handler is registered"
-                                                  : "the pressure handlers could not free enough");
+                              t_in_handler          ? "allocating inside a pressure handler"
+                              : handler_count_ == 0 ? "no pressure handler is registered"
+                                                    : "the pressure handlers could not free enough");
         }
         shortfall = shortfall_for(size);
         ++stats_.pressure_calls;
@@ -462,7 +488,7 @@ class CachingAllocator::Impl {
   std::size_t shortfall_for(std::size_t size) const {
     if (!options_.budget_bytes) return size;  // the backend itself is out of memory
     const std::size_t reserved = static_cast<std::size_t>(stats_.reserved_bytes.current);
-    const std::size_t smallest = size <= kSmallSize ? kSmallSegment : round_up(size, kRoundLarge);
+    const std::size_t smallest = smallest_segment_for(size);
     return reserved + smallest > *options_.budget_bytes
                ? reserved + smallest - *options_.budget_bytes
                : size;
@@ -470,6 +496,10 @@ class CachingAllocator::Impl {
 
   std::size_t call_pressure_handlers(std::size_t bytes_needed) {
     std::shared_lock<std::shared_mutex> handlers_lock(handlers_mutex_);
+    t_in_handler = true;
+    struct Reset {
+      ~Reset() { t_in_handler = false; }
+    } reset;
     std::size_t freed = 0;
     for (auto& [id, handler] : handlers_) {
       if (freed >= bytes_needed) break;

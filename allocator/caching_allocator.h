@@ -82,8 +82,10 @@ class CachingAllocator {
   void set_budget(std::optional<std::size_t> bytes);
   std::optional<std::size_t> budget() const;
 
-  // Handlers are called in the order they were added. remove_pressure_handler waits for calls in
-  // progress to return, so a handler must not remove itself.
+  // Handlers are called in the order they were added, possibly from several threads at once.
+  // remove_pressure_handler waits for calls in progress to return, so a handler must not add or
+  // remove handlers. An allocation a handler makes from this allocator is not offered to the
+  // handlers again: it fails at once if it does not fit.
   HandlerId add_pressure_handler(PressureHandler handler);
   void remove_pressure_handler(HandlerId id);
 

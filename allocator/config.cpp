@@ -67,7 +67,7 @@ constexpr ConfKey kConfKeys[] = {
     {"max_split_size_mb",
      [](std::string_view value, AllocatorOptions& o) {
        o.max_split_size = static_cast<std::size_t>(parse_integer(
-                              value, "ACTMEM_ALLOC_CONF max_split_size_mb", 2, 1 << 30)) *
+                              value, "ACTMEM_ALLOC_CONF max_split_size_mb", 21, 1 << 30)) *
                           1048576;
      }},
     {"pressure_rounds",

@@ -24,12 +24,13 @@ enum class BackendKind { kAuto, kHost, kCuda };
 struct AllocatorOptions {
   std::optional<std::size_t> budget_bytes;  // no cap when empty
   // Blocks larger than this are never split (PyTorch's max_split_size_mb): large requests then
-  // cannot chop up big cached blocks that a later large request needs whole.
+  // cannot chop up big cached blocks that a later large request needs whole. Above the 20 MiB
+  // segment size, or every segment would count as oversize.
   std::size_t max_split_size = static_cast<std::size_t>(-1);
   // Rounds of pressure handlers one allocation may ask for before it reports out-of-memory.
   int pressure_rounds = 4;
   bool record_trace = false;
-  std::size_t trace_capacity = std::size_t{1} << 22;  // entries; later ones are counted, not kept
+  std::size_t trace_capacity = std::size_t{1} << 22;  // entries; later ones are dropped
 };
 
 // What a process-wide allocator (the C ABI, the LD_PRELOAD shim) needs on top.

@@ -20,6 +20,7 @@
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -68,6 +69,11 @@ const RealCuda& real_cuda() {
 }
 
 thread_local int t_depth = 0;  // > 0 while this thread is inside the shim
+
+// The pool key of blocks from synchronous cudaMalloc. Not the null stream: a block that
+// cudaMallocAsync(..., 0) got and cudaFreeAsync(..., 0) returned is still in use by queued work,
+// and must not come back from a cudaMalloc at once.
+const Stream kSynchronousPool = reinterpret_cast<Stream>(~std::uintptr_t{0});
 
 class ShimScope {
  public:
@@ -178,7 +184,8 @@ extern "C" {
 ACTMEM_EXPORT cudaError_t cudaMalloc(void** ptr, size_t size) {
   if (ShimScope::nested()) return real_cuda().runtime.malloc(ptr, size);
   ShimScope scope;
-  const cudaError_t status = actmem::alloc::shim_malloc(ptr, size, nullptr);
+  const cudaError_t status = actmem::alloc::shim_malloc(
+      ptr, size, static_cast<cudaStream_t>(actmem::alloc::kSynchronousPool));
   if (status == cudaErrorInitializationError && real_cuda().runtime.malloc != nullptr) {
     return real_cuda().runtime.malloc(ptr, size);
   }

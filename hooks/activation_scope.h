@@ -62,6 +62,10 @@ const std::shared_ptr<ScopeState>& active_scope();
 class ActivationScope {
  public:
   explicit ActivationScope(std::shared_ptr<Policy> policy, ScopeOptions options = {});
+  // A scope with the policy and minimum offload size that ACTMEM_POLICY and
+  // ACTMEM_OFFLOAD_MIN_BYTES name (see policy/policy_config.h); throws std::invalid_argument for a
+  // malformed value.
+  static std::unique_ptr<ActivationScope> from_environment();
   ~ActivationScope();
   ActivationScope(const ActivationScope&) = delete;
   ActivationScope& operator=(const ActivationScope&) = delete;

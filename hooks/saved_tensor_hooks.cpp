@@ -9,6 +9,7 @@
 #include "hooks/activation_scope.h"
 #include "hooks/engine.h"
 #include "hooks/segment_frame.h"
+#include "policy/policy_config.h"
 
 namespace actmem {
 namespace detail {
@@ -134,6 +135,13 @@ ActivationScope::ActivationScope(std::shared_ptr<Policy> policy, ScopeOptions op
     : state_(std::make_shared<detail::ScopeState>(std::move(policy), options)),
       previous_(detail::t_active_scope) {
   detail::t_active_scope = state_;
+}
+
+std::unique_ptr<ActivationScope> ActivationScope::from_environment() {
+  const PolicyConfig config = PolicyConfig::from_environment();
+  ScopeOptions options;
+  options.offload_min_bytes = config.offload_min_bytes;
+  return std::make_unique<ActivationScope>(make_policy(config.policy), options);
 }
 
 ActivationScope::~ActivationScope() { detail::t_active_scope = std::move(previous_); }

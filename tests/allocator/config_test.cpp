@@ -87,7 +87,7 @@ TEST(ProcessConfig, MalformedValuesAreClearErrors) {
       {"keys: max_split_size_mb, pressure_rounds, trace, trace_capacity",
        {{"ACTMEM_ALLOC_CONF", "bogus:1"}}},
       {"expected key:value", {{"ACTMEM_ALLOC_CONF", "max_split_size_mb"}}},
-      {"expected a whole number from 2", {{"ACTMEM_ALLOC_CONF", "max_split_size_mb:1"}}},
+      {"expected a whole number from 21", {{"ACTMEM_ALLOC_CONF", "max_split_size_mb:20"}}},
       {"expected a whole number", {{"ACTMEM_ALLOC_CONF", "pressure_rounds:many"}}},
       {"expected true or false", {{"ACTMEM_ALLOC_CONF", "trace:yes please"}}},
       {"expected a file path", {{"ACTMEM_STATS", "  "}}},

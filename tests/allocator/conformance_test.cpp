@@ -254,6 +254,48 @@ TEST_P(AllocatorConformance, PressureHandlerIsAskedForTheShortfallAndTheRetrySuc
   a.deallocate(pinned);
 }
 
+TEST_P(AllocatorConformance, RequestsTooLargeToRoundAreRefusedNotWrapped) {
+  CachingAllocator& a = make();
+  void* live = a.allocate(4 * KiB);
+  EXPECT_THROW(a.allocate(static_cast<std::size_t>(-1)), OutOfMemoryError);
+  EXPECT_THROW(a.allocate(static_cast<std::size_t>(-1) - 600), OutOfMemoryError);
+  void* next = a.allocate(4 * KiB);
+  EXPECT_NE(next, live);
+  a.check_invariants();
+  a.deallocate(next);
+  a.deallocate(live);
+}
+
+TEST_P(AllocatorConformance, ARequestWhoseSegmentCannotFitFailsWithoutEvicting) {
+  AllocatorOptions options;
+  options.budget_bytes = 3 * MiB;
+  CachingAllocator& a = make(options);
+  int calls = 0;
+  a.add_pressure_handler([&](std::size_t) {
+    ++calls;
+    return std::size_t{0};
+  });
+  // 2.5 MiB needs a 4 MiB segment at least: no eviction can make it fit in 3 MiB.
+  EXPECT_THROW(a.allocate(2 * MiB + MiB / 2), OutOfMemoryError);
+  EXPECT_EQ(calls, 0);
+}
+
+TEST_P(AllocatorConformance, AnAllocationInsideAHandlerFailsFastInsteadOfRecursing) {
+  AllocatorOptions options;
+  options.budget_bytes = 2 * MiB;
+  CachingAllocator& a = make(options);
+  void* held = a.allocate(2 * MiB);
+  int calls = 0;
+  a.add_pressure_handler([&](std::size_t) -> std::size_t {
+    ++calls;
+    EXPECT_THROW(a.allocate(4 * KiB), OutOfMemoryError);
+    return 0;
+  });
+  EXPECT_THROW(a.allocate(4 * KiB), OutOfMemoryError);
+  EXPECT_EQ(calls, 1);
+  a.deallocate(held);
+}
+
 TEST_P(AllocatorConformance, AHandlerThatFreesNothingEndsInOutOfMemory) {
   AllocatorOptions options;
   options.budget_bytes = 2 * MiB;
@@ -400,7 +442,7 @@ TEST_P(AllocatorConformance, LoweringTheBudgetReleasesMemoryAsItFrees) {
 
 TEST_P(AllocatorConformance, MaxSplitSizeKeepsOversizeBlocksWhole) {
   AllocatorOptions options;
-  options.max_split_size = 16 * MiB;
+  options.max_split_size = 32 * MiB;
   CachingAllocator& a = make(options);
   a.deallocate(a.allocate(40 * MiB));  // an oversize cached block
   void* small = a.allocate(3 * MiB);   // must not cut the 40 MiB block

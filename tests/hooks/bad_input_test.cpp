@@ -122,6 +122,22 @@ TEST(HooksBadInput, AFullHostPoolKeepsTheTensorInstead) {
   EXPECT_EQ(scope.stats().tensors_offloaded, 0);
 }
 
+TEST(HooksBadInput, TheEnvironmentChoosesThePolicy) {
+  install();
+  setenv("ACTMEM_POLICY", "offload", 1);
+  setenv("ACTMEM_OFFLOAD_MIN_BYTES", "1KiB", 1);
+  auto scope = ActivationScope::from_environment();
+  torch::Tensor x = torch::randn({1024}, torch::requires_grad());
+  (x * 3).exp().sum().backward();
+  EXPECT_EQ(scope->stats().tensors_offloaded, 1);  // exp's 4 KiB result; x * 3 saves no tensor
+  setenv("ACTMEM_OFFLOAD_MIN_BYTES", "a lot", 1);
+  EXPECT_NE(message_of([] { ActivationScope::from_environment(); })
+                .find("ACTMEM_OFFLOAD_MIN_BYTES='a lot' is invalid"),
+            std::string::npos);
+  unsetenv("ACTMEM_POLICY");
+  unsetenv("ACTMEM_OFFLOAD_MIN_BYTES");
+}
+
 TEST(HooksBadInput, OutsideAScopeNothingIsManaged) {
   install();
   torch::Tensor x = torch::randn({8}, torch::requires_grad());
