@@ -14,10 +14,7 @@ PolicyConfig PolicyConfig::from_environment(
   const auto get = [&](const char* name) -> const char* {
     return getenv ? getenv(name) : std::getenv(name);
   };
-  PolicyConfig config;
-#if defined(ACTMEM_HAVE_CUDA_TORCH)
-  config.offload_min_bytes = std::size_t{1} << 20;
-#endif
+  PolicyConfig config;  // the CUDA default (1 MiB) comes with the CUDA LibTorch build
   if (const char* policy = get("ACTMEM_POLICY")) {
     try {
       make_policy(policy);

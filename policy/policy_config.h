@@ -1,7 +1,7 @@
 // The policy's environment variables, read and checked once:
 //   ACTMEM_POLICY             keep | recompute | offload (default keep)
-//   ACTMEM_OFFLOAD_MIN_BYTES  tensors smaller than this are kept (default 1 MiB on CUDA, 64 KiB on
-//                             the CPU build, where tensors are smaller)
+//   ACTMEM_OFFLOAD_MIN_BYTES  tensors smaller than this are kept (default 64 KiB, for the CPU
+//                             build's smaller tensors; 1 MiB is meant for CUDA, not yet built)
 //   ACTMEM_LOG                off | info | debug (default off)
 // A malformed value throws std::invalid_argument naming the variable and the valid values.
 #pragma once
