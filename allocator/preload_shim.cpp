@@ -95,21 +95,14 @@ int current_device() {
   return device;
 }
 
-// The allocator that handed out `ptr`, or nullptr.
-CachingAllocator* owner_of(ProcessAllocators& allocators, const void* ptr) {
+// The first device's allocator for which `test(allocator)` holds, or nullptr.
+template <typename Test>
+CachingAllocator* find_allocator(ProcessAllocators& allocators, Test test) {
   for (int device = 0; device < ProcessAllocators::kMaxDevices; ++device) {
     CachingAllocator* allocator = allocators.existing(device);
-    if (allocator != nullptr && allocator->owns(ptr)) return allocator;
+    if (allocator != nullptr && test(*allocator)) return allocator;
   }
   return nullptr;
-}
-
-bool inside_reserved_memory(ProcessAllocators& allocators, const void* ptr) {
-  for (int device = 0; device < ProcessAllocators::kMaxDevices; ++device) {
-    CachingAllocator* allocator = allocators.existing(device);
-    if (allocator != nullptr && allocator->in_reserved_memory(ptr)) return true;
-  }
-  return false;
 }
 
 cudaError_t shim_malloc(void** ptr, size_t size, cudaStream_t stream) {
@@ -131,9 +124,13 @@ cudaError_t shim_malloc(void** ptr, size_t size, cudaStream_t stream) {
 cudaError_t shim_free(void* ptr, cudaStream_t stream, bool stream_ordered) {
   ProcessAllocators* allocators = managed();
   if (allocators == nullptr || ptr == nullptr) return cudaErrorNotSupported;
-  CachingAllocator* owner = owner_of(*allocators, ptr);
+  CachingAllocator* owner =
+      find_allocator(*allocators, [ptr](CachingAllocator& a) { return a.owns(ptr); });
   if (owner == nullptr) {
-    if (!inside_reserved_memory(*allocators, ptr)) return cudaErrorNotSupported;
+    const bool inside = find_allocator(*allocators, [ptr](CachingAllocator& a) {
+                          return a.in_reserved_memory(ptr);
+                        }) != nullptr;
+    if (!inside) return cudaErrorNotSupported;
     std::fprintf(stderr,
                  "actmem: cudaFree(%p): not a live allocation, though it lies in memory actmem "
                  "reserved: a double free, or a pointer into the middle of a block\n",

@@ -9,8 +9,10 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 
 #include "hooks/host_store.h"
@@ -45,15 +47,32 @@ struct ScopeState {
   ScopeOptions options;
   HostStore host;
   std::atomic<std::int64_t> order{0};
-  struct Counters {
-    std::atomic<std::int64_t> packed{0}, unpacked{0}, tensors_kept{0}, bytes_kept{0},
-        tensors_offloaded{0}, bytes_offloaded{0}, tensors_recomputed{0}, bytes_recomputed{0},
-        offload_fallbacks{0}, recomputations{0}, recompute_ns{0}, copy_bytes{0}, copy_ns{0};
-  } counters;
 
   ScopeState(std::shared_ptr<Policy> p, ScopeOptions o)
       : policy(std::move(p)), options(o), host(o.host_capacity) {}
+
+  // Updates the counters: `update(ActivationStats&)` runs under their lock.
+  template <typename Update>
+  void count(Update&& update) {
+    std::lock_guard<std::mutex> lock(stats_mutex_);
+    update(stats_);
+  }
+  ActivationStats stats() {
+    std::lock_guard<std::mutex> lock(stats_mutex_);
+    return stats_;
+  }
+
+ private:
+  std::mutex stats_mutex_;
+  ActivationStats stats_;
 };
+
+// Nanoseconds since `start`.
+inline std::int64_t elapsed_ns(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() -
+                                                              start)
+      .count();
+}
 
 // The scope active on this thread, or null.
 const std::shared_ptr<ScopeState>& active_scope();

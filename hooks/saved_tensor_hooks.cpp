@@ -17,12 +17,6 @@ namespace {
 
 thread_local std::shared_ptr<ScopeState> t_active_scope;
 
-std::int64_t elapsed_ns(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() -
-                                                              start)
-      .count();
-}
-
 // One saved tensor under a scope: kept, offloaded to the host store, or left to its segment's
 // rerun. Everything unpack needs is captured here at pack time (unpack runs on autograd's thread).
 class ManagedHooks final : public torch::autograd::SavedVariableHooks {
@@ -31,8 +25,6 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
       : scope_(std::move(scope)), frame_(std::move(frame)) {}
 
   void call_pack_hook(const at::Tensor& tensor) override {
-    auto& c = scope_->counters;
-    ++c.packed;
     SavedTensorInfo info;
     bytes_ = static_cast<std::int64_t>(tensor.numel()) * tensor.element_size();
     info.bytes = bytes_;
@@ -41,7 +33,10 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
     info.dtype = std::string(tensor.dtype().name());
     info.order = scope_->order++;
     info.is_leaf = tensor.is_leaf();
-    if (frame_) index_ = frame_->packs++, frame_->wanted.push_back(0);
+    if (frame_) {
+      index_ = static_cast<std::int64_t>(frame_->wanted.size());
+      frame_->wanted.push_back(0);
+    }
 
     action_ = scope_->policy->decide(info);
     if (info.is_leaf) action_ = Action::kKeep;  // held outside autograd: nothing to gain
@@ -50,49 +45,73 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
         static_cast<std::size_t>(bytes_) < scope_->options.offload_min_bytes) {
       action_ = Action::kKeep;
     }
+    bool fell_back = false;
+    std::int64_t copy_ns = 0;
     if (action_ == Action::kOffload) {
       const auto start = std::chrono::steady_clock::now();
       std::optional<at::Tensor> host = scope_->host.offload(tensor);
+      copy_ns = elapsed_ns(start);
       if (host) {
         host_ = std::move(*host);
-        c.copy_bytes += bytes_;
-        c.copy_ns += elapsed_ns(start);
-        ++c.tensors_offloaded;
-        c.bytes_offloaded += bytes_;
-        frame_.reset();
-        return;
+      } else {
+        fell_back = true;  // the host pool is full: keep it, lose nothing
+        action_ = Action::kKeep;
       }
-      ++c.offload_fallbacks;  // the host pool is full: keep it, lose nothing
-      action_ = Action::kKeep;
     }
     if (action_ == Action::kRecompute) {
       frame_->wanted[index_] = 1;
-      ++c.tensors_recomputed;
-      c.bytes_recomputed += bytes_;
-      return;
+    } else {
+      frame_.reset();  // only a recomputed tensor needs its frame (and the inputs it holds)
     }
-    frame_.reset();  // only a recomputed tensor needs its frame (and the inputs it holds)
-    kept_ = tensor;
-    ++c.tensors_kept;
-    c.bytes_kept += bytes_;
+    if (action_ == Action::kKeep) kept_ = tensor;
+
+    scope_->count([&](ActivationStats& s) {
+      ++s.packed;
+      s.offload_fallbacks += fell_back;
+      switch (action_) {
+        case Action::kKeep:
+          ++s.tensors_kept;
+          s.bytes_kept += bytes_;
+          break;
+        case Action::kOffload:
+          ++s.tensors_offloaded;
+          s.bytes_offloaded += bytes_;
+          s.copy_bytes += bytes_;
+          s.copy_ns += copy_ns;
+          break;
+        case Action::kRecompute:
+          ++s.tensors_recomputed;
+          s.bytes_recomputed += bytes_;
+          break;
+      }
+    });
   }
 
   at::Tensor call_unpack_hook() override {
-    ++scope_->counters.unpacked;
+    at::Tensor tensor;
+    std::int64_t copy_ns = 0;
     switch (action_) {
       case Action::kKeep:
-        return kept_;
+        tensor = kept_;
+        break;
       case Action::kOffload: {
         const auto start = std::chrono::steady_clock::now();
-        at::Tensor device = HostStore::restore(host_);
-        scope_->counters.copy_bytes += bytes_;
-        scope_->counters.copy_ns += elapsed_ns(start);
-        return device;
+        tensor = HostStore::restore(host_);
+        copy_ns = elapsed_ns(start);
+        break;
       }
       case Action::kRecompute:
-        return frame_->take(index_);
+        tensor = frame_->take(index_);
+        break;
     }
-    return {};
+    scope_->count([&](ActivationStats& s) {
+      ++s.unpacked;
+      if (action_ == Action::kOffload) {
+        s.copy_bytes += bytes_;
+        s.copy_ns += copy_ns;
+      }
+    });
+    return tensor;
   }
 
  private:
@@ -146,23 +165,6 @@ std::unique_ptr<ActivationScope> ActivationScope::from_environment() {
 
 ActivationScope::~ActivationScope() { detail::t_active_scope = std::move(previous_); }
 
-ActivationStats ActivationScope::stats() const {
-  const auto& c = state_->counters;
-  ActivationStats s;
-  s.packed = c.packed;
-  s.unpacked = c.unpacked;
-  s.tensors_kept = c.tensors_kept;
-  s.bytes_kept = c.bytes_kept;
-  s.tensors_offloaded = c.tensors_offloaded;
-  s.bytes_offloaded = c.bytes_offloaded;
-  s.tensors_recomputed = c.tensors_recomputed;
-  s.bytes_recomputed = c.bytes_recomputed;
-  s.offload_fallbacks = c.offload_fallbacks;
-  s.recomputations = c.recomputations;
-  s.recompute_ns = c.recompute_ns;
-  s.copy_bytes = c.copy_bytes;
-  s.copy_ns = c.copy_ns;
-  return s;
-}
+ActivationStats ActivationScope::stats() const { return state_->stats(); }
 
 }  // namespace actmem

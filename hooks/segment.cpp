@@ -71,7 +71,9 @@ SegmentFrame* capturing_frame() { return t_capturing_frame; }
 
 void SegmentFrame::capture(const at::Tensor& tensor) {
   const std::int64_t index = capture_index_++;
-  if (index < packs && wanted[index]) recomputed_[index] = tensor.detach();
+  if (index < static_cast<std::int64_t>(wanted.size()) && wanted[index]) {
+    recomputed_[index] = tensor.detach();
+  }
   if (index >= last_wanted_) throw StopRerun{};
 }
 
@@ -84,7 +86,8 @@ void SegmentFrame::rerun() {
     }
   }
   const auto start = std::chrono::steady_clock::now();
-  recomputed_.assign(static_cast<std::size_t>(packs), at::Tensor());
+  const auto packs = static_cast<std::int64_t>(wanted.size());
+  recomputed_.assign(wanted.size(), at::Tensor());
   capture_index_ = 0;
   last_wanted_ = -1;
   for (std::int64_t i = 0; i < packs; ++i) {
@@ -93,14 +96,8 @@ void SegmentFrame::rerun() {
   {
     RerunGuard guard(*this);
     at::AutoGradMode grad_mode(true);
-    TensorList rerun_inputs;
-    for (const at::Tensor& input : inputs) {
-      at::Tensor copy = input.detach();
-      if (input.requires_grad()) copy.requires_grad_(true);
-      rerun_inputs.push_back(copy);
-    }
     try {
-      fn(rerun_inputs);
+      fn(inputs);
     } catch (const StopRerun&) {
     }
   }
@@ -117,11 +114,11 @@ void SegmentFrame::rerun() {
     ++outstanding_;
   }
   materialized_ = true;
-  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                      std::chrono::steady_clock::now() - start)
-                      .count();
-  scope->counters.recomputations += 1;
-  scope->counters.recompute_ns += ns;
+  const std::int64_t ns = elapsed_ns(start);
+  scope->count([ns](ActivationStats& s) {
+    ++s.recomputations;
+    s.recompute_ns += ns;
+  });
 }
 
 at::Tensor SegmentFrame::take(std::int64_t index) {

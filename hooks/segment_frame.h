@@ -17,14 +17,14 @@ namespace actmem::detail {
 struct SegmentFrame {
   std::string name;
   SegmentFn fn;
-  TensorList inputs;  // detached; requires_grad as the originals
+  TensorList inputs;  // detached leaves, requiring grad as the originals did: the rerun's inputs
   std::vector<std::int64_t> input_versions;  // to refuse a rerun on inputs changed in place
   at::Generator cpu_rng;
   torch::nn::Module* module = nullptr;
   std::shared_ptr<ScopeState> scope;
 
-  std::int64_t packs = 0;     // tensors saved during the forward, in order
-  std::vector<char> wanted;   // per pack: produced again by the rerun
+  // One entry per tensor saved during the forward, in order: produced again by the rerun?
+  std::vector<char> wanted;
 
   // Returns the tensor saved as pack `index`, rerunning the segment first if needed, and lets
   // the frame forget it.

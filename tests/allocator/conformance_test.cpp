@@ -43,6 +43,15 @@ class AllocatorConformance : public ::testing::TestWithParam<BackendUnderTest> {
   }
   LimitedBackend& limited() { return *limited_; }
 
+  // Registers a pressure handler that frees nothing and counts its calls in handler_calls_.
+  CachingAllocator::HandlerId add_idle_handler(CachingAllocator& a) {
+    return a.add_pressure_handler([this](std::size_t) {
+      ++handler_calls_;
+      return std::size_t{0};
+    });
+  }
+  int handler_calls_ = 0;
+
   void TearDown() override {
     if (allocator_) allocator_->check_invariants();
   }
@@ -210,13 +219,9 @@ TEST_P(AllocatorConformance, ARequestLargerThanTheBudgetFailsWithoutAskingHandle
   AllocatorOptions options;
   options.budget_bytes = 8 * MiB;
   CachingAllocator& a = make(options);
-  int calls = 0;
-  a.add_pressure_handler([&](std::size_t) {
-    ++calls;
-    return std::size_t{0};
-  });
+  add_idle_handler(a);
   EXPECT_THROW(a.allocate(9 * MiB), OutOfMemoryError);
-  EXPECT_EQ(calls, 0);
+  EXPECT_EQ(handler_calls_, 0);
 }
 
 TEST_P(AllocatorConformance, CachedSegmentsAreReleasedBeforeTheBudgetFails) {
@@ -270,14 +275,10 @@ TEST_P(AllocatorConformance, ARequestWhoseSegmentCannotFitFailsWithoutEvicting) 
   AllocatorOptions options;
   options.budget_bytes = 3 * MiB;
   CachingAllocator& a = make(options);
-  int calls = 0;
-  a.add_pressure_handler([&](std::size_t) {
-    ++calls;
-    return std::size_t{0};
-  });
+  add_idle_handler(a);
   // 2.5 MiB needs a 4 MiB segment at least: no eviction can make it fit in 3 MiB.
   EXPECT_THROW(a.allocate(2 * MiB + MiB / 2), OutOfMemoryError);
-  EXPECT_EQ(calls, 0);
+  EXPECT_EQ(handler_calls_, 0);
 }
 
 TEST_P(AllocatorConformance, AnAllocationInsideAHandlerFailsFastInsteadOfRecursing) {
@@ -301,18 +302,14 @@ TEST_P(AllocatorConformance, AHandlerThatFreesNothingEndsInOutOfMemory) {
   options.budget_bytes = 2 * MiB;
   CachingAllocator& a = make(options);
   void* held = a.allocate(2 * MiB);
-  int calls = 0;
-  a.add_pressure_handler([&](std::size_t) {
-    ++calls;
-    return std::size_t{0};
-  });
+  add_idle_handler(a);
   try {
     a.allocate(KiB);
     FAIL() << "expected OutOfMemoryError";
   } catch (const OutOfMemoryError& error) {
     EXPECT_NE(std::string(error.what()).find("freed nothing"), std::string::npos) << error.what();
   }
-  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(handler_calls_, 1);
   a.deallocate(held);
 }
 
@@ -337,14 +334,9 @@ TEST_P(AllocatorConformance, RemovedHandlersAreNotCalled) {
   options.budget_bytes = 2 * MiB;
   CachingAllocator& a = make(options);
   void* held = a.allocate(2 * MiB);
-  int calls = 0;
-  const auto id = a.add_pressure_handler([&](std::size_t) {
-    ++calls;
-    return std::size_t{0};
-  });
-  a.remove_pressure_handler(id);
+  a.remove_pressure_handler(add_idle_handler(a));
   EXPECT_THROW(a.allocate(KiB), OutOfMemoryError);
-  EXPECT_EQ(calls, 0);
+  EXPECT_EQ(handler_calls_, 0);
   a.deallocate(held);
 }
 

@@ -5,6 +5,18 @@ namespace {
 
 namespace nn = torch::nn;
 
+// Runs `x` through `blocks` in order, each block a segment named "<prefix><index>".
+torch::Tensor run_as_segments(std::vector<nn::Sequential>& blocks, const std::string& prefix,
+                              torch::Tensor x) {
+  for (std::size_t i = 0; i < blocks.size(); ++i) {
+    nn::Sequential& block = blocks[i];
+    x = segment(prefix + std::to_string(i),
+                [&](const TensorList& in) -> TensorList { return {block->forward(in[0])}; },
+                {x}, block.ptr().get())[0];
+  }
+  return x;
+}
+
 // conv -> BN -> ReLU -> dropout, `blocks` times, each block a segment; then a linear head.
 struct ConvStack : LossModule {
   ConvStack(int blocks, int batch, int channels, int size) {
@@ -19,13 +31,7 @@ struct ConvStack : LossModule {
     target_ = torch::randint(0, 10, {batch});
   }
   torch::Tensor loss() override {
-    torch::Tensor x = input_;
-    for (std::size_t i = 0; i < blocks_.size(); ++i) {
-      auto& block = blocks_[i];
-      x = segment("block" + std::to_string(i),
-                  [&](const TensorList& in) -> TensorList { return {block->forward(in[0])}; },
-                  {x}, block.ptr().get())[0];
-    }
+    const torch::Tensor x = run_as_segments(blocks_, "block", input_);
     return torch::cross_entropy_loss(head_->forward(x.mean({2, 3})), target_);
   }
   std::vector<nn::Sequential> blocks_;
@@ -45,14 +51,8 @@ struct Mlp : LossModule {
     target_ = torch::randint(0, 10, {64});
   }
   torch::Tensor loss() override {
-    torch::Tensor x = input_;
-    for (std::size_t i = 0; i < layers_.size(); ++i) {
-      auto& layer = layers_[i];
-      x = segment("layer" + std::to_string(i),
-                  [&](const TensorList& in) -> TensorList { return {layer->forward(in[0])}; },
-                  {x}, layer.ptr().get())[0];
-    }
-    return torch::cross_entropy_loss(head_->forward(x), target_);
+    return torch::cross_entropy_loss(head_->forward(run_as_segments(layers_, "layer", input_)),
+                                     target_);
   }
   std::vector<nn::Sequential> layers_;
   nn::Linear head_{nullptr};
