@@ -8,12 +8,11 @@
 //   loss.backward();
 #pragma once
 
-#include <atomic>
-#include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <optional>
+#include <string>
 
 #include "hooks/host_store.h"
 #include "policy/policy.h"
@@ -32,6 +31,9 @@ struct ActivationStats {
   std::int64_t recompute_ns = 0;
   std::int64_t copy_bytes = 0;  // device->host and host->device together
   std::int64_t copy_ns = 0;
+  std::int64_t evictions = 0;  // kept tensors offloaded because the device budget ran short
+  std::int64_t bytes_evicted = 0;
+  std::int64_t steps = 0;      // forward-and-backward passes seen
 };
 
 struct ScopeOptions {
@@ -40,61 +42,33 @@ struct ScopeOptions {
 };
 
 namespace detail {
-// Shared by the scope and every hooks object it created, so unpack (on autograd's thread, after
-// the scope may be gone) still finds the policy's store and counters.
-struct ScopeState {
-  std::shared_ptr<Policy> policy;
-  ScopeOptions options;
-  HostStore host;
-  std::atomic<std::int64_t> order{0};
-
-  ScopeState(std::shared_ptr<Policy> p, ScopeOptions o)
-      : policy(std::move(p)), options(o), host(o.host_capacity) {}
-
-  // Updates the counters: `update(ActivationStats&)` runs under their lock.
-  template <typename Update>
-  void count(Update&& update) {
-    std::lock_guard<std::mutex> lock(stats_mutex_);
-    update(stats_);
-  }
-  ActivationStats stats() {
-    std::lock_guard<std::mutex> lock(stats_mutex_);
-    return stats_;
-  }
-
- private:
-  std::mutex stats_mutex_;
-  ActivationStats stats_;
-};
-
-// Nanoseconds since `start`.
-inline std::int64_t elapsed_ns(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() -
-                                                              start)
-      .count();
-}
-
-// The scope active on this thread, or null.
-const std::shared_ptr<ScopeState>& active_scope();
+class ScopeState;
 }  // namespace detail
+
+// make_policy (policy/policy.h) for the device: auto's budget is the device allocator's
+// (ACTMEM_BUDGET, or CachingAllocator::set_budget), read whenever auto plans.
+std::unique_ptr<Policy> make_device_policy(const std::string& name,
+                                           std::size_t offload_min_bytes = 64 * 1024,
+                                           LogLevel log = LogLevel::kOff);
 
 class ActivationScope {
  public:
   explicit ActivationScope(std::shared_ptr<Policy> policy, ScopeOptions options = {});
-  // A scope with the policy and minimum offload size that ACTMEM_POLICY and
-  // ACTMEM_OFFLOAD_MIN_BYTES name (see policy/policy_config.h); throws std::invalid_argument for a
-  // malformed value.
+  // A scope with the policy, minimum offload size and log level that ACTMEM_POLICY,
+  // ACTMEM_OFFLOAD_MIN_BYTES and ACTMEM_LOG name (see policy/policy_config.h; auto's budget is the
+  // device allocator's, ACTMEM_BUDGET); throws std::invalid_argument for a malformed value.
   static std::unique_ptr<ActivationScope> from_environment();
   ~ActivationScope();
   ActivationScope(const ActivationScope&) = delete;
   ActivationScope& operator=(const ActivationScope&) = delete;
 
   ActivationStats stats() const;
-  HostStore& host_store() { return state_->host; }
+  HostStore& host_store();
 
  private:
   std::shared_ptr<detail::ScopeState> state_;
   std::shared_ptr<detail::ScopeState> previous_;
+  std::optional<std::uint64_t> pressure_handler_;  // registered with the device allocator
 };
 
 }  // namespace actmem

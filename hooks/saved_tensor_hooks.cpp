@@ -4,10 +4,13 @@
 #include <torch/csrc/autograd/engine.h>
 #include <torch/csrc/autograd/saved_variable_hooks.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include "hooks/activation_scope.h"
 #include "hooks/engine.h"
+#include "hooks/install.h"
+#include "hooks/scope_state.h"
 #include "hooks/segment_frame.h"
 #include "policy/policy_config.h"
 
@@ -17,97 +20,119 @@ namespace {
 
 thread_local std::shared_ptr<ScopeState> t_active_scope;
 
+std::uint64_t storage_id(const at::Tensor& tensor) {
+  return reinterpret_cast<std::uintptr_t>(tensor.storage().unsafeGetStorageImpl());
+}
+
 // One saved tensor under a scope: kept, offloaded to the host store, or left to its segment's
 // rerun. Everything unpack needs is captured here at pack time (unpack runs on autograd's thread).
 class ManagedHooks final : public torch::autograd::SavedVariableHooks {
  public:
   ManagedHooks(std::shared_ptr<ScopeState> scope, std::shared_ptr<SegmentFrame> frame)
-      : scope_(std::move(scope)), frame_(std::move(frame)) {}
+      : scope_(std::move(scope)), entry_(std::make_shared<SavedEntry>()) {
+    entry_->frame = std::move(frame);
+  }
 
   void call_pack_hook(const at::Tensor& tensor) override {
+    SavedEntry& e = *entry_;
+    const std::shared_ptr<SegmentFrame>& frame = e.frame;
     SavedTensorInfo info;
-    bytes_ = static_cast<std::int64_t>(tensor.numel()) * tensor.element_size();
-    info.bytes = bytes_;
-    info.segment = frame_ ? frame_->name : "";
+    e.bytes = static_cast<std::int64_t>(tensor.numel()) * tensor.element_size();
+    e.packed_at = std::chrono::steady_clock::now();
+    info.bytes = e.bytes;
+    info.segment = frame ? frame->name : "";
     info.shape.assign(tensor.sizes().begin(), tensor.sizes().end());
     info.dtype = std::string(tensor.dtype().name());
-    info.order = scope_->order++;
+    info.order = scope_->begin_pack(&e.step);
     info.is_leaf = tensor.is_leaf();
-    if (frame_) {
-      index_ = static_cast<std::int64_t>(frame_->wanted.size());
-      frame_->wanted.push_back(0);
+    bool segment_input = false;
+    if (frame) {
+      e.index = static_cast<std::int64_t>(frame->wanted.size());
+      frame->wanted.push_back(0);
+      for (const at::Tensor& input : frame->inputs) {
+        segment_input = segment_input || storage_id(input) == storage_id(tensor);
+      }
     }
 
-    action_ = scope_->policy->decide(info);
-    if (info.is_leaf) action_ = Action::kKeep;  // held outside autograd: nothing to gain
-    if (action_ == Action::kRecompute && !frame_) action_ = Action::kKeep;
-    if (action_ == Action::kOffload &&
-        static_cast<std::size_t>(bytes_) < scope_->options.offload_min_bytes) {
-      action_ = Action::kKeep;
+    Action action = scope_->policy().decide(info);
+    if (info.is_leaf) action = Action::kKeep;  // held outside autograd: nothing to gain
+    if (action == Action::kRecompute && !frame) action = Action::kKeep;
+    if (action == Action::kOffload &&
+        static_cast<std::size_t>(e.bytes) < scope_->options().offload_min_bytes) {
+      action = Action::kKeep;
     }
     bool fell_back = false;
     std::int64_t copy_ns = 0;
-    if (action_ == Action::kOffload) {
+    if (action == Action::kOffload) {
       const auto start = std::chrono::steady_clock::now();
-      std::optional<at::Tensor> host = scope_->host.offload(tensor);
+      std::optional<at::Tensor> host = scope_->host().offload(tensor);
       copy_ns = elapsed_ns(start);
       if (host) {
-        host_ = std::move(*host);
+        e.host = std::move(*host);
       } else {
         fell_back = true;  // the host pool is full: keep it, lose nothing
-        action_ = Action::kKeep;
+        action = Action::kKeep;
       }
     }
-    if (action_ == Action::kRecompute) {
-      frame_->wanted[index_] = 1;
+    if (action == Action::kRecompute) {
+      frame->wanted[e.index] = 1;
     } else {
-      frame_.reset();  // only a recomputed tensor needs its frame (and the inputs it holds)
+      e.frame.reset();  // only a recomputed tensor needs its frame (and the inputs it holds)
     }
-    if (action_ == Action::kKeep) kept_ = tensor;
+    // Detached: autograd may hand us an op's own output, whose grad_fn owns these hooks; holding it
+    // as it is would make a cycle that leaks the whole graph when it is dropped without a backward
+    // (an exception in the forward, an evaluation with grad on). Unpack re-attaches grad_fn itself.
+    if (action == Action::kKeep) e.kept = tensor.detach();
+    e.action = action;
+    scope_->record_pack(entry_, info, storage_id(tensor), segment_input);
 
+    const std::int64_t bytes = e.bytes;
     scope_->count([&](ActivationStats& s) {
       ++s.packed;
       s.offload_fallbacks += fell_back;
-      switch (action_) {
+      switch (action) {
         case Action::kKeep:
           ++s.tensors_kept;
-          s.bytes_kept += bytes_;
+          s.bytes_kept += bytes;
           break;
         case Action::kOffload:
           ++s.tensors_offloaded;
-          s.bytes_offloaded += bytes_;
-          s.copy_bytes += bytes_;
+          s.bytes_offloaded += bytes;
+          s.copy_bytes += bytes;
           s.copy_ns += copy_ns;
           break;
         case Action::kRecompute:
           ++s.tensors_recomputed;
-          s.bytes_recomputed += bytes_;
+          s.bytes_recomputed += bytes;
           break;
       }
     });
   }
 
   at::Tensor call_unpack_hook() override {
+    // Read the entry under its lock, but restore or rerun without it: either may allocate, and
+    // an allocation may run the pressure handler, which looks at entries.
+    Action action;
     at::Tensor tensor;
-    std::int64_t copy_ns = 0;
-    switch (action_) {
-      case Action::kKeep:
-        tensor = kept_;
-        break;
-      case Action::kOffload: {
-        const auto start = std::chrono::steady_clock::now();
-        tensor = HostStore::restore(host_);
-        copy_ns = elapsed_ns(start);
-        break;
-      }
-      case Action::kRecompute:
-        tensor = frame_->take(index_);
-        break;
+    {
+      std::lock_guard<std::mutex> lock(entry_->mutex);
+      action = entry_->action;
+      tensor = action == Action::kKeep ? entry_->kept : entry_->host;
     }
+    std::int64_t copy_ns = 0;
+    if (action == Action::kOffload) {
+      const auto start = std::chrono::steady_clock::now();
+      tensor = HostStore::restore(tensor);
+      copy_ns = elapsed_ns(start);
+    } else if (action == Action::kRecompute) {
+      tensor = entry_->frame->take(entry_->index);
+    }
+    scope_->record_unpack(*entry_);
+    const std::int64_t bytes = entry_->bytes;
     scope_->count([&](ActivationStats& s) {
       ++s.unpacked;
-      if (action_ == Action::kOffload) {
-        s.copy_bytes += bytes_;
+      if (action == Action::kOffload) {
+        s.copy_bytes += bytes;
         s.copy_ns += copy_ns;
       }
     });
@@ -116,12 +141,7 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
 
  private:
   std::shared_ptr<ScopeState> scope_;
-  std::shared_ptr<SegmentFrame> frame_;
-  Action action_ = Action::kKeep;
-  std::int64_t index_ = -1;
-  std::int64_t bytes_ = 0;
-  at::Tensor kept_;
-  at::Tensor host_;
+  std::shared_ptr<SavedEntry> entry_;
 };
 
 // A tensor saved while a segment is rerun in backward: handed to the frame, never unpacked (the
@@ -142,6 +162,10 @@ class CaptureHooks final : public torch::autograd::SavedVariableHooks {
 
 const std::shared_ptr<ScopeState>& active_scope() { return t_active_scope; }
 
+void backward_finished() {
+  if (t_active_scope) t_active_scope->end_step();
+}
+
 std::unique_ptr<torch::autograd::SavedVariableHooks> hooks_for_this_thread() {
   if (SegmentFrame* frame = capturing_frame()) return std::make_unique<CaptureHooks>(*frame);
   if (!t_active_scope) return nullptr;
@@ -150,9 +174,25 @@ std::unique_ptr<torch::autograd::SavedVariableHooks> hooks_for_this_thread() {
 
 }  // namespace detail
 
+std::unique_ptr<Policy> make_device_policy(const std::string& name, std::size_t offload_min_bytes,
+                                           LogLevel log) {
+  PolicyOptions options;
+  options.budget = [] { return device_memory().budget(); };
+  options.offload_min_bytes = offload_min_bytes;
+  options.log = log;
+  return make_policy(name, options);
+}
+
 ActivationScope::ActivationScope(std::shared_ptr<Policy> policy, ScopeOptions options)
     : state_(std::make_shared<detail::ScopeState>(std::move(policy), options)),
       previous_(detail::t_active_scope) {
+  if (state_->policy().evicts_under_pressure()) {
+    std::weak_ptr<detail::ScopeState> weak = state_;
+    pressure_handler_ = device_memory().add_pressure_handler([weak](std::size_t bytes) {
+      const std::shared_ptr<detail::ScopeState> state = weak.lock();
+      return state ? state->evict(bytes) : 0;
+    });
+  }
   detail::t_active_scope = state_;
 }
 
@@ -160,11 +200,17 @@ std::unique_ptr<ActivationScope> ActivationScope::from_environment() {
   const PolicyConfig config = PolicyConfig::from_environment();
   ScopeOptions options;
   options.offload_min_bytes = config.offload_min_bytes;
-  return std::make_unique<ActivationScope>(make_policy(config.policy), options);
+  return std::make_unique<ActivationScope>(
+      make_device_policy(config.policy, config.offload_min_bytes, config.log), options);
 }
 
-ActivationScope::~ActivationScope() { detail::t_active_scope = std::move(previous_); }
+ActivationScope::~ActivationScope() {
+  if (pressure_handler_) device_memory().remove_pressure_handler(*pressure_handler_);
+  detail::t_active_scope = std::move(previous_);
+}
 
 ActivationStats ActivationScope::stats() const { return state_->stats(); }
+
+HostStore& ActivationScope::host_store() { return state_->host(); }
 
 }  // namespace actmem

@@ -159,7 +159,16 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
   struct Reset {
     ~Reset() { detail::t_forward_frame = nullptr; }
   } reset;
-  return fn(inputs);
+  const auto start = std::chrono::steady_clock::now();
+  TensorList outputs = fn(inputs);
+  scope->record_segment(name, detail::elapsed_ns(start));
+  return outputs;
+}
+
+at::Tensor segment(const std::string& name, torch::nn::Module& module,
+                   const std::function<at::Tensor(const at::Tensor&)>& fn, const at::Tensor& input) {
+  return segment(
+      name, [fn](const TensorList& in) -> TensorList { return {fn(in[0])}; }, {input}, &module)[0];
 }
 
 }  // namespace actmem

@@ -35,4 +35,8 @@ using SegmentFn = std::function<TensorList(const TensorList& inputs)>;
 TensorList segment(const std::string& name, const SegmentFn& fn, const TensorList& inputs,
                    torch::nn::Module* module = nullptr);
 
+// The common case of one input and one output: `x = segment("layer1.0", *block, fn, x)`.
+at::Tensor segment(const std::string& name, torch::nn::Module& module,
+                   const std::function<at::Tensor(const at::Tensor&)>& fn, const at::Tensor& input);
+
 }  // namespace actmem

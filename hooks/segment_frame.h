@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "hooks/activation_scope.h"
+#include "hooks/scope_state.h"
 #include "hooks/segment.h"
 
 namespace actmem::detail {

@@ -1,5 +1,6 @@
 #include <stdexcept>
 
+#include "policy/auto_policy.h"
 #include "policy/policy.h"
 
 namespace actmem {
@@ -36,17 +37,19 @@ const char* to_string(Action action) {
   return "?";
 }
 
-std::unique_ptr<Policy> make_policy(const std::string& name) {
+std::unique_ptr<Policy> make_policy(const std::string& name, const PolicyOptions& options) {
   if (name == "keep") return std::make_unique<KeepPolicy>();
   if (name == "recompute") return std::make_unique<RecomputePolicy>();
   if (name == "offload") return std::make_unique<OffloadPolicy>();
   if (name == "auto") {
-    throw std::invalid_argument(
-        "actmem: policy 'auto' is not available yet (it arrives with the auto-policy issue); "
-        "valid policies: keep, recompute, offload");
+    AutoOptions auto_options;
+    auto_options.budget = options.budget;
+    auto_options.offload_min_bytes = options.offload_min_bytes;
+    auto_options.log = options.log;
+    return std::make_unique<AutoPolicy>(std::move(auto_options));
   }
   throw std::invalid_argument("actmem: unknown policy '" + name +
-                              "'; valid policies: keep, recompute, offload");
+                              "'; valid policies: keep, recompute, offload, auto");
 }
 
 }  // namespace actmem

@@ -2,7 +2,10 @@
 // autograd saves) and the policies (which choose what happens to it).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -10,6 +13,9 @@
 namespace actmem {
 
 enum class Action { kKeep, kOffload, kRecompute };
+enum class LogLevel { kOff, kInfo, kDebug };
+
+struct StepProfile;  // policy/step_profile.h
 
 const char* to_string(Action action);
 
@@ -32,11 +38,24 @@ class Policy {
   virtual ~Policy() = default;
   virtual const char* name() const = 0;
   virtual Action decide(const SavedTensorInfo& tensor) = 0;
+
+  // For policies that learn from what they see (auto). When wants_profile(), the hooks record
+  // each step and hand it to end_step after its backward; when evicts_under_pressure(), they
+  // offload kept tensors when the device allocator runs short of its budget.
+  virtual bool wants_profile() const { return false; }
+  virtual bool evicts_under_pressure() const { return false; }
+  virtual void end_step(const StepProfile& /*profile*/) {}
 };
 
-// The fixed policies: "keep" (everything stays), "recompute" (every segment is recomputed),
-// "offload" (every eligible tensor goes to host memory). Throws std::invalid_argument for any
-// other name, listing the valid ones; "auto" is named as not yet available.
-std::unique_ptr<Policy> make_policy(const std::string& name);
+// The policies by name: "keep" (everything stays), "recompute" (every segment is recomputed),
+// "offload" (every eligible tensor goes to host memory), "auto" (a plan under the budget that
+// `budget` reports when a plan is made; see auto_policy.h). Throws std::invalid_argument for any
+// other name, listing the valid ones.
+struct PolicyOptions {
+  std::function<std::optional<std::size_t>()> budget;  // for auto
+  std::size_t offload_min_bytes = 64 * 1024;           // for auto's plan
+  LogLevel log = LogLevel::kOff;
+};
+std::unique_ptr<Policy> make_policy(const std::string& name, const PolicyOptions& options = {});
 
 }  // namespace actmem

@@ -1,5 +1,5 @@
 // The policy's environment variables, read and checked once:
-//   ACTMEM_POLICY             keep | recompute | offload (default keep)
+//   ACTMEM_POLICY             keep | recompute | offload | auto (default keep)
 //   ACTMEM_OFFLOAD_MIN_BYTES  tensors smaller than this are kept (default 64 KiB, for the CPU
 //                             build's smaller tensors; 1 MiB is meant for CUDA, not yet built)
 //   ACTMEM_LOG                off | info | debug (default off)
@@ -10,9 +10,9 @@
 #include <functional>
 #include <string>
 
-namespace actmem {
+#include "policy/policy.h"
 
-enum class LogLevel { kOff, kInfo, kDebug };
+namespace actmem {
 
 struct PolicyConfig {
   std::string policy = "keep";

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "allocator/errors.h"
 #include "hooks/actmem.h"
 #include "tests/hooks/small_modules.h"
 
@@ -62,6 +63,40 @@ TEST(ActivationMemory, AStepReturnsDeviceAndHostBytesToTheirLevel) {
     EXPECT_EQ(m.leaked, 0) << policy;
     EXPECT_EQ(m.host_live, 0) << policy;
     EXPECT_EQ(m.stats.unpacked, m.stats.packed) << policy;
+  }
+}
+
+// A graph dropped without a backward (an exception in the forward, an evaluation with grad on)
+// must free every tensor it saved: the saved outputs must not keep their own graph alive.
+TEST(ActivationMemory, AForwardDroppedWithoutBackwardFreesEverything) {
+  install();
+  for (const char* policy : {"keep", "recompute", "offload"}) {
+    const std::int64_t before = device_memory().stats().allocated_bytes.current;
+    {
+      auto module = testing::make_deep_conv_stack(/*blocks=*/4, /*batch=*/4);
+      ActivationScope scope(make_policy(policy));
+      const torch::Tensor loss = module->loss();
+      ASSERT_TRUE(loss.requires_grad());
+      const torch::Tensor exp = torch::randn({1000}, torch::requires_grad()).exp();  // saves its output
+    }
+    EXPECT_EQ(device_memory().stats().allocated_bytes.current, before) << policy;
+  }
+}
+
+TEST(ActivationMemory, AnOutOfMemoryInTheForwardLeavesNothingBehind) {
+  install();
+  for (const char* policy : {"keep", "recompute", "offload"}) {
+    const std::int64_t before = device_memory().stats().allocated_bytes.current;
+    {
+      auto module = testing::make_deep_conv_stack(/*blocks=*/16, /*batch=*/16);
+      ActivationScope scope(make_policy(policy));
+      device_memory().empty_cache();
+      const std::size_t reserved = device_memory().stats().reserved_bytes.current;
+      device_memory().set_budget(reserved + (2u << 20));  // less than one block needs
+      EXPECT_THROW(module->loss(), alloc::OutOfMemoryError) << policy;
+      device_memory().set_budget(std::nullopt);
+    }
+    EXPECT_EQ(device_memory().stats().allocated_bytes.current, before) << policy;
   }
 }
 

@@ -1,0 +1,227 @@
+#include "hooks/scope_state.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <unordered_map>
+
+#include "hooks/install.h"
+#include "hooks/segment_frame.h"
+
+namespace actmem::detail {
+
+ScopeState::ScopeState(std::shared_ptr<Policy> policy, ScopeOptions options)
+    : policy_(std::move(policy)), options_(options), host_(options.host_capacity) {}
+
+ActivationStats ScopeState::stats() {
+  std::lock_guard<std::mutex> lock(stats_mutex_);
+  return stats_;
+}
+
+std::int64_t ScopeState::begin_pack(std::uint64_t* step) {
+  std::lock_guard<std::mutex> lock(step_mutex_);
+  if (!in_step_) {
+    in_step_ = true;
+    ++step_;
+    next_order_ = 0;
+    step_start_ = std::chrono::steady_clock::now();
+    profile_ = StepProfile{};
+    step_entries_.clear();
+    backward_began_ = false;
+    // Entries of earlier steps that autograd has freed: forget them.
+    evictable_.erase(std::remove_if(evictable_.begin(), evictable_.end(),
+                                    [](const std::weak_ptr<SavedEntry>& e) { return e.expired(); }),
+                     evictable_.end());
+  }
+  *step = step_;
+  return next_order_++;
+}
+
+void ScopeState::record_pack(const std::shared_ptr<SavedEntry>& entry, const SavedTensorInfo& info,
+                             std::uint64_t storage, bool segment_input) {
+  const bool profile = policy_->wants_profile();
+  const bool evicts = policy_->evicts_under_pressure() && entry->action == Action::kKeep &&
+                      !info.is_leaf &&
+                      static_cast<std::size_t>(info.bytes) >= options_.offload_min_bytes;
+  if (!profile && !evicts) return;
+  const std::int64_t level = device_memory().stats().allocated_bytes.current;
+  std::lock_guard<std::mutex> lock(step_mutex_);
+  if (evicts) evictable_.push_back(entry);
+  if (!profile || entry->step != step_) return;
+  ProfiledTensor t;
+  t.order = info.order;
+  t.bytes = info.bytes;
+  t.segment = info.segment;
+  t.storage = storage;
+  t.is_leaf = info.is_leaf;
+  t.segment_input = segment_input;
+  t.action = entry->action;
+  t.pack_event = static_cast<std::int64_t>(profile_.levels.size());
+  profile_.levels.push_back(level);
+  profile_.event_ns.push_back(elapsed_ns(step_start_));
+  entry->profile_index = static_cast<std::int64_t>(profile_.tensors.size());
+  profile_.tensors.push_back(t);
+  step_entries_.push_back(entry);
+}
+
+void ScopeState::mark_freeable() {
+  // A storage is freeable when every reference to it is a kept tensor of this step: its
+  // reference count equals the number of kept tensors over it.
+  std::unordered_map<const void*, long> kept_over;
+  std::vector<std::pair<std::int64_t, at::Tensor>> kept;
+  for (const std::weak_ptr<SavedEntry>& weak : step_entries_) {
+    const std::shared_ptr<SavedEntry> entry = weak.lock();
+    if (!entry) continue;
+    std::lock_guard<std::mutex> lock(entry->mutex);
+    if (entry->action != Action::kKeep || !entry->kept.defined()) continue;
+    kept.emplace_back(entry->profile_index, entry->kept);
+    ++kept_over[entry->kept.storage().unsafeGetStorageImpl()];
+  }
+  for (const auto& [index, tensor] : kept) {
+    const long holders = static_cast<long>(tensor.storage().use_count());
+    profile_.tensors[index].freeable =
+        holders == kept_over[tensor.storage().unsafeGetStorageImpl()];
+  }
+}
+
+void ScopeState::record_unpack(const SavedEntry& entry) {
+  if (!policy_->wants_profile() || entry.profile_index < 0) return;
+  const std::int64_t level = device_memory().stats().allocated_bytes.current;
+  std::lock_guard<std::mutex> lock(step_mutex_);
+  if (entry.step != step_ || !in_step_) return;
+  if (!backward_began_) {
+    backward_began_ = true;
+    mark_freeable();
+  }
+  ProfiledTensor& t = profile_.tensors[entry.profile_index];
+  if (t.unpack_event >= 0) return;  // a second unpack (retain_graph): the first one counts
+  t.unpack_event = static_cast<std::int64_t>(profile_.levels.size());
+  profile_.levels.push_back(level);
+  profile_.event_ns.push_back(elapsed_ns(step_start_));
+}
+
+void ScopeState::record_segment(const std::string& name, std::int64_t forward_ns) {
+  if (!policy_->wants_profile()) return;
+  std::lock_guard<std::mutex> lock(step_mutex_);
+  if (in_step_) profile_.segments.push_back({name, forward_ns});
+}
+
+void ScopeState::end_step() {
+  StepProfile profile;
+  {
+    std::lock_guard<std::mutex> lock(step_mutex_);
+    if (!in_step_) return;  // a backward with nothing saved under this scope
+    in_step_ = false;
+    if (policy_->wants_profile()) {
+      profile_.step_ns = elapsed_ns(step_start_);
+      profile_.reserved_peak_bytes = device_memory().stats().reserved_bytes.peak;
+      profile = std::move(profile_);
+      profile_ = StepProfile{};
+    }
+  }
+  count([](ActivationStats& s) { ++s.steps; });
+  if (!policy_->wants_profile()) return;
+  profile.copy_bytes_per_second = copy_bytes_per_second();
+  for (const ProfiledTensor& t : profile.tensors) profile.evictions += t.evicted;
+  policy_->end_step(profile);
+}
+
+double ScopeState::copy_bytes_per_second() {
+  if (copy_bytes_per_second_ > 0) return copy_bytes_per_second_;
+  // Round trips of 256 KiB through the host store, timed: what an offload costs per byte here.
+  // Small, so that measuring fits in whatever budget the step left.
+  constexpr std::int64_t kElements = 64 * 1024;
+  constexpr int kRoundTrips = 16;
+  try {
+    const at::Tensor probe = at::zeros({kElements}, at::kFloat);
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < kRoundTrips; ++i) {
+      std::optional<at::Tensor> host = host_.offload(probe);
+      if (!host) return 0;
+      HostStore::restore(*host);
+    }
+    const double seconds = std::max<double>(static_cast<double>(elapsed_ns(start)) * 1e-9, 1e-9);
+    copy_bytes_per_second_ = 2.0 * kRoundTrips * kElements * 4 / seconds;
+  } catch (const std::exception&) {
+    return 0;  // no room even for the probe: the plan prices offloads as unavailable
+  }
+  return copy_bytes_per_second_;
+}
+
+std::size_t ScopeState::evict(std::size_t bytes_needed) {
+  struct Candidate {
+    std::shared_ptr<SavedEntry> entry;
+    bool shared;  // its memory is held elsewhere too: evicting it alone frees nothing
+    std::int64_t bytes;
+    double score;  // DTR: cost / (bytes x staleness); lowest goes first
+  };
+  std::vector<Candidate> candidates;
+  {
+    std::lock_guard<std::mutex> lock(step_mutex_);
+    const auto now = std::chrono::steady_clock::now();
+    const double bandwidth = copy_bytes_per_second_ > 0 ? copy_bytes_per_second_ : 1e9;
+    for (const std::weak_ptr<SavedEntry>& weak : evictable_) {
+      std::shared_ptr<SavedEntry> entry = weak.lock();
+      if (!entry) continue;
+      std::unique_lock<std::mutex> entry_lock(entry->mutex, std::try_to_lock);
+      if (!entry_lock.owns_lock() || entry->action != Action::kKeep || !entry->kept.defined()) {
+        continue;  // being unpacked right now, or already out
+      }
+      const double cost = static_cast<double>(entry->bytes) / bandwidth;  // the copy out
+      const double staleness =
+          static_cast<double>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                  now - entry->packed_at)
+                                  .count()) +
+          1.0;
+      candidates.push_back({entry, entry->kept.storage().use_count() > 1, entry->bytes,
+                            cost / (static_cast<double>(entry->bytes) * staleness)});
+    }
+  }
+  std::sort(candidates.begin(), candidates.end(), [](const Candidate& a, const Candidate& b) {
+    return a.shared != b.shared ? b.shared : a.score < b.score;
+  });
+  // The allocator is short of reserved bytes (a segment to cut the request from), so what counts
+  // is segments returned: after each eviction, fully free segments go back, until the shortfall
+  // is met in reserved bytes.
+  alloc::CachingAllocator& device = device_memory();
+  const std::int64_t allocated_before = device.stats().allocated_bytes.current;
+  const std::int64_t reserved_before = device.stats().reserved_bytes.current;
+  std::int64_t released = 0;
+  std::int64_t evicted = 0, evicted_bytes = 0;
+  for (const Candidate& c : candidates) {
+    if (released >= static_cast<std::int64_t>(bytes_needed)) break;
+    std::lock_guard<std::mutex> entry_lock(c.entry->mutex);
+    if (c.entry->action != Action::kKeep || !c.entry->kept.defined()) continue;
+    const std::int64_t allocated = device.stats().allocated_bytes.current;
+    std::optional<at::Tensor> host = host_.offload(c.entry->kept);
+    if (!host) break;  // the host pool is full too
+    c.entry->host = std::move(*host);
+    c.entry->kept = at::Tensor();
+    c.entry->action = Action::kOffload;
+    ++evicted;
+    evicted_bytes += c.bytes;
+    const std::int64_t freed_now = allocated - device.stats().allocated_bytes.current;
+    device.empty_cache();
+    released = reserved_before - device.stats().reserved_bytes.current;
+    if (c.entry->profile_index >= 0) {
+      std::lock_guard<std::mutex> lock(step_mutex_);
+      if (c.entry->step == step_ && in_step_) {
+        ProfiledTensor& t = profile_.tensors[c.entry->profile_index];
+        t.evicted = true;
+        t.evicted_bytes = std::max<std::int64_t>(0, freed_now);
+        t.evicted_event = static_cast<std::int64_t>(profile_.levels.size());
+        profile_.levels.push_back(device.stats().allocated_bytes.current);
+        profile_.event_ns.push_back(elapsed_ns(step_start_));
+      }
+    }
+  }
+  const std::int64_t freed =
+      std::max(released, allocated_before - device.stats().allocated_bytes.current);
+  count([&](ActivationStats& s) {
+    s.evictions += evicted;
+    s.bytes_evicted += evicted_bytes;
+  });
+  return static_cast<std::size_t>(std::max<std::int64_t>(0, freed));
+}
+
+}  // namespace actmem::detail

@@ -1,0 +1,367 @@
+#include "policy/auto_policy.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <limits>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+#include <unordered_map>
+
+namespace actmem {
+
+// Note [Auto plan]
+// ~~~~~~~~~~~~~~~~
+// Input: one step profiled with every tensor kept. Its timeline is the device bytes allocated at
+// each pack and unpack (tensors evicted under pressure during the profile are added back over
+// their lifetime, so the timeline is keep's). Output: an action per candidate, where a candidate
+// is either
+//   - a segment: all its saved tensors recomputed (cost: the segment's forward time, paid once
+//     in backward) or offloaded (cost: the copies, 2 x bytes / bandwidth, less the compute they
+//     overlap when copies run on a side stream; on CPU they are synchronous and hide nothing), or
+//   - one tensor outside any segment: offloaded (same cost), or kept.
+// A candidate frees its bytes from its first pack to its first unpack: a recomputed segment comes
+// back whole when backward first reaches it, and an offloaded tensor is prefetched before it is
+// used. Its bytes count only storages that nothing but saved tensors held when backward began
+// (the hooks check each storage's reference count then), that it alone saved, and never a
+// segment's inputs, which the segment keeps for its rerun: what a choice can really free.
+//
+// Greedy, cheapest seconds per byte first: find the simulated peak; among candidates that are
+// out of memory at that moment and not chosen yet, take the one with the least cost per byte it
+// frees (recompute or offload, whichever is cheaper for a segment); re-simulate; stop when the
+// peak is under the target (a share of the budget: allocator segments and the working set of ops
+// between two packs take the rest) or no candidate is left. The greedy is not optimal (the choice
+// is a knapsack over intervals) but each step is the locally cheapest byte, and the re-simulation
+// after each choice keeps it from paying for bytes that stop mattering once the peak moves.
+//
+// The minimum is the peak with every candidate out. A budget under it cannot be met by any plan:
+// the next step fails at once saying so. A plan that is feasible on paper can still cross the
+// budget (the profile misses memory inside ops): the hooks' pressure handler then evicts kept
+// tensors, and every eviction lowers the target of the next plan for that shape.
+
+namespace {
+
+struct Candidate {
+  std::string segment;
+  std::int64_t order = -1;
+  std::int64_t bytes = 0;
+  std::int64_t start = 0, end = 0;  // events [start, end) during which it is out
+  double recompute_seconds = std::numeric_limits<double>::infinity();
+  double offload_seconds = std::numeric_limits<double>::infinity();
+};
+
+// Keep's timeline: the profile's levels with what evictions freed added back, from the eviction
+// to the unpack.
+std::vector<std::int64_t> keep_levels(const StepProfile& profile) {
+  std::vector<std::int64_t> delta(profile.levels.size() + 1, 0);
+  for (const ProfiledTensor& t : profile.tensors) {
+    if (t.evicted_bytes <= 0) continue;
+    const std::int64_t end =
+        t.unpack_event >= 0 ? t.unpack_event : static_cast<std::int64_t>(profile.levels.size());
+    delta[std::max(t.pack_event, t.evicted_event)] += t.evicted_bytes;
+    delta[end] -= t.evicted_bytes;
+  }
+  std::vector<std::int64_t> levels(profile.levels.size());
+  std::int64_t extra = 0;
+  for (std::size_t e = 0; e < levels.size(); ++e) {
+    extra += delta[e];
+    levels[e] = profile.levels[e] + extra;
+  }
+  return levels;
+}
+
+double copy_seconds(std::int64_t bytes, std::int64_t start, std::int64_t end,
+                    const StepProfile& profile, const AutoOptions& options) {
+  if (profile.copy_bytes_per_second <= 0) return std::numeric_limits<double>::infinity();
+  double seconds = 2.0 * static_cast<double>(bytes) / profile.copy_bytes_per_second;
+  if (options.copies_overlap && end > start &&
+      end < static_cast<std::int64_t>(profile.event_ns.size())) {
+    const double window = static_cast<double>(profile.event_ns[end] - profile.event_ns[start]) * 1e-9;
+    seconds = std::max(0.0, seconds - window);
+  }
+  return seconds;
+}
+
+std::vector<Candidate> candidates(const StepProfile& profile, const AutoOptions& options) {
+  const auto events = static_cast<std::int64_t>(profile.levels.size());
+  // Which candidate groups hold each storage, and which storages are segment inputs.
+  std::unordered_map<std::uint64_t, std::set<std::string>> holders;
+  std::set<std::uint64_t> inputs;
+  auto group_of = [](const ProfiledTensor& t) {
+    return t.segment.empty() ? "#" + std::to_string(t.order) : t.segment;
+  };
+  for (const ProfiledTensor& t : profile.tensors) {
+    if (t.is_leaf) continue;
+    holders[t.storage].insert(group_of(t));
+    if (t.segment_input) inputs.insert(t.storage);
+  }
+  std::map<std::string, Candidate> by_group;
+  std::vector<std::string> order;  // groups in first-pack order
+  std::map<std::string, std::set<std::uint64_t>> counted;
+  std::map<std::string, std::int64_t> offloadable_bytes;
+  for (const ProfiledTensor& t : profile.tensors) {
+    if (t.is_leaf) continue;
+    const std::string group = group_of(t);
+    auto [it, added] = by_group.emplace(group, Candidate{});
+    Candidate& c = it->second;
+    if (added) {
+      c.segment = t.segment;
+      c.order = t.segment.empty() ? t.order : -1;
+      c.start = t.pack_event;
+      c.end = events;
+      order.push_back(group);
+    }
+    if (t.unpack_event >= 0) c.end = std::min(c.end, t.unpack_event);
+    // Only storages nothing else held, that this group alone saved, counted once, and never a
+    // segment's inputs.
+    if (!(t.freeable || t.evicted) || holders[t.storage].size() != 1 || inputs.count(t.storage) ||
+        !counted[group].insert(t.storage).second) {
+      continue;
+    }
+    c.bytes += t.bytes;
+    if (static_cast<std::size_t>(t.bytes) >= options.offload_min_bytes) {
+      offloadable_bytes[group] += t.bytes;
+    }
+  }
+  std::map<std::string, std::int64_t> forward_ns;
+  for (const ProfiledSegment& s : profile.segments) forward_ns[s.name] += s.forward_ns;
+  std::vector<Candidate> result;
+  for (const std::string& group : order) {
+    Candidate c = by_group[group];
+    if (c.bytes <= 0 || c.end <= c.start) continue;
+    if (!c.segment.empty()) c.recompute_seconds = static_cast<double>(forward_ns[c.segment]) * 1e-9;
+    // A segment is offloaded whole; its tensors under the minimum size stay, so an offload frees
+    // only the offloadable bytes: price it per byte it frees.
+    const std::int64_t offloadable = offloadable_bytes[group];
+    if (offloadable > 0) {
+      c.offload_seconds = copy_seconds(offloadable, c.start, c.end, profile, options) *
+                          static_cast<double>(c.bytes) / static_cast<double>(offloadable);
+    }
+    if (c.recompute_seconds == std::numeric_limits<double>::infinity() &&
+        c.offload_seconds == std::numeric_limits<double>::infinity()) {
+      continue;
+    }
+    result.push_back(c);
+  }
+  return result;
+}
+
+// The timeline under the chosen actions: keep's, less each chosen candidate's bytes while out.
+std::vector<std::int64_t> simulate(const std::vector<std::int64_t>& keep,
+                                   const std::vector<Candidate>& all,
+                                   const std::vector<Action>& actions) {
+  std::vector<std::int64_t> delta(keep.size() + 1, 0);
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    if (actions[i] == Action::kKeep) continue;
+    delta[all[i].start] -= all[i].bytes;
+    delta[all[i].end] += all[i].bytes;
+  }
+  std::vector<std::int64_t> levels(keep.size());
+  std::int64_t saved = 0;
+  for (std::size_t e = 0; e < keep.size(); ++e) {
+    saved += delta[e];
+    levels[e] = keep[e] + saved;
+  }
+  return levels;
+}
+
+std::size_t peak_event(const std::vector<std::int64_t>& levels) {
+  return static_cast<std::size_t>(std::max_element(levels.begin(), levels.end()) - levels.begin());
+}
+
+std::string mib(std::int64_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+  return text;
+}
+
+}  // namespace
+
+std::string StepProfile::signature() const {
+  if (tensors.empty()) return "";
+  return tensors.front().segment + ":" + std::to_string(tensors.front().bytes) + ":" +
+         std::to_string(tensors.size() > 1 ? tensors[1].bytes : 0);
+}
+
+Action Plan::action_for(const std::string& segment, std::int64_t order) const {
+  for (const PlanItem& item : items) {
+    if (segment.empty() ? item.segment.empty() && item.order == order : item.segment == segment) {
+      return item.action;
+    }
+  }
+  return Action::kKeep;
+}
+
+std::string Plan::table() const {
+  std::ostringstream out;
+  char line[160];
+  std::snprintf(line, sizeof line, "%-24s %12s %10s %12s\n", "segment", "bytes", "action",
+                "cost (ms)");
+  out << line;
+  for (const PlanItem& item : items) {
+    const std::string name = item.segment.empty() ? "tensor #" + std::to_string(item.order)
+                                                  : item.segment;
+    std::snprintf(line, sizeof line, "%-24s %12s %10s %12.2f\n", name.c_str(),
+                  mib(item.bytes).c_str(), to_string(item.action),
+                  item.action == Action::kKeep ? 0.0 : item.cost_seconds * 1e3);
+    out << line;
+  }
+  std::snprintf(line, sizeof line,
+                "expected peak %s (keep %s, minimum %s, target %s), added %.1f ms per step%s\n",
+                mib(planned_peak_bytes).c_str(), mib(keep_peak_bytes).c_str(),
+                mib(minimum_bytes).c_str(), mib(target_bytes).c_str(), added_seconds * 1e3,
+                feasible ? "" : " (over the target: the pressure handler covers the rest)");
+  out << line;
+  return out.str();
+}
+
+Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOptions& options) {
+  const std::vector<std::int64_t> keep = keep_levels(profile);
+  const std::vector<Candidate> all = candidates(profile, options);
+  std::vector<Action> actions(all.size(), Action::kKeep);
+  Plan plan;
+  plan.profiled_step_seconds = static_cast<double>(profile.step_ns) * 1e-9;
+  plan.keep_peak_bytes = keep.empty() ? 0 : keep[peak_event(keep)];
+  // What keep would reserve: the profile's reserved peak plus what evictions took out of it.
+  std::int64_t keep_reserved = profile.reserved_peak_bytes;
+  for (const ProfiledTensor& t : profile.tensors) keep_reserved += t.evicted_bytes;
+  plan.target_bytes =
+      keep_reserved <= budget
+          ? plan.keep_peak_bytes
+          : plan.keep_peak_bytes - (keep_reserved - budget) -
+                static_cast<std::int64_t>(options.margin * static_cast<double>(budget));
+  {
+    std::vector<Action> everything(all.size(), Action::kRecompute);
+    const auto lowest = simulate(keep, all, everything);
+    plan.minimum_bytes = lowest.empty() ? 0 : lowest[peak_event(lowest)];
+  }
+  std::vector<std::int64_t> levels = keep;
+  while (!levels.empty()) {
+    const std::size_t at = peak_event(levels);
+    if (levels[at] <= plan.target_bytes) break;
+    std::optional<std::size_t> best;
+    Action best_action = Action::kKeep;
+    double best_price = std::numeric_limits<double>::infinity();
+    for (std::size_t i = 0; i < all.size(); ++i) {
+      const Candidate& c = all[i];
+      if (actions[i] != Action::kKeep || c.start > static_cast<std::int64_t>(at) ||
+          static_cast<std::int64_t>(at) >= c.end) {
+        continue;
+      }
+      const bool recompute = c.recompute_seconds <= c.offload_seconds;
+      const double price =
+          (recompute ? c.recompute_seconds : c.offload_seconds) / static_cast<double>(c.bytes);
+      if (price < best_price) {
+        best_price = price;
+        best = i;
+        best_action = recompute ? Action::kRecompute : Action::kOffload;
+      }
+    }
+    if (!best) break;  // nothing left that is out at the peak
+    actions[*best] = best_action;
+    levels = simulate(keep, all, actions);
+  }
+  plan.planned_peak_bytes = levels.empty() ? 0 : levels[peak_event(levels)];
+  plan.feasible = plan.planned_peak_bytes <= plan.target_bytes;
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    const Candidate& c = all[i];
+    const double cost = actions[i] == Action::kRecompute ? c.recompute_seconds
+                        : actions[i] == Action::kOffload ? c.offload_seconds
+                                                         : 0.0;
+    plan.items.push_back({c.segment, c.order, actions[i], c.bytes, cost});
+    plan.added_seconds += cost;
+  }
+  return plan;
+}
+
+AutoPolicy::AutoPolicy(AutoOptions options) : options_(std::move(options)) {}
+
+Action AutoPolicy::decide(const SavedTensorInfo& tensor) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (tensor.order == 0) {
+    if (infeasible_) throw BudgetTooSmallError(*infeasible_);
+    diverged_ = false;
+    current_ = nullptr;
+    first_pack_ = tensor.segment + ":" + std::to_string(tensor.bytes) + ":";
+    if (options_.plan_once && !shapes_.empty()) current_ = &shapes_.begin()->second;
+  }
+  if (tensor.order == 1 && !options_.plan_once) {  // the shape is known at the second pack
+    auto it = shapes_.find(first_pack_ + std::to_string(tensor.bytes));
+    current_ = it == shapes_.end() ? nullptr : &it->second;
+  }
+  if (current_ == nullptr || !current_->plan || diverged_) return Action::kKeep;
+  const auto index = static_cast<std::size_t>(tensor.order);
+  if (!options_.plan_once &&
+      (index >= current_->packs.size() || current_->packs[index].first != tensor.segment ||
+       current_->packs[index].second != tensor.bytes)) {
+    diverged_ = true;  // not the profiled step after all: keep the rest, profile it again
+    return Action::kKeep;
+  }
+  return current_->plan->action_for(tensor.segment, tensor.order);
+}
+
+void AutoPolicy::end_step(const StepProfile& profile) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const bool planned = current_ != nullptr && current_->plan && !diverged_;
+  if (planned) {
+    Shape& shape = *current_;
+    current_ = nullptr;
+    std::int64_t measured_peak = 0;
+    for (std::int64_t level : profile.levels) measured_peak = std::max(measured_peak, level);
+    if (options_.log != LogLevel::kOff) {
+      std::fprintf(stderr,
+                   "actmem auto: planned peak %s, measured %s at packs and unpacks; step %.1f ms "
+                   "(profiled %.1f ms, +%.1f ms planned); %lld evictions\n",
+                   mib(shape.plan->planned_peak_bytes).c_str(), mib(measured_peak).c_str(),
+                   static_cast<double>(profile.step_ns) * 1e-6,
+                   shape.plan->profiled_step_seconds * 1e3, shape.plan->added_seconds * 1e3,
+                   static_cast<long long>(profile.evictions));
+    }
+    // Evictions mean the plan crossed the budget: plan this shape again, aiming lower.
+    if (profile.evictions > 0 && !options_.plan_once) {
+      options_.margin = std::min(0.5, options_.margin + 0.05);
+      plan_shape(shape);
+    }
+    return;
+  }
+  current_ = nullptr;
+  Shape& shape = shapes_[profile.signature()];
+  shape.profile = profile;
+  shape.packs.clear();
+  for (const ProfiledTensor& t : profile.tensors) shape.packs.emplace_back(t.segment, t.bytes);
+  plan_shape(shape);
+}
+
+void AutoPolicy::plan_shape(Shape& shape) {
+  const std::optional<std::size_t> budget = options_.budget ? options_.budget() : std::nullopt;
+  // Without a budget nothing needs to go out: a plan under an unreachable target keeps all.
+  const std::int64_t limit = budget ? static_cast<std::int64_t>(*budget)
+                                    : std::numeric_limits<std::int64_t>::max() / 2;
+  Plan plan = make_plan(shape.profile, limit, options_);
+  ++plans_made_;
+  if (budget && plan.minimum_bytes > limit) {
+    infeasible_ = "actmem: the budget of " + mib(limit) +
+                  " is below what this training step needs: at least " + mib(plan.minimum_bytes) +
+                  " (weights, gradients, optimizer state and the working set left with every "
+                  "activation that can go out, out; found by profiling the step)";
+  }
+  if (options_.log != LogLevel::kOff) {
+    std::fprintf(stderr, "actmem auto: plan for shape %s under a budget of %s:\n%s",
+                 shape.profile.signature().c_str(), budget ? mib(limit).c_str() : "none",
+                 plan.table().c_str());
+  }
+  shape.plan = plan;
+  last_plan_ = std::move(plan);
+}
+
+std::optional<Plan> AutoPolicy::last_plan() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return last_plan_;
+}
+
+int AutoPolicy::plans_made() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return plans_made_;
+}
+
+}  // namespace actmem

@@ -1,0 +1,55 @@
+// What the hooks observed of one training step, for policies that learn from it (auto): every
+// saved tensor with its pack and unpack times and the device bytes allocated then, every
+// segment's forward time, and the host copy bandwidth. Torch-free.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "policy/policy.h"
+
+namespace actmem {
+
+struct ProfiledTensor {
+  std::int64_t order = 0;        // pack order within the step
+  std::int64_t bytes = 0;
+  std::string segment;           // "" outside any segment
+  std::uint64_t storage = 0;     // identifies the memory: tensors with the same value share it
+  bool is_leaf = false;
+  bool segment_input = false;    // the storage is an input of its segment (the segment holds it)
+  Action action = Action::kKeep; // what was done with it
+  // Whether dropping every saved copy of its storage would free it: at the start of backward,
+  // nothing but saved tensors held it. False for what the model or the caller still holds.
+  bool freeable = false;
+  bool evicted = false;          // offloaded under pressure after it was kept
+  std::int64_t evicted_bytes = 0;  // the device bytes that eviction freed
+  std::int64_t evicted_event = -1;  // when, as an index into StepProfile::levels
+  std::int64_t pack_event = 0;   // index into StepProfile::levels
+  std::int64_t unpack_event = -1;  // -1: not unpacked in this step
+};
+
+struct ProfiledSegment {
+  std::string name;
+  std::int64_t forward_ns = 0;
+};
+
+struct StepProfile {
+  std::vector<ProfiledTensor> tensors;   // in pack order
+  std::vector<ProfiledSegment> segments; // in forward order
+  // Device bytes allocated at each pack and unpack, in the order they happened.
+  std::vector<std::int64_t> levels;
+  std::vector<std::int64_t> event_ns;    // when each event happened, since the step began
+  std::int64_t step_ns = 0;              // first pack to the end of backward
+  double copy_bytes_per_second = 0;      // host<->device, measured
+  std::int64_t evictions = 0;            // tensors offloaded under pressure during the step
+  // The allocator's reserved peak during the step (what a budget caps; the levels sample allocated
+  // bytes, and only at packs and unpacks).
+  std::int64_t reserved_peak_bytes = 0;
+
+  // The step's shape: the first pack's segment and bytes. Steps with another shape are planned on
+  // their own.
+  std::string signature() const;
+};
+
+}  // namespace actmem
