@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# The main job: installs missing Debian packages, builds, and runs the comparison.
-# Until the models land, that is the allocator benchmark; arguments go to it
-# (./run.sh --benchmark_filter=CachedPair, ./run.sh --help).
+# The main job: installs missing Debian packages, builds, and compares the memory policies on the
+# four reference models (small size, on CPU): peak memory, step time and the largest batch that
+# fits, each against `keep`. Writes results/summary.{md,json,svg}; arguments go to actmem_compare
+# (./run.sh --help, ./run.sh --models lstm --policies keep,auto).
+#
+#   ./run.sh --alloc [args]   the allocator micro-benchmarks instead (bench/alloc_bench)
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/setup.sh
 
 actmem_install_missing
 actmem_build release
-exec build/release/bench/alloc_bench "$@"
+if [[ ${1:-} == --alloc ]]; then
+  shift
+  exec build/release/bench/alloc_bench "$@"
+fi
+exec build/release/bench/actmem_compare "$@"

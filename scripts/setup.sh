@@ -1,7 +1,9 @@
 # Shared by run.sh and test.sh: install what is missing, then configure and build a preset.
 # Sourced, not run.
 
-ACTMEM_PACKAGES=(cmake ninja-build g++ libtorch-dev libgtest-dev libbenchmark-dev)
+# libopenblas0-pthread: Debian's LibTorch calls whatever libblas.so.3 the system selects; the
+# reference BLAS it falls back to makes the LSTM's matrix products ten times slower.
+ACTMEM_PACKAGES=(cmake ninja-build g++ libtorch-dev libgtest-dev libbenchmark-dev libopenblas0-pthread)
 
 # Installs the Debian packages that are missing; silent when none is.
 actmem_install_missing() {

@@ -1,0 +1,85 @@
+#include "bench/compare/training_run.h"
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cmath>
+#include <stdexcept>
+
+#include "hooks/install.h"
+#include "models/catalogue.h"
+#include "policy/policy.h"
+#include "policy/policy_config.h"
+
+namespace actmem::bench {
+
+BudgetGuard::BudgetGuard(std::int64_t budget_bytes) : previous_(device_memory().budget()) {
+  device_memory().set_budget(budget_bytes > 0 ? std::optional<std::size_t>(budget_bytes)
+                                              : std::nullopt);
+}
+
+BudgetGuard::~BudgetGuard() { device_memory().set_budget(previous_); }
+
+namespace {
+std::int64_t empty_cache_then(std::int64_t budget_bytes) {
+  device_memory().empty_cache();
+  return budget_bytes;
+}
+}  // namespace
+
+TrainingRun::TrainingRun(const RunSpec& spec)
+    : spec_(spec), budget_(empty_cache_then(spec.budget_bytes)) {
+  if (spec_.batch <= 0) spec_.batch = models::default_batch(spec_.model, spec_.size);
+  model_ = models::make_model(spec_.model, spec_.size, spec_.seed);
+  batch_ = model_->make_batch(spec_.batch, spec_.seed);
+  optimizer_ = models::make_optimizer(*model_);
+  const PolicyConfig config = PolicyConfig::from_environment();  // ACTMEM_LOG, min offload size
+  ScopeOptions options;
+  options.offload_min_bytes = config.offload_min_bytes;
+  scope_ = std::make_unique<ActivationScope>(
+      make_device_policy(spec_.policy, config.offload_min_bytes, config.log), options);
+}
+
+TrainingRun::~TrainingRun() = default;
+
+StepCost TrainingRun::step() {
+  alloc::CachingAllocator& memory = device_memory();
+  const ActivationStats before = scope_->stats();
+  StepCost cost;
+  cost.start_bytes = memory.stats().allocated_bytes.current;
+  memory.reset_peak_stats();
+  const auto start = std::chrono::steady_clock::now();
+  models::train_step(*model_, *optimizer_, batch_);
+  cost.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const alloc::AllocatorStats stats = memory.stats();
+  cost.peak_bytes = stats.allocated_bytes.peak - cost.start_bytes;
+  cost.reserved_bytes = stats.reserved_bytes.peak;
+  const ActivationStats after = scope_->stats();
+  cost.offloaded_bytes = after.bytes_offloaded - before.bytes_offloaded;
+  cost.recomputed_bytes = after.bytes_recomputed - before.bytes_recomputed;
+  return cost;
+}
+
+std::vector<std::vector<float>> TrainingRun::gradients() const {
+  std::vector<std::vector<float>> grads;
+  for (const auto& p : model_->parameters()) {
+    const at::Tensor g = p.grad().detach().to(torch::kFloat).contiguous();
+    grads.emplace_back(g.data_ptr<float>(), g.data_ptr<float>() + g.numel());
+  }
+  return grads;
+}
+
+double max_abs_difference(const std::vector<std::vector<float>>& a,
+                          const std::vector<std::vector<float>>& b) {
+  if (a.size() != b.size()) throw std::invalid_argument("gradient lists differ in length");
+  double worst = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (a[i].size() != b[i].size()) throw std::invalid_argument("gradient shapes differ");
+    for (std::size_t j = 0; j < a[i].size(); ++j) {
+      worst = std::max(worst, static_cast<double>(std::abs(a[i][j] - b[i][j])));
+    }
+  }
+  return worst;
+}
+
+}  // namespace actmem::bench

@@ -1,0 +1,76 @@
+// One model training under one policy, step by step, with what each step cost: the unit every
+// comparison in the main job measures.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "hooks/activation_scope.h"
+#include "models/model.h"
+#include "models/training.h"
+
+namespace actmem::bench {
+
+struct RunSpec {
+  std::string model;
+  models::Size size = models::Size::kSmall;
+  std::string policy = "keep";
+  std::int64_t batch = 0;          // 0: the size's default batch
+  std::int64_t budget_bytes = 0;   // device bytes the allocator may reserve; 0: no budget
+  std::uint64_t seed = 1;          // weights and batch
+};
+
+struct StepCost {
+  std::int64_t start_bytes = 0;     // allocated when the step began: weights, gradients, momentum
+  std::int64_t peak_bytes = 0;      // allocated peak during the step, above start_bytes
+  std::int64_t reserved_bytes = 0;  // reserved peak during the step
+  double seconds = 0;
+  std::int64_t offloaded_bytes = 0;
+  std::int64_t recomputed_bytes = 0;
+};
+
+// Sets the device allocator's budget for its lifetime, and restores the previous one after.
+class BudgetGuard {
+ public:
+  explicit BudgetGuard(std::int64_t budget_bytes);  // 0: no budget
+  ~BudgetGuard();
+  BudgetGuard(const BudgetGuard&) = delete;
+  BudgetGuard& operator=(const BudgetGuard&) = delete;
+
+ private:
+  std::optional<std::size_t> previous_;
+};
+
+class TrainingRun {
+ public:
+  // Empties the device allocator's cache (so that reserved bytes are this run's), sets the
+  // budget, and builds the model, its batch and optimizer, and the policy's scope. Throws
+  // std::invalid_argument for an unknown model or policy.
+  explicit TrainingRun(const RunSpec& spec);
+  ~TrainingRun();
+
+  // One training step, measured. An allocator::OutOfMemoryError propagates: the step did not fit.
+  StepCost step();
+
+  // Each parameter's gradient after the last step, copied out of device memory (so that holding
+  // it does not count against a later run's budget).
+  std::vector<std::vector<float>> gradients() const;
+  const RunSpec& spec() const { return spec_; }
+
+ private:
+  RunSpec spec_;
+  BudgetGuard budget_;
+  std::shared_ptr<models::Model> model_;
+  models::Batch batch_;
+  std::unique_ptr<torch::optim::SGD> optimizer_;
+  std::unique_ptr<ActivationScope> scope_;
+};
+
+// max |a - b| over every element of every pair of gradients.
+double max_abs_difference(const std::vector<std::vector<float>>& a,
+                          const std::vector<std::vector<float>>& b);
+
+}  // namespace actmem::bench
