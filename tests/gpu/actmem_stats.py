@@ -1,0 +1,76 @@
+"""Checks actmem's statistics JSON (what actmem_stats_json() returns and ACTMEM_STATS writes).
+
+The layout (allocator/process_allocators.cpp, allocator/stats.cpp):
+
+    {"devices": {"0": {"backend": "cuda",
+                       "allocated_bytes": {"current": .., "peak": .., "total": ..},
+                       "reserved_bytes": {...}, ..., "allocations": N, "cache_hits": N,
+                       "budget_bytes": N, ...}}}
+
+As a command, for the LD_PRELOAD test:
+
+    python3 actmem_stats.py STATS.json --min-peak-bytes N [--budget-bytes N] [--label NAME]
+
+prints one line and exits 0 when the stats show the bytes, 1 when they do not.
+"""
+
+import argparse
+import json
+import sys
+
+
+def check(stats, min_peak_bytes, budget_bytes=None):
+    """Returns (ok, message): whether a CUDA device's allocator saw at least min_peak_bytes."""
+    devices = stats.get("devices", {})
+    if not devices:
+        return False, ("no device allocator in the stats: actmem served no allocation "
+                       "(everything passed through, or nothing was allocated)")
+    problems = []
+    summary = []
+    for index, device in sorted(devices.items()):
+        peak = device["allocated_bytes"]["peak"]
+        reserved_peak = device["reserved_bytes"]["peak"]
+        summary.append("device %s: backend %s, allocated peak %d B, reserved peak %d B, "
+                       "%d allocations, %d cache hits, budget %d B"
+                       % (index, device["backend"], peak, reserved_peak, device["allocations"],
+                          device["cache_hits"], device["budget_bytes"]))
+        if device["backend"] != "cuda":
+            problems.append("device %s has backend %r, not 'cuda'" % (index, device["backend"]))
+        if peak < min_peak_bytes:
+            problems.append("device %s: allocated peak %d B is below the expected %d B"
+                            % (index, peak, min_peak_bytes))
+        if device["allocations"] <= 0:
+            problems.append("device %s: no allocations counted" % index)
+        if budget_bytes is not None:
+            if device["budget_bytes"] != budget_bytes:
+                problems.append("device %s: budget %d B, expected %d B"
+                                % (index, device["budget_bytes"], budget_bytes))
+            if reserved_peak > budget_bytes:
+                problems.append("device %s: reserved peak %d B is above the budget %d B"
+                                % (index, reserved_peak, budget_bytes))
+    message = "; ".join(summary)
+    if problems:
+        return False, message + " -- " + "; ".join(problems)
+    return True, message
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stats", help="the stats JSON file")
+    parser.add_argument("--min-peak-bytes", type=int, required=True)
+    parser.add_argument("--budget-bytes", type=int, default=None)
+    parser.add_argument("--label", default="actmem stats")
+    args = parser.parse_args()
+    try:
+        with open(args.stats) as f:
+            stats = json.load(f)
+    except (OSError, ValueError) as error:
+        print("%s: FAIL: cannot read %s: %s" % (args.label, args.stats, error))
+        return 1
+    ok, message = check(stats, args.min_peak_bytes, args.budget_bytes)
+    print("%s: %s: %s" % (args.label, "ok" if ok else "FAIL", message))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
