@@ -12,8 +12,9 @@ namespace actmem::detail {
 // The hooks for a tensor saved on this thread now: capture hooks during a segment's rerun,
 // managed hooks under an ActivationScope, nullptr otherwise (autograd then saves as usual).
 std::unique_ptr<torch::autograd::SavedVariableHooks> hooks_for_this_thread();
-// Ends the step of the scope active on this thread, if one is in progress (scope_state.h).
+// End, or discard, the step of the scope active on this thread, if one is in progress.
 void backward_finished();
+void backward_failed();
 
 class ActmemEngine final : public torch::autograd::Engine {
  public:
@@ -23,14 +24,30 @@ class ActmemEngine final : public torch::autograd::Engine {
     return hooks_for_this_thread();
   }
 
-  // A backward that returns ends the step of the scope active on this thread (if any).
+  // The outermost backward on this thread ends the step of the scope active on it (if any):
+  // returning hands the step's profile to the policy, throwing discards it. A backward nested in
+  // another (torch::autograd::grad inside a forward, a reentrant Function) ends nothing.
   torch::autograd::variable_list execute(const torch::autograd::edge_list& roots,
                                          const torch::autograd::variable_list& inputs,
                                          bool keep_graph, bool create_graph, bool accumulate_grad,
                                          const torch::autograd::edge_list& outputs) override {
-    auto result =
-        Engine::execute(roots, inputs, keep_graph, create_graph, accumulate_grad, outputs);
-    backward_finished();
+    static thread_local int depth = 0;
+    struct Depth {
+      Depth() { ++depth; }
+      ~Depth() { --depth; }
+    };
+    torch::autograd::variable_list result;
+    {
+      Depth nested;
+      try {
+        result =
+            Engine::execute(roots, inputs, keep_graph, create_graph, accumulate_grad, outputs);
+      } catch (...) {
+        if (depth == 1) backward_failed();
+        throw;
+      }
+    }
+    if (depth == 0) backward_finished();
     return result;
   }
 

@@ -20,8 +20,19 @@ namespace {
 
 thread_local std::shared_ptr<ScopeState> t_active_scope;
 
-std::uint64_t storage_id(const at::Tensor& tensor) {
-  return reinterpret_cast<std::uintptr_t>(tensor.storage().unsafeGetStorageImpl());
+bool same_storage(const at::Tensor& a, const at::Tensor& b) {
+  return a.has_storage() && b.has_storage() &&
+         a.storage().unsafeGetStorageImpl() == b.storage().unsafeGetStorageImpl();
+}
+
+// Parameters and what autograd saves of them (weight.t() for a linear layer) live as long as the
+// model does: sending them out frees nothing. Other tensors that need no grad (dropout masks,
+// pooling indices) are activations like the rest.
+bool held_by_the_model(const at::Tensor& tensor) {
+  if (tensor.is_leaf() && tensor.requires_grad()) return true;
+  if (!tensor.is_view()) return false;
+  const at::TensorBase& base = tensor._base();
+  return base.is_leaf() && base.requires_grad();
 }
 
 // One saved tensor under a scope: kept, offloaded to the host store, or left to its segment's
@@ -43,19 +54,19 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
     info.segment = frame ? frame->name : "";
     info.shape.assign(tensor.sizes().begin(), tensor.sizes().end());
     info.dtype = std::string(tensor.dtype().name());
-    info.order = scope_->begin_pack(&e.step);
-    info.is_leaf = tensor.is_leaf();
+    info.order = scope_->begin_pack(entry_);
+    info.is_leaf = held_by_the_model(tensor);
     bool segment_input = false;
     if (frame) {
       e.index = static_cast<std::int64_t>(frame->wanted.size());
       frame->wanted.push_back(0);
       for (const at::Tensor& input : frame->inputs) {
-        segment_input = segment_input || storage_id(input) == storage_id(tensor);
+        segment_input = segment_input || same_storage(input, tensor);
       }
     }
 
     Action action = scope_->policy().decide(info);
-    if (info.is_leaf) action = Action::kKeep;  // held outside autograd: nothing to gain
+    if (info.is_leaf) action = Action::kKeep;  // the model holds it: nothing to gain
     if (action == Action::kRecompute && !frame) action = Action::kKeep;
     if (action == Action::kOffload &&
         static_cast<std::size_t>(e.bytes) < scope_->options().offload_min_bytes) {
@@ -84,7 +95,7 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
     // (an exception in the forward, an evaluation with grad on). Unpack re-attaches grad_fn itself.
     if (action == Action::kKeep) e.kept = tensor.detach();
     e.action = action;
-    scope_->record_pack(entry_, info, storage_id(tensor), segment_input);
+    scope_->record_pack(entry_, info, tensor, segment_input);
 
     const std::int64_t bytes = e.bytes;
     scope_->count([&](ActivationStats& s) {
@@ -164,6 +175,10 @@ const std::shared_ptr<ScopeState>& active_scope() { return t_active_scope; }
 
 void backward_finished() {
   if (t_active_scope) t_active_scope->end_step();
+}
+
+void backward_failed() {
+  if (t_active_scope) t_active_scope->abort_step();
 }
 
 std::unique_ptr<torch::autograd::SavedVariableHooks> hooks_for_this_thread() {

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <limits>
 #include <unordered_map>
 
 #include "hooks/install.h"
@@ -18,27 +19,33 @@ ActivationStats ScopeState::stats() {
   return stats_;
 }
 
-std::int64_t ScopeState::begin_pack(std::uint64_t* step) {
+std::int64_t ScopeState::begin_pack(const std::shared_ptr<SavedEntry>& entry) {
   std::lock_guard<std::mutex> lock(step_mutex_);
-  if (!in_step_) {
+  const bool abandoned =
+      in_step_ && !step_entries_.empty() &&
+      std::all_of(step_entries_.begin(), step_entries_.end(),
+                  [](const std::weak_ptr<SavedEntry>& e) { return e.expired(); });
+  if (!in_step_ || abandoned) {
     in_step_ = true;
     ++step_;
     next_order_ = 0;
     step_start_ = std::chrono::steady_clock::now();
     profile_ = StepProfile{};
-    step_entries_.clear();
     backward_began_ = false;
+    step_entries_.clear();
+    step_storages_.clear();
     // Entries of earlier steps that autograd has freed: forget them.
     evictable_.erase(std::remove_if(evictable_.begin(), evictable_.end(),
                                     [](const std::weak_ptr<SavedEntry>& e) { return e.expired(); }),
                      evictable_.end());
   }
-  *step = step_;
+  entry->step = step_;
+  step_entries_.push_back(entry);
   return next_order_++;
 }
 
 void ScopeState::record_pack(const std::shared_ptr<SavedEntry>& entry, const SavedTensorInfo& info,
-                             std::uint64_t storage, bool segment_input) {
+                             const at::Tensor& tensor, bool segment_input) {
   const bool profile = policy_->wants_profile();
   const bool evicts = policy_->evicts_under_pressure() && entry->action == Action::kKeep &&
                       !info.is_leaf &&
@@ -52,7 +59,10 @@ void ScopeState::record_pack(const std::shared_ptr<SavedEntry>& entry, const Sav
   t.order = info.order;
   t.bytes = info.bytes;
   t.segment = info.segment;
-  t.storage = storage;
+  if (tensor.has_storage()) {  // sparse and opaque tensors have none: they never count as freeable
+    t.storage = reinterpret_cast<std::uintptr_t>(tensor.storage().unsafeGetStorageImpl());
+    step_storages_.push_back(tensor.storage().getWeakStorageImpl());
+  }
   t.is_leaf = info.is_leaf;
   t.segment_input = segment_input;
   t.action = entry->action;
@@ -61,7 +71,6 @@ void ScopeState::record_pack(const std::shared_ptr<SavedEntry>& entry, const Sav
   profile_.event_ns.push_back(elapsed_ns(step_start_));
   entry->profile_index = static_cast<std::int64_t>(profile_.tensors.size());
   profile_.tensors.push_back(t);
-  step_entries_.push_back(entry);
 }
 
 void ScopeState::mark_freeable() {
@@ -73,7 +82,10 @@ void ScopeState::mark_freeable() {
     const std::shared_ptr<SavedEntry> entry = weak.lock();
     if (!entry) continue;
     std::lock_guard<std::mutex> lock(entry->mutex);
-    if (entry->action != Action::kKeep || !entry->kept.defined()) continue;
+    if (entry->profile_index < 0 || entry->action != Action::kKeep || !entry->kept.defined() ||
+        !entry->kept.has_storage()) {
+      continue;
+    }
     kept.emplace_back(entry->profile_index, entry->kept);
     ++kept_over[entry->kept.storage().unsafeGetStorageImpl()];
   }
@@ -106,12 +118,20 @@ void ScopeState::record_segment(const std::string& name, std::int64_t forward_ns
   if (in_step_) profile_.segments.push_back({name, forward_ns});
 }
 
+void ScopeState::abort_step() {
+  std::lock_guard<std::mutex> lock(step_mutex_);
+  in_step_ = false;
+  profile_ = StepProfile{};
+  step_storages_.clear();
+}
+
 void ScopeState::end_step() {
   StepProfile profile;
   {
     std::lock_guard<std::mutex> lock(step_mutex_);
     if (!in_step_) return;  // a backward with nothing saved under this scope
     in_step_ = false;
+    step_storages_.clear();
     if (policy_->wants_profile()) {
       profile_.step_ns = elapsed_ns(step_start_);
       profile_.reserved_peak_bytes = device_memory().stats().reserved_bytes.peak;
@@ -127,7 +147,7 @@ void ScopeState::end_step() {
 }
 
 double ScopeState::copy_bytes_per_second() {
-  if (copy_bytes_per_second_ > 0) return copy_bytes_per_second_;
+  if (copy_bytes_per_second_.load() > 0) return copy_bytes_per_second_.load();
   // Round trips of 256 KiB through the host store, timed: what an offload costs per byte here.
   // Small, so that measuring fits in whatever budget the step left.
   constexpr std::int64_t kElements = 64 * 1024;
@@ -145,68 +165,79 @@ double ScopeState::copy_bytes_per_second() {
   } catch (const std::exception&) {
     return 0;  // no room even for the probe: the plan prices offloads as unavailable
   }
-  return copy_bytes_per_second_;
+  return copy_bytes_per_second_.load();
 }
 
 std::size_t ScopeState::evict(std::size_t bytes_needed) {
-  struct Candidate {
-    std::shared_ptr<SavedEntry> entry;
-    bool shared;  // its memory is held elsewhere too: evicting it alone frees nothing
-    std::int64_t bytes;
-    double score;  // DTR: cost / (bytes x staleness); lowest goes first
+  // Candidates are storages, each with the kept entries over it: evicting frees the storage only
+  // when those entries are all that hold it (an op's output saved twice, by the op and the next
+  // one, is two entries over one storage).
+  struct Group {
+    std::vector<std::shared_ptr<SavedEntry>> entries;
+    long holders = 0;  // the storage's reference count
+    double score = std::numeric_limits<double>::infinity();  // lowest goes first
   };
-  std::vector<Candidate> candidates;
+  std::unordered_map<const void*, Group> groups;
   {
     std::lock_guard<std::mutex> lock(step_mutex_);
     const auto now = std::chrono::steady_clock::now();
-    const double bandwidth = copy_bytes_per_second_ > 0 ? copy_bytes_per_second_ : 1e9;
+    const double stored = copy_bytes_per_second_.load();
+    const double bandwidth = stored > 0 ? stored : 1e9;
     for (const std::weak_ptr<SavedEntry>& weak : evictable_) {
       std::shared_ptr<SavedEntry> entry = weak.lock();
       if (!entry) continue;
       std::unique_lock<std::mutex> entry_lock(entry->mutex, std::try_to_lock);
-      if (!entry_lock.owns_lock() || entry->action != Action::kKeep || !entry->kept.defined()) {
-        continue;  // being unpacked right now, or already out
+      if (!entry_lock.owns_lock() || entry->action != Action::kKeep || !entry->kept.defined() ||
+          !entry->kept.has_storage()) {
+        continue;  // being unpacked right now, already out, or not plain memory
       }
-      const double cost = static_cast<double>(entry->bytes) / bandwidth;  // the copy out
-      const double staleness =
-          static_cast<double>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                  now - entry->packed_at)
-                                  .count()) +
-          1.0;
-      candidates.push_back({entry, entry->kept.storage().use_count() > 1, entry->bytes,
-                            cost / (static_cast<double>(entry->bytes) * staleness)});
+      Group& group = groups[entry->kept.storage().unsafeGetStorageImpl()];
+      group.holders = static_cast<long>(entry->kept.storage().use_count());
+      const double cost = static_cast<double>(entry->bytes) / bandwidth;  // the copy back
+      const double staleness = static_cast<double>(
+                                   std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                       now - entry->packed_at)
+                                       .count()) +
+                               1.0;
+      group.score =
+          std::min(group.score, cost / (static_cast<double>(entry->bytes) * staleness));
+      group.entries.push_back(std::move(entry));
     }
   }
-  std::sort(candidates.begin(), candidates.end(), [](const Candidate& a, const Candidate& b) {
-    return a.shared != b.shared ? b.shared : a.score < b.score;
-  });
-  // The allocator is short of reserved bytes (a segment to cut the request from), so what counts
-  // is segments returned: after each eviction, fully free segments go back, until the shortfall
-  // is met in reserved bytes.
+  std::vector<Group*> candidates;
+  for (auto& [storage, group] : groups) {
+    // Held elsewhere too: evicting would copy it and free nothing.
+    if (static_cast<long>(group.entries.size()) == group.holders) candidates.push_back(&group);
+  }
+  std::sort(candidates.begin(), candidates.end(),
+            [](const Group* a, const Group* b) { return a->score < b->score; });
+  // The allocator is short of reserved bytes (room for a segment), so what counts is segments
+  // returned: after each eviction, fully free segments go back.
   alloc::CachingAllocator& device = device_memory();
   const std::int64_t allocated_before = device.stats().allocated_bytes.current;
   const std::int64_t reserved_before = device.stats().reserved_bytes.current;
   std::int64_t released = 0;
   std::int64_t evicted = 0, evicted_bytes = 0;
-  for (const Candidate& c : candidates) {
+  for (const Group* group : candidates) {
     if (released >= static_cast<std::int64_t>(bytes_needed)) break;
-    std::lock_guard<std::mutex> entry_lock(c.entry->mutex);
-    if (c.entry->action != Action::kKeep || !c.entry->kept.defined()) continue;
-    const std::int64_t allocated = device.stats().allocated_bytes.current;
-    std::optional<at::Tensor> host = host_.offload(c.entry->kept);
-    if (!host) break;  // the host pool is full too
-    c.entry->host = std::move(*host);
-    c.entry->kept = at::Tensor();
-    c.entry->action = Action::kOffload;
-    ++evicted;
-    evicted_bytes += c.bytes;
-    const std::int64_t freed_now = allocated - device.stats().allocated_bytes.current;
-    device.empty_cache();
-    released = reserved_before - device.stats().reserved_bytes.current;
-    if (c.entry->profile_index >= 0) {
+    for (const std::shared_ptr<SavedEntry>& entry : group->entries) {
+      std::int64_t freed_now = 0;
+      {
+        std::lock_guard<std::mutex> entry_lock(entry->mutex);
+        if (entry->action != Action::kKeep || !entry->kept.defined()) continue;
+        const std::int64_t allocated = device.stats().allocated_bytes.current;
+        std::optional<at::Tensor> host = host_.offload(entry->kept);
+        if (!host) continue;  // the host pool is full: it stays
+        entry->host = std::move(*host);
+        entry->kept = at::Tensor();
+        entry->action = Action::kOffload;
+        freed_now = allocated - device.stats().allocated_bytes.current;
+      }
+      ++evicted;
+      evicted_bytes += entry->bytes;
       std::lock_guard<std::mutex> lock(step_mutex_);
-      if (c.entry->step == step_ && in_step_) {
-        ProfiledTensor& t = profile_.tensors[c.entry->profile_index];
+      if (entry->profile_index >= 0 && entry->step == step_ && in_step_) {
+        ProfiledTensor& t = profile_.tensors[entry->profile_index];
         t.evicted = true;
         t.evicted_bytes = std::max<std::int64_t>(0, freed_now);
         t.evicted_event = static_cast<std::int64_t>(profile_.levels.size());
@@ -214,6 +245,8 @@ std::size_t ScopeState::evict(std::size_t bytes_needed) {
         profile_.event_ns.push_back(elapsed_ns(step_start_));
       }
     }
+    device.empty_cache();
+    released = reserved_before - device.stats().reserved_bytes.current;
   }
   const std::int64_t freed =
       std::max(released, allocated_before - device.stats().allocated_bytes.current);

@@ -5,7 +5,9 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/StorageImpl.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -62,23 +64,29 @@ class ScopeState {
   }
   ActivationStats stats();
 
-  // A pack: starts a step if none is in progress, and returns the tensor's order in it.
-  std::int64_t begin_pack(std::uint64_t* step);
+  // A pack: starts a step if none is in progress (or if every tensor of the one in progress is
+  // gone: its graph was dropped, by an exception or on purpose), sets entry.step, and returns the
+  // tensor's order in the step.
+  std::int64_t begin_pack(const std::shared_ptr<SavedEntry>& entry);
   // Records a pack for the profile (when the policy wants one) and registers a kept tensor for
-  // eviction (when the policy evicts). `storage` identifies the tensor's memory.
+  // eviction (when the policy evicts).
   void record_pack(const std::shared_ptr<SavedEntry>& entry, const SavedTensorInfo& info,
-                   std::uint64_t storage, bool segment_input);
+                   const at::Tensor& tensor, bool segment_input);
   void record_unpack(const SavedEntry& entry);
   void record_segment(const std::string& name, std::int64_t forward_ns);
-  // Backward returned: the step is over; its profile goes to the policy.
+  // The outermost backward returned: the step is over; its profile goes to the policy.
   void end_step();
+  // The backward threw: the step is over, and its profile is worth nothing.
+  void abort_step();
 
-  // Offloads kept tensors, the best DTR score first, until `bytes_needed` device bytes are free
-  // or none is left; returns the device bytes freed.
+  // Offloads kept tensors that nothing else holds, the stalest first (DTR's cost / (bytes x
+  // staleness) with the copy as the cost), returning freed segments to the backend, until
+  // `bytes_needed` reserved bytes are released or no candidate is left; returns the bytes freed.
   std::size_t evict(std::size_t bytes_needed);
 
  private:
   double copy_bytes_per_second();  // measured once
+  void mark_freeable();            // step_mutex_ held
 
   std::shared_ptr<Policy> policy_;
   ScopeOptions options_;
@@ -87,25 +95,27 @@ class ScopeState {
   std::mutex stats_mutex_;
   ActivationStats stats_;
 
+  std::atomic<double> copy_bytes_per_second_{0};
+
+  // Lock order: step_mutex_ before any SavedEntry::mutex, never the other way round.
   std::mutex step_mutex_;  // everything below
   bool in_step_ = false;
   std::uint64_t step_ = 0;
   std::int64_t next_order_ = 0;
   std::chrono::steady_clock::time_point step_start_;
   StepProfile profile_;
-  std::vector<std::weak_ptr<SavedEntry>> evictable_;
-  std::vector<std::weak_ptr<SavedEntry>> step_entries_;  // this step's, when profiling
   bool backward_began_ = false;
-
-
-  void mark_freeable();  // step_mutex_ held
-  double copy_bytes_per_second_ = 0;
+  std::vector<std::weak_ptr<SavedEntry>> step_entries_;  // this step's
+  // Keeps each profiled storage's address from being reused within the step, so it stays an id.
+  std::vector<c10::weak_intrusive_ptr<c10::StorageImpl>> step_storages_;
+  std::vector<std::weak_ptr<SavedEntry>> evictable_;
 };
 
 // The scope active on this thread, or null.
 const std::shared_ptr<ScopeState>& active_scope();
 
-// Called by the engine when a backward returns on this thread.
+// Called by the engine when the outermost backward on this thread returns, or throws.
 void backward_finished();
+void backward_failed();
 
 }  // namespace actmem::detail

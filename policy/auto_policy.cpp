@@ -34,17 +34,19 @@ namespace actmem {
 // is a knapsack over intervals) but each step is the locally cheapest byte, and the re-simulation
 // after each choice keeps it from paying for bytes that stop mattering once the peak moves.
 //
-// The minimum is the peak with every candidate out. A budget under it cannot be met by any plan:
-// the next step fails at once saying so. A plan that is feasible on paper can still cross the
-// budget (the profile misses memory inside ops): the hooks' pressure handler then evicts kept
-// tensors, and every eviction lowers the target of the next plan for that shape.
+// The minimum is the peak with every candidate out, the way that frees most; the plan table shows
+// it. A plan can still cross the budget (the profile misses memory inside ops, and the budget caps
+// reserved bytes): the hooks' pressure handler then evicts kept tensors, and a step that needed
+// evictions raises that shape's margin for its next plan. A budget too small for any plan fails
+// in the profiled step itself, with the allocator's out-of-memory error.
 
 namespace {
 
 struct Candidate {
   std::string segment;
   std::int64_t order = -1;
-  std::int64_t bytes = 0;
+  std::int64_t recompute_bytes = 0;  // what dropping its tensors frees (a segment's inputs stay)
+  std::int64_t offload_bytes = 0;    // what offloading its tensors frees (small ones stay)
   std::int64_t start = 0, end = 0;  // events [start, end) during which it is out
   double recompute_seconds = std::numeric_limits<double>::infinity();
   double offload_seconds = std::numeric_limits<double>::infinity();
@@ -98,7 +100,6 @@ std::vector<Candidate> candidates(const StepProfile& profile, const AutoOptions&
   std::map<std::string, Candidate> by_group;
   std::vector<std::string> order;  // groups in first-pack order
   std::map<std::string, std::set<std::uint64_t>> counted;
-  std::map<std::string, std::int64_t> offloadable_bytes;
   for (const ProfiledTensor& t : profile.tensors) {
     if (t.is_leaf) continue;
     const std::string group = group_of(t);
@@ -112,30 +113,26 @@ std::vector<Candidate> candidates(const StepProfile& profile, const AutoOptions&
       order.push_back(group);
     }
     if (t.unpack_event >= 0) c.end = std::min(c.end, t.unpack_event);
-    // Only storages nothing else held, that this group alone saved, counted once, and never a
-    // segment's inputs.
-    if (!(t.freeable || t.evicted) || holders[t.storage].size() != 1 || inputs.count(t.storage) ||
+    // Only storages nothing else held, that this group alone saved, counted once.
+    if (!(t.freeable || t.evicted) || holders[t.storage].size() != 1 ||
         !counted[group].insert(t.storage).second) {
       continue;
     }
-    c.bytes += t.bytes;
-    if (static_cast<std::size_t>(t.bytes) >= options.offload_min_bytes) {
-      offloadable_bytes[group] += t.bytes;
-    }
+    // A recomputed segment keeps its inputs for the rerun; an offloaded one lets them go.
+    if (!inputs.count(t.storage)) c.recompute_bytes += t.bytes;
+    if (static_cast<std::size_t>(t.bytes) >= options.offload_min_bytes) c.offload_bytes += t.bytes;
   }
   std::map<std::string, std::int64_t> forward_ns;
   for (const ProfiledSegment& s : profile.segments) forward_ns[s.name] += s.forward_ns;
   std::vector<Candidate> result;
   for (const std::string& group : order) {
     Candidate c = by_group[group];
-    if (c.bytes <= 0 || c.end <= c.start) continue;
-    if (!c.segment.empty()) c.recompute_seconds = static_cast<double>(forward_ns[c.segment]) * 1e-9;
-    // A segment is offloaded whole; its tensors under the minimum size stay, so an offload frees
-    // only the offloadable bytes: price it per byte it frees.
-    const std::int64_t offloadable = offloadable_bytes[group];
-    if (offloadable > 0) {
-      c.offload_seconds = copy_seconds(offloadable, c.start, c.end, profile, options) *
-                          static_cast<double>(c.bytes) / static_cast<double>(offloadable);
+    if (c.end <= c.start) continue;
+    if (!c.segment.empty() && c.recompute_bytes > 0) {
+      c.recompute_seconds = static_cast<double>(forward_ns[c.segment]) * 1e-9;
+    }
+    if (c.offload_bytes > 0) {
+      c.offload_seconds = copy_seconds(c.offload_bytes, c.start, c.end, profile, options);
     }
     if (c.recompute_seconds == std::numeric_limits<double>::infinity() &&
         c.offload_seconds == std::numeric_limits<double>::infinity()) {
@@ -146,15 +143,24 @@ std::vector<Candidate> candidates(const StepProfile& profile, const AutoOptions&
   return result;
 }
 
+std::int64_t freed_by(const Candidate& c, Action action) {
+  switch (action) {
+    case Action::kRecompute: return c.recompute_bytes;
+    case Action::kOffload: return c.offload_bytes;
+    case Action::kKeep: return 0;
+  }
+  return 0;
+}
+
 // The timeline under the chosen actions: keep's, less each chosen candidate's bytes while out.
 std::vector<std::int64_t> simulate(const std::vector<std::int64_t>& keep,
                                    const std::vector<Candidate>& all,
                                    const std::vector<Action>& actions) {
   std::vector<std::int64_t> delta(keep.size() + 1, 0);
   for (std::size_t i = 0; i < all.size(); ++i) {
-    if (actions[i] == Action::kKeep) continue;
-    delta[all[i].start] -= all[i].bytes;
-    delta[all[i].end] += all[i].bytes;
+    const std::int64_t bytes = freed_by(all[i], actions[i]);
+    delta[all[i].start] -= bytes;
+    delta[all[i].end] += bytes;
   }
   std::vector<std::int64_t> levels(keep.size());
   std::int64_t saved = 0;
@@ -215,7 +221,8 @@ std::string Plan::table() const {
   return out.str();
 }
 
-Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOptions& options) {
+Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOptions& options,
+               double extra_margin) {
   const std::vector<std::int64_t> keep = keep_levels(profile);
   const std::vector<Candidate> all = candidates(profile, options);
   std::vector<Action> actions(all.size(), Action::kKeep);
@@ -225,14 +232,22 @@ Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOption
   // What keep would reserve: the profile's reserved peak plus what evictions took out of it.
   std::int64_t keep_reserved = profile.reserved_peak_bytes;
   for (const ProfiledTensor& t : profile.tensors) keep_reserved += t.evicted_bytes;
+  const auto share = [budget](double fraction) {
+    return static_cast<std::int64_t>(fraction * static_cast<double>(budget));
+  };
   plan.target_bytes =
-      keep_reserved <= budget
-          ? plan.keep_peak_bytes
-          : plan.keep_peak_bytes - (keep_reserved - budget) -
-                static_cast<std::int64_t>(options.margin * static_cast<double>(budget));
+      (keep_reserved <= budget
+           ? plan.keep_peak_bytes
+           : plan.keep_peak_bytes - (keep_reserved - budget) - share(options.margin)) -
+      share(extra_margin);
   {
-    std::vector<Action> everything(all.size(), Action::kRecompute);
-    const auto lowest = simulate(keep, all, everything);
+    // Each candidate out the way that frees the most.
+    std::vector<Action> most(all.size());
+    for (std::size_t i = 0; i < all.size(); ++i) {
+      most[i] = all[i].recompute_bytes >= all[i].offload_bytes ? Action::kRecompute
+                                                               : Action::kOffload;
+    }
+    const auto lowest = simulate(keep, all, most);
     plan.minimum_bytes = lowest.empty() ? 0 : lowest[peak_event(lowest)];
   }
   std::vector<std::int64_t> levels = keep;
@@ -248,13 +263,17 @@ Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOption
           static_cast<std::int64_t>(at) >= c.end) {
         continue;
       }
-      const bool recompute = c.recompute_seconds <= c.offload_seconds;
-      const double price =
-          (recompute ? c.recompute_seconds : c.offload_seconds) / static_cast<double>(c.bytes);
-      if (price < best_price) {
-        best_price = price;
-        best = i;
-        best_action = recompute ? Action::kRecompute : Action::kOffload;
+      for (Action action : {Action::kRecompute, Action::kOffload}) {
+        const std::int64_t bytes = freed_by(c, action);
+        const double seconds =
+            action == Action::kRecompute ? c.recompute_seconds : c.offload_seconds;
+        if (bytes <= 0) continue;
+        const double price = seconds / static_cast<double>(bytes);
+        if (price < best_price) {
+          best_price = price;
+          best = i;
+          best_action = action;
+        }
       }
     }
     if (!best) break;  // nothing left that is out at the peak
@@ -268,7 +287,8 @@ Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOption
     const double cost = actions[i] == Action::kRecompute ? c.recompute_seconds
                         : actions[i] == Action::kOffload ? c.offload_seconds
                                                          : 0.0;
-    plan.items.push_back({c.segment, c.order, actions[i], c.bytes, cost});
+    plan.items.push_back({c.segment, c.order, actions[i],
+                          std::max(c.recompute_bytes, c.offload_bytes), cost});
     plan.added_seconds += cost;
   }
   return plan;
@@ -279,7 +299,6 @@ AutoPolicy::AutoPolicy(AutoOptions options) : options_(std::move(options)) {}
 Action AutoPolicy::decide(const SavedTensorInfo& tensor) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (tensor.order == 0) {
-    if (infeasible_) throw BudgetTooSmallError(*infeasible_);
     diverged_ = false;
     current_ = nullptr;
     first_pack_ = tensor.segment + ":" + std::to_string(tensor.bytes) + ":";
@@ -294,7 +313,7 @@ Action AutoPolicy::decide(const SavedTensorInfo& tensor) {
   if (!options_.plan_once &&
       (index >= current_->packs.size() || current_->packs[index].first != tensor.segment ||
        current_->packs[index].second != tensor.bytes)) {
-    diverged_ = true;  // not the profiled step after all: keep the rest, profile it again
+    diverged_ = true;  // not the profiled step after all: keep the rest
     return Action::kKeep;
   }
   return current_->plan->action_for(tensor.segment, tensor.order);
@@ -302,34 +321,39 @@ Action AutoPolicy::decide(const SavedTensorInfo& tensor) {
 
 void AutoPolicy::end_step(const StepProfile& profile) {
   std::lock_guard<std::mutex> lock(mutex_);
-  const bool planned = current_ != nullptr && current_->plan && !diverged_;
-  if (planned) {
-    Shape& shape = *current_;
-    current_ = nullptr;
+  Shape* shape = current_;
+  current_ = nullptr;
+  if (shape != nullptr && shape->plan && diverged_) {
+    // Half of this step followed a plan made for another: its profile is not keep's. Profile
+    // the next step of this shape afresh.
+    shape->plan.reset();
+    return;
+  }
+  if (shape != nullptr && shape->plan) {
     std::int64_t measured_peak = 0;
     for (std::int64_t level : profile.levels) measured_peak = std::max(measured_peak, level);
     if (options_.log != LogLevel::kOff) {
       std::fprintf(stderr,
                    "actmem auto: planned peak %s, measured %s at packs and unpacks; step %.1f ms "
                    "(profiled %.1f ms, +%.1f ms planned); %lld evictions\n",
-                   mib(shape.plan->planned_peak_bytes).c_str(), mib(measured_peak).c_str(),
+                   mib(shape->plan->planned_peak_bytes).c_str(), mib(measured_peak).c_str(),
                    static_cast<double>(profile.step_ns) * 1e-6,
-                   shape.plan->profiled_step_seconds * 1e3, shape.plan->added_seconds * 1e3,
+                   shape->plan->profiled_step_seconds * 1e3, shape->plan->added_seconds * 1e3,
                    static_cast<long long>(profile.evictions));
     }
     // Evictions mean the plan crossed the budget: plan this shape again, aiming lower.
     if (profile.evictions > 0 && !options_.plan_once) {
-      options_.margin = std::min(0.5, options_.margin + 0.05);
-      plan_shape(shape);
+      shape->extra_margin = std::min(0.5, shape->extra_margin + 0.05);
+      plan_shape(*shape);
     }
     return;
   }
-  current_ = nullptr;
-  Shape& shape = shapes_[profile.signature()];
-  shape.profile = profile;
-  shape.packs.clear();
-  for (const ProfiledTensor& t : profile.tensors) shape.packs.emplace_back(t.segment, t.bytes);
-  plan_shape(shape);
+  // A profiled step: every tensor was kept (or evicted under pressure).
+  Shape& profiled = shapes_[profile.signature()];
+  profiled.profile = profile;
+  profiled.packs.clear();
+  for (const ProfiledTensor& t : profile.tensors) profiled.packs.emplace_back(t.segment, t.bytes);
+  plan_shape(profiled);
 }
 
 void AutoPolicy::plan_shape(Shape& shape) {
@@ -337,14 +361,8 @@ void AutoPolicy::plan_shape(Shape& shape) {
   // Without a budget nothing needs to go out: a plan under an unreachable target keeps all.
   const std::int64_t limit = budget ? static_cast<std::int64_t>(*budget)
                                     : std::numeric_limits<std::int64_t>::max() / 2;
-  Plan plan = make_plan(shape.profile, limit, options_);
+  Plan plan = make_plan(shape.profile, limit, options_, shape.extra_margin);
   ++plans_made_;
-  if (budget && plan.minimum_bytes > limit) {
-    infeasible_ = "actmem: the budget of " + mib(limit) +
-                  " is below what this training step needs: at least " + mib(plan.minimum_bytes) +
-                  " (weights, gradients, optimizer state and the working set left with every "
-                  "activation that can go out, out; found by profiling the step)";
-  }
   if (options_.log != LogLevel::kOff) {
     std::fprintf(stderr, "actmem auto: plan for shape %s under a budget of %s:\n%s",
                  shape.profile.signature().c_str(), budget ? mib(limit).c_str() : "none",

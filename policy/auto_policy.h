@@ -1,5 +1,9 @@
 // The auto policy: the user states a budget (ACTMEM_BUDGET) and nothing else.
 //
+// A budget too small for the step fails in its first, profiled step with the allocator's
+// out-of-memory error (what was allocated and reserved when even evicting every kept activation
+// could not make room).
+//
 // The first step of each shape is profiled with every tensor kept (the hooks' pressure handler
 // evicts kept tensors to host memory if the budget is crossed meanwhile). From that profile a
 // plan chooses, per segment, keep / offload / recompute, and per tensor outside segments keep or
@@ -14,7 +18,6 @@
 #include <map>
 #include <mutex>
 #include <optional>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -23,12 +26,6 @@
 #include "policy/step_profile.h"
 
 namespace actmem {
-
-// The budget is below what the profiled step needs under any plan; what() names both.
-class BudgetTooSmallError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
 
 // One choice of the plan: a segment (all its tensors) or one tensor outside segments.
 struct PlanItem {
@@ -58,12 +55,9 @@ struct AutoOptions {
   // The device budget, read when a plan is made; none means every tensor is kept.
   std::function<std::optional<std::size_t>()> budget;
   std::size_t offload_min_bytes = 64 * 1024;
-  // The share of the budget a plan aims under: the allocator's segments and the working set of
-  // ops between two packs take the rest.
-
-  // The plan aims under the budget less what the profile says the samples miss (segments' free
-  // space, memory inside ops) and less this share of the budget, raised each time a plan still
-  // needed evictions.
+  // The share of the budget a plan keeps free below its target when the budget is under keep's
+  // reserved peak; each shape raises its own by 5 % of the budget each time its plan still needed
+  // evictions.
   double margin = 0.02;
   // Whether copies overlap compute (a side stream on CUDA); on CPU they are synchronous.
   bool copies_overlap = false;
@@ -73,8 +67,11 @@ struct AutoOptions {
   bool plan_once = false;
 };
 
-// Chooses the plan for `profile` under `budget` bytes. Pure: same inputs, same plan.
-Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOptions& options);
+// Chooses the plan for `profile` under `budget` bytes: under keep's reserved peak, it also keeps
+// options.margin of the budget free; it always keeps `extra_margin` of it free. Pure: same
+// inputs, same plan.
+Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOptions& options,
+               double extra_margin = 0);
 
 class AutoPolicy final : public Policy {
  public:
@@ -95,6 +92,7 @@ class AutoPolicy final : public Policy {
     StepProfile profile;  // the step profiled with every tensor kept
     std::optional<Plan> plan;
     std::vector<std::pair<std::string, std::int64_t>> packs;  // (segment, bytes) in order
+    double extra_margin = 0;  // raised each time the plan still needed evictions
   };
 
   void plan_shape(Shape& shape);  // mutex_ held
@@ -104,7 +102,6 @@ class AutoPolicy final : public Policy {
   std::map<std::string, Shape> shapes_;  // by StepProfile::signature()
   Shape* current_ = nullptr;             // the shape of the step in progress
   bool diverged_ = false;                // this step's packs stopped matching the plan's profile
-  std::optional<std::string> infeasible_;  // set when the budget is below the minimum
   std::string first_pack_;                 // the step in progress's first pack, as in signature()
   std::optional<Plan> last_plan_;
   int plans_made_ = 0;

@@ -32,9 +32,9 @@ batch that fits a budget; prints the table and writes <out>/summary.{md,json,svg
 
   --models LIST        comma-separated, from resnet,densenet,lstm,vnet (default: all)
   --policies LIST      from keep,recompute,offload,auto (default: keep,recompute,offload,auto)
-  --size SIZE          tiny, small or full (default: small)
-  --auto-budgets LIST  auto's budgets, as percentages of the activation memory keep reserved
-                       above the weights (default: 75,50,30)
+  --size LIST          from tiny,small,full (default: small)
+  --auto-budgets LIST  auto's budgets, as percentages of what keep reserved above the bytes
+                       allocated at the step's start (default: 75,50,30)
   --budget BYTES       the budget for the max-batch search, e.g. 512MiB (default: per model, the
                        bytes keep reserved at the size's batch)
   --no-max-batch       skip the max-batch search
@@ -42,14 +42,15 @@ batch that fits a budget; prints the table and writes <out>/summary.{md,json,svg
   --out DIR            where the summary goes (default: results)
   --help               this text
 
-A budget of P% lets a step reserve its starting bytes (weights, gradients, momentum) plus P% of
-what keep reserved above them. Every figure is measured in this run; ratios are against keep.
+A budget of P% lets a step reserve the bytes allocated at its start (weights, gradients, momentum,
+the batch) plus P% of what keep reserved above them. Every figure is measured in this run; ratios
+are against keep.
 )";
 
 struct Options {
   std::vector<std::string> models = models::model_names();
   std::vector<std::string> policies = {"keep", "recompute", "offload", "auto"};
-  models::Size size = models::Size::kSmall;
+  std::vector<models::Size> sizes = {models::Size::kSmall};
   std::vector<int> auto_budgets = {75, 50, 30};
   std::int64_t max_batch_budget = 0;
   bool max_batch = true;
@@ -112,8 +113,12 @@ Options parse_options(int argc, char** argv, std::vector<char*>& rest) {
     } else if (arg == "--policies") {
       options.policies = split_list(value());
       check_members(options.policies, {"keep", "recompute", "offload", "auto"}, arg);
-    } else if (arg == "--size") {
-      options.size = models::parse_size(value());
+    } else if (arg == "--size" || arg == "--sizes") {
+      options.sizes.clear();
+      for (const std::string& item : split_list(value())) {
+        options.sizes.push_back(models::parse_size(item));
+      }
+      if (options.sizes.empty()) throw std::invalid_argument(arg + " needs at least one value");
     } else if (arg == "--auto-budgets") {
       options.auto_budgets.clear();
       for (const std::string& item : split_list(value())) {
@@ -143,33 +148,42 @@ struct Baseline {
   std::vector<std::vector<float>> grads;
 };
 
+// A model at a size: what a baseline, a budget and a row belong to.
+struct Target {
+  std::string model;
+  models::Size size;
+  std::string name() const { return model + " (" + models::to_string(size) + ")"; }
+  std::string key() const { return model + "/" + models::to_string(size); }
+};
+
 class Comparison {
  public:
   explicit Comparison(Options options) : options_(std::move(options)) {}
 
   void register_benchmarks() {
-    for (const std::string& model : options_.models) {
-      for (const std::string& policy : options_.policies) {
-        if (policy == "auto") {
-          for (int percent : options_.auto_budgets) add_step(model, policy, percent);
+    for (const models::Size size : options_.sizes) {
+      for (const std::string& model : options_.models) {
+        const Target target{model, size};
+        for (const std::string& policy : options_.policies) {
+          if (policy == "auto") {
+            for (int percent : options_.auto_budgets) add_step(target, policy, percent);
+          }
+          add_step(target, policy, 0);
+          if (options_.max_batch) add_max_batch(target, policy);
         }
-        add_step(model, policy, 0);
-        if (options_.max_batch) add_max_batch(model, policy);
       }
     }
   }
 
  private:
-  std::string size_name() const { return models::to_string(options_.size); }
-
   void progress(const std::string& what) {
     std::fprintf(stderr, "[%d/%d] %s\n", ++done_, total_, what.c_str());
   }
 
-  RunSpec spec(const std::string& model, const std::string& policy) const {
+  static RunSpec spec(const Target& target, const std::string& policy) {
     RunSpec s;
-    s.model = model;
-    s.size = options_.size;
+    s.model = target.model;
+    s.size = target.size;
     s.policy = policy;
     return s;
   }
@@ -186,35 +200,36 @@ class Comparison {
     return median;
   }
 
-  const Baseline& baseline(const std::string& model) {
-    auto it = baselines_.find(model);
+  const Baseline& baseline(const Target& target) {
+    auto it = baselines_.find(target.key());
     if (it != baselines_.end()) return it->second;
-    TrainingRun run(spec(model, "keep"));
+    TrainingRun run(spec(target, "keep"));
     Baseline b{measure(run), run.gradients()};
-    return baselines_.emplace(model, std::move(b)).first->second;
+    return baselines_.emplace(target.key(), std::move(b)).first->second;
   }
 
-  // keep's starting bytes plus `percent` of what it reserved above them.
-  std::int64_t auto_budget(const std::string& model, int percent) {
-    const StepCost& keep = baseline(model).cost;
+  // keep's allocated bytes at the step's start plus `percent` of what it reserved above them.
+  std::int64_t auto_budget(const Target& target, int percent) {
+    const StepCost& keep = baseline(target).cost;
     return keep.start_bytes + (keep.reserved_bytes - keep.start_bytes) * percent / 100;
   }
 
-  std::int64_t max_batch_budget(const std::string& model) {
+  std::int64_t max_batch_budget(const Target& target) {
     return options_.max_batch_budget > 0 ? options_.max_batch_budget
-                                         : baseline(model).cost.reserved_bytes;
+                                         : baseline(target).cost.reserved_bytes;
   }
 
-  void add_step(const std::string& model, const std::string& policy, int percent) {
+  void add_step(const Target& target, const std::string& policy, int percent) {
     ++total_;
-    const std::string name = run_name("step", model, size_name(), policy, percent);
+    const std::string name =
+        run_name("step", target.model, models::to_string(target.size), policy, percent);
     benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) {
-      progress(model + " (" + size_name() + ") " + policy +
+      progress(target.name() + " " + policy +
                (percent > 0 ? " at " + std::to_string(percent) + "% budget" : "") + ": steps");
       try {
-        RunSpec s = spec(model, policy);
+        RunSpec s = spec(target, policy);
         if (policy == "auto") {
-          s.budget_bytes = percent > 0 ? auto_budget(model, percent) : max_batch_budget(model);
+          s.budget_bytes = percent > 0 ? auto_budget(target, percent) : max_batch_budget(target);
         }
         StepCost cost;
         std::vector<std::vector<float>> grads;
@@ -225,8 +240,8 @@ class Comparison {
           state.SetIterationTime(cost.seconds);
           s.batch = run.spec().batch;
         }
-        if (policy == "keep" && !baselines_.count(model)) baselines_.emplace(model, Baseline{cost, grads});
-        const Baseline& keep = baseline(model);
+        if (policy == "keep") baselines_.emplace(target.key(), Baseline{cost, grads});
+        const Baseline& keep = baseline(target);
         state.counters[kCounterBatch] = static_cast<double>(s.batch);
         state.counters[kCounterBudget] = static_cast<double>(s.budget_bytes);
         state.counters[kCounterPeak] = static_cast<double>(cost.peak_bytes);
@@ -239,21 +254,23 @@ class Comparison {
         state.counters["peak_vs_keep"] =
             static_cast<double>(cost.peak_bytes) / static_cast<double>(keep.cost.peak_bytes);
         state.counters["time_vs_keep"] = cost.seconds / keep.cost.seconds;
+        state.SetItemsProcessed(s.batch);
       } catch (const std::exception& e) {
         state.SkipWithError(e.what());
       }
     })->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
   }
 
-  void add_max_batch(const std::string& model, const std::string& policy) {
+  void add_max_batch(const Target& target, const std::string& policy) {
     ++total_;
-    const std::string name = run_name("max_batch", model, size_name(), policy);
+    const std::string name =
+        run_name("max_batch", target.model, models::to_string(target.size), policy);
     benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) {
-      progress(model + " (" + size_name() + ") " + policy + ": max-batch search");
+      progress(target.name() + " " + policy + ": max-batch search");
       try {
-        RunSpec s = spec(model, policy);
-        s.budget_bytes = max_batch_budget(model);
-        const std::int64_t start = models::default_batch(model, options_.size);
+        RunSpec s = spec(target, policy);
+        s.budget_bytes = max_batch_budget(target);
+        const std::int64_t start = models::default_batch(target.model, target.size);
         MaxBatch found;
         for (auto _ : state) {
           found = search_max_batch([&](std::int64_t batch) { return probe_training_step(s, batch); },
@@ -271,7 +288,7 @@ class Comparison {
   }
 
   Options options_;
-  std::map<std::string, Baseline> baselines_;
+  std::map<std::string, Baseline> baselines_;  // by Target::key()
   int done_ = 0;
   int total_ = 0;
 };

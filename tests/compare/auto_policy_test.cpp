@@ -128,5 +128,29 @@ TEST(AutoPolicy, ThePressureHandlerRescuesAWrongPlan) {
   EXPECT_EQ(grads, keep_grads);
 }
 
+// A step whose graph is dropped without a backward (here: an error between the forward and the
+// backward) must not leave the policy counting packs into it: the next step starts afresh and
+// follows the plan made for its shape, instead of being taken for a new shape.
+TEST(AutoPolicy, AStepThatFailsBeforeBackwardDoesNotDerailThePlan) {
+  install();
+  auto model = models::make_model("lstm", models::Size::kTiny, 3);
+  auto optimizer = models::make_optimizer(*model);
+  const models::Batch batch = model->make_batch(8, 1);
+  auto policy = std::make_shared<AutoPolicy>(AutoOptions{});
+  ActivationScope scope(policy);
+  models::train_step(*model, *optimizer, batch);  // profiled, then planned
+  ASSERT_EQ(policy->plans_made(), 1);
+  EXPECT_THROW(
+      {
+        const torch::Tensor loss = model->loss(batch);
+        throw std::runtime_error("the caller gave up before backward");
+      },
+      std::runtime_error);
+  models::train_step(*model, *optimizer, batch);
+  models::train_step(*model, *optimizer, batch);
+  EXPECT_EQ(policy->plans_made(), 1) << "later steps followed the plan, none was profiled again";
+  EXPECT_EQ(scope.stats().steps, 3) << "the abandoned step is not counted as one";
+}
+
 }  // namespace
 }  // namespace actmem::bench

@@ -48,12 +48,12 @@ TEST(ActivationMemory, RecomputeAndOffloadCutThePeakOfADeepStack) {
               offload.peak_above_start / 1048576.0);
   // 16 blocks of conv-BN-ReLU-dropout on 16x32x32x32 activations (2 MiB each): keep saves about
   // four activations a block (~130 MiB measured). Recompute keeps one input a block (32 MiB) plus
-  // one block's working set; offload keeps only tensors under the minimum size plus the working
-  // set. The working set is dominated by the CPU convolution's unfolded input (16 x 288 x 1024
-  // floats = 18 MiB), which no policy can remove: measured 68 MiB and 40 MiB.
+  // one block's working set in backward; offload keeps only tensors under the minimum size plus
+  // that working set: measured 40 MiB and 10 MiB (dropout's masks go too: they need no grad, but
+  // they are activations, not the model's).
   EXPECT_GT(keep.peak_above_start, 100ll << 20);
-  EXPECT_LT(recompute.peak_above_start, keep.peak_above_start * 60 / 100);
-  EXPECT_LT(offload.peak_above_start, keep.peak_above_start * 40 / 100);
+  EXPECT_LT(recompute.peak_above_start, keep.peak_above_start * 40 / 100);
+  EXPECT_LT(offload.peak_above_start, keep.peak_above_start * 15 / 100);
   EXPECT_GT(offload.stats.bytes_offloaded, 100ll << 20);
 }
 

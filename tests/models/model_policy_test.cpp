@@ -67,12 +67,12 @@ TEST_P(ModelPolicy, TrainsExactlyLikeKeepInLessMemory) {
 // The ratios measured at `tiny` size with LibTorch 1.13 on CPU (see bench/RESULTS.md for `small`),
 // plus a margin of 0.05 for other builds' kernels and their workspaces: resnet 0.60 / 0.40,
 // densenet 0.82 / 0.39 (at this size the 3x3 convolutions outside the segments weigh as much as
-// the concatenations inside), lstm 0.29 / 0.52, vnet 0.60 / 0.52.
+// the concatenations inside), lstm 0.24 / 0.47, vnet 0.60 / 0.52.
 INSTANTIATE_TEST_SUITE_P(
     Tiny, ModelPolicy,
     ::testing::Values(Case{"resnet", "recompute", 0.65}, Case{"resnet", "offload", 0.45},
                       Case{"densenet", "recompute", 0.87}, Case{"densenet", "offload", 0.44},
-                      Case{"lstm", "recompute", 0.34}, Case{"lstm", "offload", 0.57},
+                      Case{"lstm", "recompute", 0.29}, Case{"lstm", "offload", 0.52},
                       Case{"vnet", "recompute", 0.65}, Case{"vnet", "offload", 0.57}),
     [](const auto& param_info) {
       return param_info.param.model + "_" + param_info.param.policy;
