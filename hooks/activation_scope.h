@@ -14,6 +14,7 @@
 #include <optional>
 #include <string>
 
+#include "allocator/errors.h"
 #include "hooks/host_store.h"
 #include "policy/policy.h"
 
@@ -39,6 +40,15 @@ struct ActivationStats {
 struct ScopeOptions {
   std::size_t offload_min_bytes = 64 * 1024;   // smaller tensors are kept
   std::optional<std::size_t> host_capacity;    // cap on the host pool; none by default
+};
+
+// A training step does not fit the device budget even with every activation that can go out,
+// out: thrown by the pressure handler of a scope whose policy evicts (auto) when nothing is left
+// to evict. It is an out-of-memory error (callers that catch those catch it); what() says how
+// much stayed allocated and how much more the step needed: the least it needs at that point.
+class BudgetTooSmallError : public alloc::OutOfMemoryError {
+ public:
+  using alloc::OutOfMemoryError::OutOfMemoryError;
 };
 
 namespace detail {

@@ -248,8 +248,25 @@ std::size_t ScopeState::evict(std::size_t bytes_needed) {
     device.empty_cache();
     released = reserved_before - device.stats().reserved_bytes.current;
   }
-  const std::int64_t freed =
-      std::max(released, allocated_before - device.stats().allocated_bytes.current);
+  const alloc::AllocatorStats after = device.stats();
+  const std::int64_t freed = std::max(released, allocated_before - after.allocated_bytes.current);
+  if (evicted == 0 && freed <= 0) {
+    // Nothing left to send out: say what the step needs instead of a bare out-of-memory.
+    const std::optional<std::size_t> budget = device.budget();
+    throw BudgetTooSmallError(
+        "actmem: the budget of " +
+            alloc::format_bytes(budget ? static_cast<std::int64_t>(*budget) : 0) +
+            " is too small for this training step: with every kept activation that can go out "
+            "sent out, " +
+            alloc::format_bytes(after.allocated_bytes.current) + " stay allocated (" +
+            alloc::format_bytes(after.reserved_bytes.current) +
+            " reserved: weights, gradients, optimizer state and the working set in use) and " +
+            alloc::format_bytes(static_cast<std::int64_t>(bytes_needed)) +
+            " more than the budget must be reserved to go on; raise ACTMEM_BUDGET to at least " +
+            alloc::format_bytes((budget ? static_cast<std::int64_t>(*budget) : 0) +
+                                static_cast<std::int64_t>(bytes_needed)),
+        bytes_needed);
+  }
   count([&](ActivationStats& s) {
     s.evictions += evicted;
     s.bytes_evicted += evicted_bytes;

@@ -38,7 +38,7 @@ namespace actmem {
 // it. A plan can still cross the budget (the profile misses memory inside ops, and the budget caps
 // reserved bytes): the hooks' pressure handler then evicts kept tensors, and a step that needed
 // evictions raises that shape's margin for its next plan. A budget too small for any plan fails
-// in the profiled step itself, with the allocator's out-of-memory error.
+// when nothing is left to evict, with an error naming the budget the step needs at that point.
 
 namespace {
 

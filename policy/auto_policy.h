@@ -1,8 +1,7 @@
 // The auto policy: the user states a budget (ACTMEM_BUDGET) and nothing else.
 //
-// A budget too small for the step fails in its first, profiled step with the allocator's
-// out-of-memory error (what was allocated and reserved when even evicting every kept activation
-// could not make room).
+// A budget too small for the step fails when nothing is left to evict, with the hooks'
+// BudgetTooSmallError (hooks/activation_scope.h) naming the budget the step needs at that point.
 //
 // The first step of each shape is profiled with every tensor kept (the hooks' pressure handler
 // evicts kept tensors to host memory if the budget is crossed meanwhile). From that profile a

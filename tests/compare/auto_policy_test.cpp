@@ -152,5 +152,21 @@ TEST(AutoPolicy, AStepThatFailsBeforeBackwardDoesNotDerailThePlan) {
   EXPECT_EQ(scope.stats().steps, 3) << "the abandoned step is not counted as one";
 }
 
+// A budget the step cannot fit even with every activation out fails with an error that says how
+// much the step needs, not with a bare out-of-memory, and leaves nothing behind.
+TEST(AutoPolicy, ABudgetTooSmallForTheStepSaysWhatItNeeds) {
+  const Trained keep = train("resnet", "keep");
+  const std::int64_t before = device_memory().stats().allocated_bytes.current;
+  try {
+    train("resnet", "auto", budget_at(keep.costs.back(), 10));
+    FAIL() << "expected BudgetTooSmallError";
+  } catch (const BudgetTooSmallError& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("is too small for this training step"), std::string::npos) << message;
+    EXPECT_NE(message.find("raise ACTMEM_BUDGET to at least"), std::string::npos) << message;
+  }
+  EXPECT_EQ(device_memory().stats().allocated_bytes.current, before);
+}
+
 }  // namespace
 }  // namespace actmem::bench
