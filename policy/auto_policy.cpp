@@ -316,7 +316,12 @@ Action AutoPolicy::decide(const SavedTensorInfo& tensor) {
     diverged_ = true;  // not the profiled step after all: keep the rest
     return Action::kKeep;
   }
-  return current_->plan->action_for(tensor.segment, tensor.order);
+  if (tensor.segment.empty()) {
+    const auto it = current_->tensor_actions.find(tensor.order);
+    return it == current_->tensor_actions.end() ? Action::kKeep : it->second;
+  }
+  const auto it = current_->segment_actions.find(tensor.segment);
+  return it == current_->segment_actions.end() ? Action::kKeep : it->second;
 }
 
 void AutoPolicy::end_step(const StepProfile& profile) {
@@ -367,6 +372,16 @@ void AutoPolicy::plan_shape(Shape& shape) {
     std::fprintf(stderr, "actmem auto: plan for shape %s under a budget of %s:\n%s",
                  shape.profile.signature().c_str(), budget ? mib(limit).c_str() : "none",
                  plan.table().c_str());
+  }
+  shape.segment_actions.clear();
+  shape.tensor_actions.clear();
+  for (const PlanItem& item : plan.items) {
+    if (item.action == Action::kKeep) continue;
+    if (item.segment.empty()) {
+      shape.tensor_actions[item.order] = item.action;
+    } else {
+      shape.segment_actions[item.segment] = item.action;
+    }
   }
   shape.plan = plan;
   last_plan_ = std::move(plan);

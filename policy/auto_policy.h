@@ -18,6 +18,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "policy/policy.h"
@@ -92,6 +93,9 @@ class AutoPolicy final : public Policy {
     std::optional<Plan> plan;
     std::vector<std::pair<std::string, std::int64_t>> packs;  // (segment, bytes) in order
     double extra_margin = 0;  // raised each time the plan still needed evictions
+    // The plan's actions that are not keep, for decide's lookups.
+    std::unordered_map<std::string, Action> segment_actions;
+    std::unordered_map<std::int64_t, Action> tensor_actions;  // by pack order
   };
 
   void plan_shape(Shape& shape);  // mutex_ held
