@@ -260,7 +260,11 @@ std::size_t ScopeState::evict(std::size_t bytes_needed) {
             "sent out, " +
             alloc::format_bytes(after.allocated_bytes.current) + " stay allocated (" +
             alloc::format_bytes(after.reserved_bytes.current) +
-            " reserved: weights, gradients, optimizer state and the working set in use) and " +
+            " reserved: weights, gradients, optimizer state and the working set in use" +
+            (after.reserved_bytes.current > after.allocated_bytes.current
+                 ? ", the difference free but in segments that still hold live blocks"
+                 : "") +
+            ") and " +
             alloc::format_bytes(static_cast<std::int64_t>(bytes_needed)) +
             " more than the budget must be reserved to go on; raise ACTMEM_BUDGET to at least " +
             alloc::format_bytes((budget ? static_cast<std::int64_t>(*budget) : 0) +

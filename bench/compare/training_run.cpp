@@ -55,7 +55,9 @@ StepCost TrainingRun::step() {
   cost.peak_bytes = stats.allocated_bytes.peak - cost.start_bytes;
   cost.reserved_bytes = stats.reserved_bytes.peak;
   const ActivationStats after = scope_->stats();
-  cost.offloaded_bytes = after.bytes_offloaded - before.bytes_offloaded;
+  // Evictions are offloads too: the pressure handler's, not the plan's.
+  cost.offloaded_bytes = (after.bytes_offloaded + after.bytes_evicted) -
+                         (before.bytes_offloaded + before.bytes_evicted);
   cost.recomputed_bytes = after.bytes_recomputed - before.bytes_recomputed;
   return cost;
 }

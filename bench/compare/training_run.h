@@ -28,7 +28,7 @@ struct StepCost {
   std::int64_t peak_bytes = 0;      // allocated peak during the step, above start_bytes
   std::int64_t reserved_bytes = 0;  // reserved peak during the step
   double seconds = 0;
-  std::int64_t offloaded_bytes = 0;
+  std::int64_t offloaded_bytes = 0;  // by the policy, and by the pressure handler's evictions
   std::int64_t recomputed_bytes = 0;
 };
 
