@@ -65,7 +65,6 @@ void ScopeState::record_pack(const std::shared_ptr<SavedEntry>& entry, const Sav
   }
   t.is_leaf = info.is_leaf;
   t.segment_input = segment_input;
-  t.action = entry->action;
   t.pack_event = static_cast<std::int64_t>(profile_.levels.size());
   profile_.levels.push_back(level);
   profile_.event_ns.push_back(elapsed_ns(step_start_));
@@ -174,7 +173,7 @@ std::size_t ScopeState::evict(std::size_t bytes_needed) {
   // one, is two entries over one storage).
   struct Group {
     std::vector<std::shared_ptr<SavedEntry>> entries;
-    long holders = 0;  // the storage's reference count
+    long holders = 0;                                        // the storage's reference count
     double score = std::numeric_limits<double>::infinity();  // lowest goes first
   };
   std::unordered_map<const void*, Group> groups;
@@ -194,13 +193,12 @@ std::size_t ScopeState::evict(std::size_t bytes_needed) {
       Group& group = groups[entry->kept.storage().unsafeGetStorageImpl()];
       group.holders = static_cast<long>(entry->kept.storage().use_count());
       const double cost = static_cast<double>(entry->bytes) / bandwidth;  // the copy back
-      const double staleness = static_cast<double>(
-                                   std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                       now - entry->packed_at)
-                                       .count()) +
-                               1.0;
-      group.score =
-          std::min(group.score, cost / (static_cast<double>(entry->bytes) * staleness));
+      const double staleness =
+          static_cast<double>(
+              std::chrono::duration_cast<std::chrono::nanoseconds>(now - entry->packed_at)
+                  .count()) +
+          1.0;
+      group.score = std::min(group.score, cost / (static_cast<double>(entry->bytes) * staleness));
       group.entries.push_back(std::move(entry));
     }
   }
@@ -264,8 +262,7 @@ std::size_t ScopeState::evict(std::size_t bytes_needed) {
             (after.reserved_bytes.current > after.allocated_bytes.current
                  ? ", the difference free but in segments that still hold live blocks"
                  : "") +
-            ") and " +
-            alloc::format_bytes(static_cast<std::int64_t>(bytes_needed)) +
+            ") and " + alloc::format_bytes(static_cast<std::int64_t>(bytes_needed)) +
             " more than the budget must be reserved to go on; raise ACTMEM_BUDGET to at least " +
             alloc::format_bytes((budget ? static_cast<std::int64_t>(*budget) : 0) +
                                 static_cast<std::int64_t>(bytes_needed)),

@@ -47,7 +47,7 @@ struct Candidate {
   std::int64_t order = -1;
   std::int64_t recompute_bytes = 0;  // what dropping its tensors frees (a segment's inputs stay)
   std::int64_t offload_bytes = 0;    // what offloading its tensors frees (small ones stay)
-  std::int64_t start = 0, end = 0;  // events [start, end) during which it is out
+  std::int64_t start = 0, end = 0;   // events [start, end) during which it is out
   double recompute_seconds = std::numeric_limits<double>::infinity();
   double offload_seconds = std::numeric_limits<double>::infinity();
 };
@@ -78,7 +78,8 @@ double copy_seconds(std::int64_t bytes, std::int64_t start, std::int64_t end,
   double seconds = 2.0 * static_cast<double>(bytes) / profile.copy_bytes_per_second;
   if (options.copies_overlap && end > start &&
       end < static_cast<std::int64_t>(profile.event_ns.size())) {
-    const double window = static_cast<double>(profile.event_ns[end] - profile.event_ns[start]) * 1e-9;
+    const double window =
+        static_cast<double>(profile.event_ns[end] - profile.event_ns[start]) * 1e-9;
     seconds = std::max(0.0, seconds - window);
   }
   return seconds;
@@ -145,9 +146,12 @@ std::vector<Candidate> candidates(const StepProfile& profile, const AutoOptions&
 
 std::int64_t freed_by(const Candidate& c, Action action) {
   switch (action) {
-    case Action::kRecompute: return c.recompute_bytes;
-    case Action::kOffload: return c.offload_bytes;
-    case Action::kKeep: return 0;
+    case Action::kRecompute:
+      return c.recompute_bytes;
+    case Action::kOffload:
+      return c.offload_bytes;
+    case Action::kKeep:
+      return 0;
   }
   return 0;
 }
@@ -183,10 +187,15 @@ std::string mib(std::int64_t bytes) {
 
 }  // namespace
 
+std::string shape_signature(const std::string& first_segment, std::int64_t first_bytes,
+                            std::int64_t second_bytes) {
+  return first_segment + ":" + std::to_string(first_bytes) + ":" + std::to_string(second_bytes);
+}
+
 std::string StepProfile::signature() const {
   if (tensors.empty()) return "";
-  return tensors.front().segment + ":" + std::to_string(tensors.front().bytes) + ":" +
-         std::to_string(tensors.size() > 1 ? tensors[1].bytes : 0);
+  return shape_signature(tensors.front().segment, tensors.front().bytes,
+                         tensors.size() > 1 ? tensors[1].bytes : 0);
 }
 
 Action Plan::action_for(const std::string& segment, std::int64_t order) const {
@@ -205,8 +214,8 @@ std::string Plan::table() const {
                 "cost (ms)");
   out << line;
   for (const PlanItem& item : items) {
-    const std::string name = item.segment.empty() ? "tensor #" + std::to_string(item.order)
-                                                  : item.segment;
+    const std::string name =
+        item.segment.empty() ? "tensor #" + std::to_string(item.order) : item.segment;
     std::snprintf(line, sizeof line, "%-24s %12s %10s %12.2f\n", name.c_str(),
                   mib(item.bytes).c_str(), to_string(item.action),
                   item.action == Action::kKeep ? 0.0 : item.cost_seconds * 1e3);
@@ -235,17 +244,16 @@ Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOption
   const auto share = [budget](double fraction) {
     return static_cast<std::int64_t>(fraction * static_cast<double>(budget));
   };
-  plan.target_bytes =
-      (keep_reserved <= budget
-           ? plan.keep_peak_bytes
-           : plan.keep_peak_bytes - (keep_reserved - budget) - share(options.margin)) -
-      share(extra_margin);
+  plan.target_bytes = (keep_reserved <= budget ? plan.keep_peak_bytes
+                                               : plan.keep_peak_bytes - (keep_reserved - budget) -
+                                                     share(options.margin)) -
+                      share(extra_margin);
   {
     // Each candidate out the way that frees the most.
     std::vector<Action> most(all.size());
     for (std::size_t i = 0; i < all.size(); ++i) {
-      most[i] = all[i].recompute_bytes >= all[i].offload_bytes ? Action::kRecompute
-                                                               : Action::kOffload;
+      most[i] =
+          all[i].recompute_bytes >= all[i].offload_bytes ? Action::kRecompute : Action::kOffload;
     }
     const auto lowest = simulate(keep, all, most);
     plan.minimum_bytes = lowest.empty() ? 0 : lowest[peak_event(lowest)];
@@ -287,8 +295,8 @@ Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOption
     const double cost = actions[i] == Action::kRecompute ? c.recompute_seconds
                         : actions[i] == Action::kOffload ? c.offload_seconds
                                                          : 0.0;
-    plan.items.push_back({c.segment, c.order, actions[i],
-                          std::max(c.recompute_bytes, c.offload_bytes), cost});
+    plan.items.push_back(
+        {c.segment, c.order, actions[i], std::max(c.recompute_bytes, c.offload_bytes), cost});
     plan.added_seconds += cost;
   }
   return plan;
@@ -301,11 +309,12 @@ Action AutoPolicy::decide(const SavedTensorInfo& tensor) {
   if (tensor.order == 0) {
     diverged_ = false;
     current_ = nullptr;
-    first_pack_ = tensor.segment + ":" + std::to_string(tensor.bytes) + ":";
+    first_segment_ = tensor.segment;
+    first_bytes_ = tensor.bytes;
     if (options_.plan_once && !shapes_.empty()) current_ = &shapes_.begin()->second;
   }
   if (tensor.order == 1 && !options_.plan_once) {  // the shape is known at the second pack
-    auto it = shapes_.find(first_pack_ + std::to_string(tensor.bytes));
+    auto it = shapes_.find(shape_signature(first_segment_, first_bytes_, tensor.bytes));
     current_ = it == shapes_.end() ? nullptr : &it->second;
   }
   if (current_ == nullptr || !current_->plan || diverged_) return Action::kKeep;
@@ -364,8 +373,8 @@ void AutoPolicy::end_step(const StepProfile& profile) {
 void AutoPolicy::plan_shape(Shape& shape) {
   const std::optional<std::size_t> budget = options_.budget ? options_.budget() : std::nullopt;
   // Without a budget nothing needs to go out: a plan under an unreachable target keeps all.
-  const std::int64_t limit = budget ? static_cast<std::int64_t>(*budget)
-                                    : std::numeric_limits<std::int64_t>::max() / 2;
+  const std::int64_t limit =
+      budget ? static_cast<std::int64_t>(*budget) : std::numeric_limits<std::int64_t>::max() / 2;
   Plan plan = make_plan(shape.profile, limit, options_, shape.extra_margin);
   ++plans_made_;
   if (options_.log != LogLevel::kOff) {
@@ -383,13 +392,7 @@ void AutoPolicy::plan_shape(Shape& shape) {
       shape.segment_actions[item.segment] = item.action;
     }
   }
-  shape.plan = plan;
-  last_plan_ = std::move(plan);
-}
-
-std::optional<Plan> AutoPolicy::last_plan() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return last_plan_;
+  shape.plan = std::move(plan);
 }
 
 int AutoPolicy::plans_made() const {

@@ -29,11 +29,11 @@ namespace actmem {
 
 // One choice of the plan: a segment (all its tensors) or one tensor outside segments.
 struct PlanItem {
-  std::string segment;       // "" for a tensor outside segments
-  std::int64_t order = -1;   // the tensor's pack order, for items outside segments
+  std::string segment;      // "" for a tensor outside segments
+  std::int64_t order = -1;  // the tensor's pack order, for items outside segments
   Action action = Action::kKeep;
-  std::int64_t bytes = 0;    // device bytes it frees while it is out
-  double cost_seconds = 0;   // added step time expected
+  std::int64_t bytes = 0;   // device bytes it frees while it is out
+  double cost_seconds = 0;  // added step time expected
 };
 
 struct Plan {
@@ -44,7 +44,7 @@ struct Plan {
   std::int64_t target_bytes = 0;        // what the plan aimed under
   double added_seconds = 0;
   double profiled_step_seconds = 0;
-  bool feasible = true;                 // planned_peak_bytes <= target_bytes
+  bool feasible = true;  // planned_peak_bytes <= target_bytes
 
   Action action_for(const std::string& segment, std::int64_t order) const;
   // The plan as a table: segment, bytes, action, expected cost, expected peak.
@@ -83,8 +83,6 @@ class AutoPolicy final : public Policy {
   bool evicts_under_pressure() const override { return true; }
   void end_step(const StepProfile& profile) override;
 
-  // The plan for the shape planned last, if any.
-  std::optional<Plan> last_plan() const;
   int plans_made() const;
 
  private:
@@ -105,8 +103,8 @@ class AutoPolicy final : public Policy {
   std::map<std::string, Shape> shapes_;  // by StepProfile::signature()
   Shape* current_ = nullptr;             // the shape of the step in progress
   bool diverged_ = false;                // this step's packs stopped matching the plan's profile
-  std::string first_pack_;                 // the step in progress's first pack, as in signature()
-  std::optional<Plan> last_plan_;
+  std::string first_segment_;            // the step in progress's first pack
+  std::int64_t first_bytes_ = 0;
   int plans_made_ = 0;
 };
 

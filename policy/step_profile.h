@@ -12,21 +12,20 @@
 namespace actmem {
 
 struct ProfiledTensor {
-  std::int64_t order = 0;        // pack order within the step
+  std::int64_t order = 0;  // pack order within the step
   std::int64_t bytes = 0;
-  std::string segment;           // "" outside any segment
-  std::uint64_t storage = 0;     // identifies the memory: tensors with the same value share it
+  std::string segment;        // "" outside any segment
+  std::uint64_t storage = 0;  // identifies the memory: tensors with the same value share it
   bool is_leaf = false;
-  bool segment_input = false;    // the storage is an input of its segment (the segment holds it)
-  Action action = Action::kKeep; // what was done with it
+  bool segment_input = false;  // the storage is an input of its segment (the segment holds it)
   // Whether dropping every saved copy of its storage would free it: at the start of backward,
   // nothing but saved tensors held it. False for what the model or the caller still holds.
   bool freeable = false;
-  bool evicted = false;          // offloaded under pressure after it was kept
-  std::int64_t evicted_bytes = 0;  // the device bytes that eviction freed
+  bool evicted = false;             // offloaded under pressure after it was kept
+  std::int64_t evicted_bytes = 0;   // the device bytes that eviction freed
   std::int64_t evicted_event = -1;  // when, as an index into StepProfile::levels
-  std::int64_t pack_event = 0;   // index into StepProfile::levels
-  std::int64_t unpack_event = -1;  // -1: not unpacked in this step
+  std::int64_t pack_event = 0;      // index into StepProfile::levels
+  std::int64_t unpack_event = -1;   // -1: not unpacked in this step
 };
 
 struct ProfiledSegment {
@@ -35,21 +34,25 @@ struct ProfiledSegment {
 };
 
 struct StepProfile {
-  std::vector<ProfiledTensor> tensors;   // in pack order
-  std::vector<ProfiledSegment> segments; // in forward order
+  std::vector<ProfiledTensor> tensors;    // in pack order
+  std::vector<ProfiledSegment> segments;  // in forward order
   // Device bytes allocated at each pack and unpack, in the order they happened.
   std::vector<std::int64_t> levels;
-  std::vector<std::int64_t> event_ns;    // when each event happened, since the step began
-  std::int64_t step_ns = 0;              // first pack to the end of backward
-  double copy_bytes_per_second = 0;      // host<->device, measured
-  std::int64_t evictions = 0;            // tensors offloaded under pressure during the step
+  std::vector<std::int64_t> event_ns;  // when each event happened, since the step began
+  std::int64_t step_ns = 0;            // first pack to the end of backward
+  double copy_bytes_per_second = 0;    // host<->device, measured
+  std::int64_t evictions = 0;          // tensors offloaded under pressure during the step
   // The allocator's reserved peak during the step (what a budget caps; the levels sample allocated
   // bytes, and only at packs and unpacks).
   std::int64_t reserved_peak_bytes = 0;
 
-  // The step's shape: the first pack's segment and bytes. Steps with another shape are planned on
-  // their own.
+  // The step's shape: shape_signature of its first two packs. Steps with another shape are planned
+  // on their own.
   std::string signature() const;
 };
+
+// A step's shape as the auto policy keys it, from its first two packs: known at the second pack.
+std::string shape_signature(const std::string& first_segment, std::int64_t first_bytes,
+                            std::int64_t second_bytes);
 
 }  // namespace actmem

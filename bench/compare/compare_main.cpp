@@ -223,68 +223,80 @@ class Comparison {
     ++total_;
     const std::string name =
         run_name("step", target.model, models::to_string(target.size), policy, percent);
-    benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) {
-      progress(target.name() + " " + policy +
-               (percent > 0 ? " at " + std::to_string(percent) + "% budget" : "") + ": steps");
-      try {
-        RunSpec s = spec(target, policy);
-        if (policy == "auto") {
-          s.budget_bytes = percent > 0 ? auto_budget(target, percent) : max_batch_budget(target);
-        }
-        StepCost cost;
-        std::vector<std::vector<float>> grads;
-        for (auto _ : state) {
-          TrainingRun run(s);
-          cost = measure(run);
-          grads = run.gradients();
-          state.SetIterationTime(cost.seconds);
-          s.batch = run.spec().batch;
-        }
-        if (policy == "keep") baselines_.emplace(target.key(), Baseline{cost, grads});
-        const Baseline& keep = baseline(target);
-        state.counters[kCounterBatch] = static_cast<double>(s.batch);
-        state.counters[kCounterBudget] = static_cast<double>(s.budget_bytes);
-        state.counters[kCounterPeak] = static_cast<double>(cost.peak_bytes);
-        state.counters[kCounterReserved] = static_cast<double>(cost.reserved_bytes);
-        state.counters[kCounterStepSeconds] = cost.seconds;
-        state.counters[kCounterSamplesPerSecond] = static_cast<double>(s.batch) / cost.seconds;
-        state.counters[kCounterOffloaded] = static_cast<double>(cost.offloaded_bytes);
-        state.counters[kCounterRecomputed] = static_cast<double>(cost.recomputed_bytes);
-        state.counters[kCounterGradDiff] = max_abs_difference(grads, keep.grads);
-        state.counters["peak_vs_keep"] =
-            static_cast<double>(cost.peak_bytes) / static_cast<double>(keep.cost.peak_bytes);
-        state.counters["time_vs_keep"] = cost.seconds / keep.cost.seconds;
-        state.SetItemsProcessed(s.batch);
-      } catch (const std::exception& e) {
-        state.SkipWithError(e.what());
-      }
-    })->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(
+        name.c_str(),
+        [=](benchmark::State& state) {
+          progress(target.name() + " " + policy +
+                   (percent > 0 ? " at " + std::to_string(percent) + "% budget" : "") + ": steps");
+          try {
+            RunSpec s = spec(target, policy);
+            if (policy == "auto") {
+              s.budget_bytes =
+                  percent > 0 ? auto_budget(target, percent) : max_batch_budget(target);
+            }
+            StepCost cost;
+            std::vector<std::vector<float>> grads;
+            for (auto _ : state) {
+              TrainingRun run(s);
+              cost = measure(run);
+              grads = run.gradients();
+              state.SetIterationTime(cost.seconds);
+              s.batch = run.spec().batch;
+            }
+            if (policy == "keep") baselines_.emplace(target.key(), Baseline{cost, grads});
+            const Baseline& keep = baseline(target);
+            state.counters[kCounterBatch] = static_cast<double>(s.batch);
+            state.counters[kCounterBudget] = static_cast<double>(s.budget_bytes);
+            state.counters[kCounterPeak] = static_cast<double>(cost.peak_bytes);
+            state.counters[kCounterReserved] = static_cast<double>(cost.reserved_bytes);
+            state.counters[kCounterStepSeconds] = cost.seconds;
+            state.counters[kCounterSamplesPerSecond] = static_cast<double>(s.batch) / cost.seconds;
+            state.counters[kCounterOffloaded] = static_cast<double>(cost.offloaded_bytes);
+            state.counters[kCounterRecomputed] = static_cast<double>(cost.recomputed_bytes);
+            state.counters[kCounterGradDiff] = max_abs_difference(grads, keep.grads);
+            state.counters["peak_vs_keep"] =
+                static_cast<double>(cost.peak_bytes) / static_cast<double>(keep.cost.peak_bytes);
+            state.counters["time_vs_keep"] = cost.seconds / keep.cost.seconds;
+            state.SetItemsProcessed(s.batch);
+          } catch (const std::exception& e) {
+            state.SkipWithError(e.what());
+          }
+        })
+        ->Iterations(1)
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond);
   }
 
   void add_max_batch(const Target& target, const std::string& policy) {
     ++total_;
     const std::string name =
         run_name("max_batch", target.model, models::to_string(target.size), policy);
-    benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) {
-      progress(target.name() + " " + policy + ": max-batch search");
-      try {
-        RunSpec s = spec(target, policy);
-        s.budget_bytes = max_batch_budget(target);
-        const std::int64_t start = models::default_batch(target.model, target.size);
-        MaxBatch found;
-        for (auto _ : state) {
-          found = search_max_batch([&](std::int64_t batch) { return probe_training_step(s, batch); },
-                                   start, 16 * start, /*resolution=*/0.125);
-          state.SetIterationTime(found.seconds_per_sample * static_cast<double>(found.batch));
-        }
-        state.counters[kCounterMaxBatch] = static_cast<double>(found.batch);
-        state.counters[kCounterMaxBatchBudget] = static_cast<double>(s.budget_bytes);
-        state.counters[kCounterMaxBatchSecondsPerSample] = found.seconds_per_sample;
-        state.counters["probes"] = found.probes;
-      } catch (const std::exception& e) {
-        state.SkipWithError(e.what());
-      }
-    })->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(
+        name.c_str(),
+        [=](benchmark::State& state) {
+          progress(target.name() + " " + policy + ": max-batch search");
+          try {
+            RunSpec s = spec(target, policy);
+            s.budget_bytes = max_batch_budget(target);
+            const std::int64_t start = models::default_batch(target.model, target.size);
+            MaxBatch found;
+            for (auto _ : state) {
+              found = search_max_batch(
+                  [&](std::int64_t batch) { return probe_training_step(s, batch); }, start,
+                  16 * start, /*resolution=*/0.125);
+              state.SetIterationTime(found.seconds_per_sample * static_cast<double>(found.batch));
+            }
+            state.counters[kCounterMaxBatch] = static_cast<double>(found.batch);
+            state.counters[kCounterMaxBatchBudget] = static_cast<double>(s.budget_bytes);
+            state.counters[kCounterMaxBatchSecondsPerSample] = found.seconds_per_sample;
+            state.counters["probes"] = found.probes;
+          } catch (const std::exception& e) {
+            state.SkipWithError(e.what());
+          }
+        })
+        ->Iterations(1)
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond);
   }
 
   Options options_;
@@ -294,10 +306,9 @@ class Comparison {
 };
 
 std::string machine_description() {
-  std::string text = std::to_string(std::thread::hardware_concurrency()) + " CPU threads, LibTorch " +
-                     TORCH_VERSION + " on CPU (device memory = actmem's allocator for CPU tensors; "
-                     "times are CPU times)";
-  return text;
+  return std::to_string(std::thread::hardware_concurrency()) + " CPU threads, LibTorch " +
+         TORCH_VERSION +
+         " on CPU (device memory = actmem's allocator for CPU tensors; times are CPU times)";
 }
 
 }  // namespace

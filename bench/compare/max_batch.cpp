@@ -7,8 +7,8 @@
 
 namespace actmem::bench {
 
-MaxBatch search_max_batch(const std::function<Probe(std::int64_t batch)>& probe,
-                          std::int64_t start, std::int64_t limit, double resolution) {
+MaxBatch search_max_batch(const std::function<Probe(std::int64_t batch)>& probe, std::int64_t start,
+                          std::int64_t limit, double resolution) {
   if (start < 1 || limit < start) {
     throw std::invalid_argument("max-batch search needs 1 <= start <= limit");
   }

@@ -62,9 +62,11 @@ StepCost TrainingRun::step() {
   return cost;
 }
 
-std::vector<std::vector<float>> TrainingRun::gradients() const {
+std::vector<std::vector<float>> TrainingRun::gradients() const { return gradients_of(*model_); }
+
+std::vector<std::vector<float>> gradients_of(const torch::nn::Module& module) {
   std::vector<std::vector<float>> grads;
-  for (const auto& p : model_->parameters()) {
+  for (const auto& p : module.parameters()) {
     const at::Tensor g = p.grad().detach().to(torch::kFloat).contiguous();
     grads.emplace_back(g.data_ptr<float>(), g.data_ptr<float>() + g.numel());
   }

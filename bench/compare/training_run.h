@@ -18,9 +18,9 @@ struct RunSpec {
   std::string model;
   models::Size size = models::Size::kSmall;
   std::string policy = "keep";
-  std::int64_t batch = 0;          // 0: the size's default batch
-  std::int64_t budget_bytes = 0;   // device bytes the allocator may reserve; 0: no budget
-  std::uint64_t seed = 1;          // weights and batch
+  std::int64_t batch = 0;         // 0: the size's default batch
+  std::int64_t budget_bytes = 0;  // device bytes the allocator may reserve; 0: no budget
+  std::uint64_t seed = 1;         // weights and batch
 };
 
 struct StepCost {
@@ -68,6 +68,9 @@ class TrainingRun {
   std::unique_ptr<torch::optim::SGD> optimizer_;
   std::unique_ptr<ActivationScope> scope_;
 };
+
+// Each parameter's gradient, copied out of device memory.
+std::vector<std::vector<float>> gradients_of(const torch::nn::Module& module);
 
 // max |a - b| over every element of every pair of gradients.
 double max_abs_difference(const std::vector<std::vector<float>>& a,

@@ -100,7 +100,6 @@ TEST(AutoPolicy, ThePressureHandlerRescuesAWrongPlan) {
     ActivationScope scope(policy);
     device_memory().empty_cache();
     models::train_step(*model, *optimizer, small);  // profiled and planned: keep everything
-    std::vector<std::vector<float>> grads;
     StepCost cost;
     {
       BudgetGuard guard(budget);
@@ -112,12 +111,8 @@ TEST(AutoPolicy, ThePressureHandlerRescuesAWrongPlan) {
         cost.reserved_bytes = device_memory().stats().reserved_bytes.peak;
       }
     }
-    for (const auto& p : model->parameters()) {
-      const at::Tensor g = p.grad().contiguous();
-      grads.emplace_back(g.data_ptr<float>(), g.data_ptr<float>() + g.numel());
-    }
     if (stats) *stats = scope.stats();
-    return std::make_pair(grads, cost);
+    return std::make_pair(gradients_of(*model), cost);
   };
   const auto [keep_grads, keep_cost] = run(false, 0, nullptr);
   const std::int64_t budget = budget_at(keep_cost, 50);
