@@ -1,0 +1,13 @@
+// make_cupti_timer for builds without the CUDA toolkit (no ACTMEM_HAVE_CUPTI): never a timer.
+#include "policy/segment_timer.h"
+
+namespace actmem {
+
+std::unique_ptr<SegmentTimer> make_cupti_timer(std::string* why) {
+  if (why != nullptr) {
+    *why = "actmem: CUPTI timer unavailable: built without CUDA (the CUDA toolkit was not found)";
+  }
+  return nullptr;
+}
+
+}  // namespace actmem
