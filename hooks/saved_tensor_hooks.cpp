@@ -56,10 +56,9 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
     info.dtype = std::string(tensor.dtype().name());
     info.order = scope_->begin_pack(entry_);
     info.is_leaf = held_by_the_model(tensor);
+    info.device_bytes = device_memory().stats().allocated_bytes.current;
     bool segment_input = false;
     if (frame) {
-      e.index = static_cast<std::int64_t>(frame->wanted.size());
-      frame->wanted.push_back(0);
       for (const at::Tensor& input : frame->inputs) {
         segment_input = segment_input || same_storage(input, tensor);
       }
@@ -85,17 +84,25 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
         action = Action::kKeep;
       }
     }
-    if (action == Action::kRecompute) {
-      frame->wanted[e.index] = 1;
-    } else {
-      e.frame.reset();  // only a recomputed tensor needs its frame (and the inputs it holds)
+    if (frame) {
+      e.index = frame->add_pack(action == Action::kRecompute);
+      // A recomputed tensor needs its frame (and the inputs it holds); so does a kept one that
+      // the pressure handler may drop instead of offloading (see ScopeState::settle).
+      if (action == Action::kKeep && scope_->may_drop(info, segment_input)) {
+        frame->droppable.push_back(entry_);
+      } else if (action != Action::kRecompute) {
+        if (action == Action::kKeep && segment_input && tensor.has_storage()) {
+          frame->kept_inputs.emplace_back(tensor.storage().unsafeGetStorageImpl(), entry_);
+        }
+        e.frame.reset();
+      }
     }
     // Detached: autograd may hand us an op's own output, whose grad_fn owns these hooks; holding it
     // as it is would make a cycle that leaks the whole graph when it is dropped without a backward
     // (an exception in the forward, an evaluation with grad on). Unpack re-attaches grad_fn itself.
     if (action == Action::kKeep) e.kept = tensor.detach();
     e.action = action;
-    scope_->record_pack(entry_, info, tensor, segment_input);
+    scope_->record_pack(entry_, info, tensor, segment_input, copy_ns);
 
     const std::int64_t bytes = e.bytes;
     scope_->count([&](ActivationStats& s) {
@@ -215,6 +222,7 @@ std::unique_ptr<ActivationScope> ActivationScope::from_environment() {
   const PolicyConfig config = PolicyConfig::from_environment();
   ScopeOptions options;
   options.offload_min_bytes = config.offload_min_bytes;
+  options.log = config.log;
   return std::make_unique<ActivationScope>(
       make_device_policy(config.policy, config.offload_min_bytes, config.log), options);
 }

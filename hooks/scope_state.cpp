@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <limits>
 #include <unordered_map>
 
@@ -11,8 +12,35 @@
 
 namespace actmem::detail {
 
+namespace {
+
+// CUPTI where the device is CUDA (kernels finish after the call that launches them returns),
+// clocks elsewhere or when CUPTI cannot be had (it says why under ACTMEM_LOG).
+std::unique_ptr<SegmentTimer> make_segment_timer(LogLevel log) {
+  if (std::string(device_memory().backend().name()) == "cuda") {
+    std::string why;
+    if (std::unique_ptr<SegmentTimer> cupti = make_cupti_timer(&why)) return cupti;
+    if (log != LogLevel::kOff) {
+      std::fprintf(stderr, "actmem: segment times from clocks, not CUPTI: %s\n", why.c_str());
+    }
+  }
+  return make_clock_timer();
+}
+
+}  // namespace
+
+// Under pressure a kept tensor may go even below the offload minimum (a failed step costs more
+// than a small copy), but not the tiniest: per-channel statistics and the like free nothing worth
+// a copy.
+constexpr std::size_t kEvictMinBytes = 16 * 1024;
+
 ScopeState::ScopeState(std::shared_ptr<Policy> policy, ScopeOptions options)
-    : policy_(std::move(policy)), options_(options), host_(options.host_capacity) {}
+    : policy_(std::move(policy)), options_(options), host_(options.host_capacity) {
+  if (policy_->wants_profile()) {
+    timer_ = make_segment_timer(options_.log);
+    timer_sees_copies_ = std::string(timer_->name()) != "clock";
+  }
+}
 
 ActivationStats ScopeState::stats() {
   std::lock_guard<std::mutex> lock(stats_mutex_);
@@ -45,11 +73,10 @@ std::int64_t ScopeState::begin_pack(const std::shared_ptr<SavedEntry>& entry) {
 }
 
 void ScopeState::record_pack(const std::shared_ptr<SavedEntry>& entry, const SavedTensorInfo& info,
-                             const at::Tensor& tensor, bool segment_input) {
+                             const at::Tensor& tensor, bool segment_input, std::int64_t copy_ns) {
   const bool profile = policy_->wants_profile();
   const bool evicts = policy_->evicts_under_pressure() && entry->action == Action::kKeep &&
-                      !info.is_leaf &&
-                      static_cast<std::size_t>(info.bytes) >= options_.offload_min_bytes;
+                      !info.is_leaf && static_cast<std::size_t>(info.bytes) >= kEvictMinBytes;
   if (!profile && !evicts) return;
   const std::int64_t level = device_memory().stats().allocated_bytes.current;
   std::lock_guard<std::mutex> lock(step_mutex_);
@@ -59,12 +86,16 @@ void ScopeState::record_pack(const std::shared_ptr<SavedEntry>& entry, const Sav
   t.order = info.order;
   t.bytes = info.bytes;
   t.segment = info.segment;
+  step_storages_.emplace_back();
   if (tensor.has_storage()) {  // sparse and opaque tensors have none: they never count as freeable
     t.storage = reinterpret_cast<std::uintptr_t>(tensor.storage().unsafeGetStorageImpl());
-    step_storages_.push_back(tensor.storage().getWeakStorageImpl());
+    t.storage_bytes = static_cast<std::int64_t>(tensor.storage().nbytes());
+    step_storages_.back() = tensor.storage().getWeakStorageImpl();
   }
   t.is_leaf = info.is_leaf;
+  t.action = entry->action;  // set by this pack; only an eviction, registered below, changes it
   t.segment_input = segment_input;
+  t.pack_copy_ns = timer_sees_copies_ ? 0 : copy_ns;  // clocks count the copy in the segment
   t.pack_event = static_cast<std::int64_t>(profile_.levels.size());
   profile_.levels.push_back(level);
   profile_.event_ns.push_back(elapsed_ns(step_start_));
@@ -73,7 +104,12 @@ void ScopeState::record_pack(const std::shared_ptr<SavedEntry>& entry, const Sav
 }
 
 void ScopeState::mark_freeable() {
-  // A storage is freeable when every reference to it is a kept tensor of this step: its
+  // A storage sent out at pack is freeable when it is gone: nothing but the saved tensor held it.
+  for (std::size_t i = 0; i < profile_.tensors.size(); ++i) {
+    ProfiledTensor& t = profile_.tensors[i];
+    if (t.action != Action::kKeep && step_storages_[i]) t.freeable = step_storages_[i]->expired();
+  }
+  // A kept storage is freeable when every reference to it is a kept tensor of this step: its
   // reference count equals the number of kept tensors over it.
   std::unordered_map<const void*, long> kept_over;
   std::vector<std::pair<std::int64_t, at::Tensor>> kept;
@@ -111,21 +147,34 @@ void ScopeState::record_unpack(const SavedEntry& entry) {
   profile_.event_ns.push_back(elapsed_ns(step_start_));
 }
 
-void ScopeState::record_segment(const std::string& name, std::int64_t forward_ns) {
-  if (!policy_->wants_profile()) return;
-  std::lock_guard<std::mutex> lock(step_mutex_);
-  if (in_step_) profile_.segments.push_back({name, forward_ns});
+std::optional<std::uint64_t> ScopeState::begin_segment(const std::string& name) {
+  if (!timer_) return std::nullopt;
+  std::uint64_t id;
+  {
+    std::lock_guard<std::mutex> lock(step_mutex_);
+    id = next_segment_id_++;
+    segment_names_.emplace_back(id, name);
+  }
+  timer_->begin(id);
+  return id;
 }
 
+void ScopeState::end_segment(std::uint64_t id) { timer_->end(id); }
+
 void ScopeState::abort_step() {
-  std::lock_guard<std::mutex> lock(step_mutex_);
-  in_step_ = false;
-  profile_ = StepProfile{};
-  step_storages_.clear();
+  {
+    std::lock_guard<std::mutex> lock(step_mutex_);
+    in_step_ = false;
+    profile_ = StepProfile{};
+    step_storages_.clear();
+    segment_names_.clear();
+  }
+  if (timer_) timer_->collect();  // the step's times are worth nothing either
 }
 
 void ScopeState::end_step() {
   StepProfile profile;
+  std::vector<std::pair<std::uint64_t, std::string>> segments;
   {
     std::lock_guard<std::mutex> lock(step_mutex_);
     if (!in_step_) return;  // a backward with nothing saved under this scope
@@ -136,13 +185,89 @@ void ScopeState::end_step() {
       profile_.reserved_peak_bytes = device_memory().stats().reserved_bytes.peak;
       profile = std::move(profile_);
       profile_ = StepProfile{};
+      segments.swap(segment_names_);
     }
   }
   count([](ActivationStats& s) { ++s.steps; });
   if (!policy_->wants_profile()) return;
-  profile.copy_bytes_per_second = copy_bytes_per_second();
+  SegmentTimes times = timer_->collect();
+  for (const auto& [id, name] : segments) profile.segments.push_back({name, times.forward_ns[id]});
+  if (times.dropped_records > 0 && options_.log != LogLevel::kOff) {
+    std::fprintf(stderr, "actmem: %s lost %lld records: this step's segment times undercount\n",
+                 timer_->name(), static_cast<long long>(times.dropped_records));
+  }
+  // The device's own copies, where the timer sees them (CUPTI), else the host store's probe.
+  constexpr std::int64_t kEnoughCopyBytes = 1 << 20;
+  profile.copy_bytes_per_second =
+      times.copy_bytes >= kEnoughCopyBytes && times.copy_ns > 0
+          ? static_cast<double>(times.copy_bytes) / (static_cast<double>(times.copy_ns) * 1e-9)
+          : copy_bytes_per_second();
   for (const ProfiledTensor& t : profile.tensors) profile.evictions += t.evicted;
   policy_->end_step(profile);
+}
+
+Action ScopeState::send_out(SavedEntry& entry, bool drop_first) {
+  auto drop = [&entry] {
+    if (!entry.frame || !entry.frame->want_later(entry.index)) return false;
+    entry.kept = at::Tensor();
+    entry.action = Action::kRecompute;
+    return true;
+  };
+  auto offload = [&] {
+    std::optional<at::Tensor> host = host_.offload(entry.kept);
+    if (!host) return false;  // the host pool is full
+    entry.host = std::move(*host);
+    entry.kept = at::Tensor();
+    entry.action = Action::kOffload;
+    entry.frame.reset();  // an offloaded tensor needs no rerun
+    return true;
+  };
+  if (drop_first ? drop() || offload() : offload() || drop()) return entry.action;
+  return Action::kKeep;
+}
+
+bool ScopeState::may_drop(const SavedTensorInfo& info, bool segment_input) const {
+  // A segment input stays pinned by the frame: dropping its saved copy would free nothing.
+  return policy_->evicts_under_pressure() && !info.is_leaf && !segment_input &&
+         static_cast<std::size_t>(info.bytes) >= kEvictMinBytes;
+}
+
+void ScopeState::settle(SegmentFrame& frame) {
+  if (frame.droppable.empty()) return;
+  struct Clear {
+    SegmentFrame& frame;
+    ~Clear() {
+      frame.droppable.clear();
+      frame.kept_inputs.clear();
+    }
+  } clear{frame};
+  if (frame.recomputes_any()) return;  // the frame pins its inputs for the plan's rerun anyway
+  // Kept entries may hold the frame (so that pressure can drop them) when the frame pins nothing
+  // more than keeping does: each input tiny, or saved by a kept tensor of the segment, which the
+  // frame then reads through that tensor's entry, letting go of its own alias (so that the entry
+  // can still be offloaded). Otherwise they let go of the frame and can only be offloaded.
+  std::vector<std::shared_ptr<SavedEntry>> through(frame.inputs.size());
+  for (std::size_t i = 0; i < frame.inputs.size(); ++i) {
+    const at::Tensor& input = frame.inputs[i];
+    if (!input.has_storage() || input.storage().nbytes() < kEvictMinBytes) continue;
+    for (const auto& [storage, weak] : frame.kept_inputs) {
+      if (storage == input.storage().unsafeGetStorageImpl()) through[i] = weak.lock();
+    }
+    if (through[i]) continue;
+    for (const std::weak_ptr<SavedEntry>& dropped : frame.droppable) {
+      if (const std::shared_ptr<SavedEntry> entry = dropped.lock()) {
+        std::lock_guard<std::mutex> lock(entry->mutex);
+        if (entry->action == Action::kKeep) entry->frame.reset();
+      }
+    }
+    return;
+  }
+  frame.input_entries = std::move(through);
+  frame.input_requires_grad.resize(frame.inputs.size());
+  for (std::size_t i = 0; i < frame.inputs.size(); ++i) {
+    frame.input_requires_grad[i] = frame.inputs[i].requires_grad();
+    if (frame.input_entries[i]) frame.inputs[i] = at::Tensor();
+  }
 }
 
 double ScopeState::copy_bytes_per_second() {
@@ -170,11 +295,22 @@ double ScopeState::copy_bytes_per_second() {
 std::size_t ScopeState::evict(std::size_t bytes_needed) {
   // Candidates are storages, each with the kept entries over it: evicting frees the storage only
   // when those entries are all that hold it (an op's output saved twice, by the op and the next
-  // one, is two entries over one storage).
+  // one, is two entries over one storage). Each goes the cheaper way: offloaded (the copy back)
+  // or, when every entry over it can be produced again by its segment's rerun, dropped (the
+  // rerun's forward).
   struct Group {
     std::vector<std::shared_ptr<SavedEntry>> entries;
-    long holders = 0;                                        // the storage's reference count
-    double score = std::numeric_limits<double>::infinity();  // lowest goes first
+    long holders = 0;  // the storage's reference count
+    std::int64_t bytes = 0;
+    double copy_seconds = 0;
+    double drop_seconds = 0;   // infinite unless every entry can be dropped
+    double packed_ns_ago = 0;  // its newest entry's staleness
+    bool drop() const { return drop_seconds < copy_seconds; }
+    // DTR's: cost / (bytes x staleness), the lowest first.
+    double score() const {
+      return std::min(copy_seconds, drop_seconds) /
+             (static_cast<double>(std::max<std::int64_t>(bytes, 1)) * (packed_ns_ago + 1.0));
+    }
   };
   std::unordered_map<const void*, Group> groups;
   {
@@ -190,15 +326,24 @@ std::size_t ScopeState::evict(std::size_t bytes_needed) {
           !entry->kept.has_storage()) {
         continue;  // being unpacked right now, already out, or not plain memory
       }
-      Group& group = groups[entry->kept.storage().unsafeGetStorageImpl()];
+      auto [it, added] = groups.try_emplace(entry->kept.storage().unsafeGetStorageImpl());
+      Group& group = it->second;
+      if (added) group.packed_ns_ago = std::numeric_limits<double>::infinity();
       group.holders = static_cast<long>(entry->kept.storage().use_count());
-      const double cost = static_cast<double>(entry->bytes) / bandwidth;  // the copy back
-      const double staleness =
-          static_cast<double>(
-              std::chrono::duration_cast<std::chrono::nanoseconds>(now - entry->packed_at)
-                  .count()) +
-          1.0;
-      group.score = std::min(group.score, cost / (static_cast<double>(entry->bytes) * staleness));
+      group.bytes =
+          std::max(group.bytes, static_cast<std::int64_t>(entry->kept.storage().nbytes()));
+      group.copy_seconds = static_cast<double>(group.bytes) / bandwidth;
+      // A segment still in its forward has no time yet: its tensors are not dropped (that would
+      // pin its inputs for a rerun before anyone knows what the rerun costs).
+      const std::int64_t rerun_ns = entry->frame ? entry->frame->forward_ns.load() : 0;
+      const double rerun = rerun_ns > 0 ? static_cast<double>(rerun_ns) * 1e-9
+                                        : std::numeric_limits<double>::infinity();
+      group.drop_seconds = added ? rerun : std::max(group.drop_seconds, rerun);
+      group.packed_ns_ago =
+          std::min(group.packed_ns_ago,
+                   static_cast<double>(
+                       std::chrono::duration_cast<std::chrono::nanoseconds>(now - entry->packed_at)
+                           .count()));
       group.entries.push_back(std::move(entry));
     }
   }
@@ -208,31 +353,34 @@ std::size_t ScopeState::evict(std::size_t bytes_needed) {
     if (static_cast<long>(group.entries.size()) == group.holders) candidates.push_back(&group);
   }
   std::sort(candidates.begin(), candidates.end(),
-            [](const Group* a, const Group* b) { return a->score < b->score; });
+            [](const Group* a, const Group* b) { return a->score() < b->score(); });
   // The allocator is short of reserved bytes (room for a segment), so what counts is segments
   // returned: after each eviction, fully free segments go back.
   alloc::CachingAllocator& device = device_memory();
   const std::int64_t allocated_before = device.stats().allocated_bytes.current;
   const std::int64_t reserved_before = device.stats().reserved_bytes.current;
   std::int64_t released = 0;
-  std::int64_t evicted = 0, evicted_bytes = 0;
+  std::int64_t evicted = 0, evicted_bytes = 0, dropped = 0, dropped_bytes = 0;
   for (const Group* group : candidates) {
     if (released >= static_cast<std::int64_t>(bytes_needed)) break;
     for (const std::shared_ptr<SavedEntry>& entry : group->entries) {
       std::int64_t freed_now = 0;
+      Action went = Action::kKeep;
       {
         std::lock_guard<std::mutex> entry_lock(entry->mutex);
         if (entry->action != Action::kKeep || !entry->kept.defined()) continue;
         const std::int64_t allocated = device.stats().allocated_bytes.current;
-        std::optional<at::Tensor> host = host_.offload(entry->kept);
-        if (!host) continue;  // the host pool is full: it stays
-        entry->host = std::move(*host);
-        entry->kept = at::Tensor();
-        entry->action = Action::kOffload;
+        went = send_out(*entry, group->drop());
+        if (went == Action::kKeep) continue;  // neither the host pool nor a rerun could take it
         freed_now = allocated - device.stats().allocated_bytes.current;
       }
-      ++evicted;
-      evicted_bytes += entry->bytes;
+      if (went == Action::kRecompute) {
+        ++dropped;
+        dropped_bytes += entry->bytes;
+      } else {
+        ++evicted;
+        evicted_bytes += entry->bytes;
+      }
       std::lock_guard<std::mutex> lock(step_mutex_);
       if (entry->profile_index >= 0 && entry->step == step_ && in_step_) {
         ProfiledTensor& t = profile_.tensors[entry->profile_index];
@@ -248,7 +396,7 @@ std::size_t ScopeState::evict(std::size_t bytes_needed) {
   }
   const alloc::AllocatorStats after = device.stats();
   const std::int64_t freed = std::max(released, allocated_before - after.allocated_bytes.current);
-  if (evicted == 0 && freed <= 0) {
+  if (evicted == 0 && dropped == 0 && freed <= 0) {
     // Nothing left to send out: say what the step needs instead of a bare out-of-memory.
     const std::optional<std::size_t> budget = device.budget();
     throw BudgetTooSmallError(
@@ -271,6 +419,8 @@ std::size_t ScopeState::evict(std::size_t bytes_needed) {
   count([&](ActivationStats& s) {
     s.evictions += evicted;
     s.bytes_evicted += evicted_bytes;
+    s.drops += dropped;
+    s.bytes_dropped += dropped_bytes;
   });
   return static_cast<std::size_t>(std::max<std::int64_t>(0, freed));
 }

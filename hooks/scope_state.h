@@ -19,6 +19,7 @@
 #include "hooks/activation_scope.h"
 #include "hooks/host_store.h"
 #include "policy/policy.h"
+#include "policy/segment_timer.h"
 #include "policy/step_profile.h"
 
 namespace actmem::detail {
@@ -40,11 +41,12 @@ struct SavedEntry {
   Action action = Action::kKeep;
   at::Tensor kept;
   at::Tensor host;
-  std::shared_ptr<SegmentFrame> frame;  // only while the segment may be rerun for it
-  std::int64_t index = -1;              // its pack index within the frame
+  // While the segment may be rerun for it: recomputed, or kept and droppable under pressure.
+  std::shared_ptr<SegmentFrame> frame;
+  std::int64_t index = -1;  // its pack index within the frame
   std::int64_t bytes = 0;
   std::chrono::steady_clock::time_point packed_at;
-  std::uint64_t step = 0;         // the step it was packed in
+  std::uint64_t step = 0;           // the step it was packed in
   std::int64_t profile_index = -1;  // its row in that step's profile, -1 when not recorded
 };
 
@@ -69,24 +71,40 @@ class ScopeState {
   // tensor's order in the step.
   std::int64_t begin_pack(const std::shared_ptr<SavedEntry>& entry);
   // Records a pack for the profile (when the policy wants one) and registers a kept tensor for
-  // eviction (when the policy evicts).
+  // eviction (when the policy evicts). `copy_ns`: what an offload at pack took.
   void record_pack(const std::shared_ptr<SavedEntry>& entry, const SavedTensorInfo& info,
-                   const at::Tensor& tensor, bool segment_input);
+                   const at::Tensor& tensor, bool segment_input, std::int64_t copy_ns);
   void record_unpack(const SavedEntry& entry);
-  void record_segment(const std::string& name, std::int64_t forward_ns);
+  // Bracket one segment's forward for the profile (on the thread that runs it); the time comes
+  // from the scope's SegmentTimer when the step ends. begin_segment returns the bracket's id.
+  // Segments begun between two steps (before the next step's first pack) count in that step.
+  // None when the policy wants no profile.
+  std::optional<std::uint64_t> begin_segment(const std::string& name);
+  void end_segment(std::uint64_t id);
   // The outermost backward returned: the step is over; its profile goes to the policy.
   void end_step();
   // The backward threw: the step is over, and its profile is worth nothing.
   void abort_step();
 
-  // Offloads kept tensors that nothing else holds, the stalest first (DTR's cost / (bytes x
-  // staleness) with the copy as the cost), returning freed segments to the backend, until
-  // `bytes_needed` reserved bytes are released or no candidate is left; returns the bytes freed.
+  // Sends out kept tensors that nothing else holds, by DTR's score (cost / (bytes x staleness),
+  // lowest first), each the cheaper way: offloaded (the cost: the copy) or dropped for its
+  // segment's rerun (the cost: the segment's forward), returning freed segments to the backend,
+  // until `bytes_needed` reserved bytes are released or no candidate is left; returns the bytes
+  // freed. Throws BudgetTooSmallError when nothing could go.
   std::size_t evict(std::size_t bytes_needed);
+
+  // Whether a kept tensor may hold its segment's frame so that pressure can drop it for a rerun.
+  bool may_drop(const SavedTensorInfo& info, bool segment_input) const;
+  // A segment's forward ended: its kept tensors keep holding the frame only if that pins no
+  // memory the segment does not hold anyway (see the definition).
+  void settle(SegmentFrame& frame);
 
  private:
   double copy_bytes_per_second();  // measured once
-  void mark_freeable();            // step_mutex_ held
+  // Offloads `entry`'s kept tensor or drops it for its segment's rerun (`drop_first`: try that
+  // first), whichever works; returns the action it took, kKeep if neither did. Entry lock held.
+  Action send_out(SavedEntry& entry, bool drop_first);
+  void mark_freeable();  // step_mutex_ held
 
   std::shared_ptr<Policy> policy_;
   ScopeOptions options_;
@@ -97,6 +115,11 @@ class ScopeState {
 
   std::atomic<double> copy_bytes_per_second_{0};
 
+  // Times segments for the profile: CUPTI when the device is CUDA and CUPTI answers, else clocks.
+  // Null when the policy wants no profile.
+  std::unique_ptr<SegmentTimer> timer_;
+  bool timer_sees_copies_ = false;  // CUPTI: device time excludes the copies an offload makes
+
   // Lock order: step_mutex_ before any SavedEntry::mutex, never the other way round.
   std::mutex step_mutex_;  // everything below
   bool in_step_ = false;
@@ -104,10 +127,14 @@ class ScopeState {
   std::int64_t next_order_ = 0;
   std::chrono::steady_clock::time_point step_start_;
   StepProfile profile_;
+  std::uint64_t next_segment_id_ = 0;
+  std::vector<std::pair<std::uint64_t, std::string>> segment_names_;  // bracketed, in order
   bool backward_began_ = false;
   std::vector<std::weak_ptr<SavedEntry>> step_entries_;  // this step's
-  // Keeps each profiled storage's address from being reused within the step, so it stays an id.
-  std::vector<c10::weak_intrusive_ptr<c10::StorageImpl>> step_storages_;
+  // Each profiled tensor's storage, by profile row (none for tensors without one): keeps its
+  // address from being reused within the step, so it stays an id, and tells at the start of
+  // backward whether a storage sent out at pack is gone.
+  std::vector<std::optional<c10::weak_intrusive_ptr<c10::StorageImpl>>> step_storages_;
   std::vector<std::weak_ptr<SavedEntry>> evictable_;
 };
 

@@ -1,7 +1,7 @@
 #include "hooks/segment.h"
 
-#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/GradMode.h>
 
 #include <algorithm>
@@ -69,41 +69,92 @@ class RerunGuard {
 const std::shared_ptr<SegmentFrame>& forward_frame() { return t_forward_frame; }
 SegmentFrame* capturing_frame() { return t_capturing_frame; }
 
+std::int64_t SegmentFrame::add_pack(bool want) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  wanted_.push_back(want);
+  return static_cast<std::int64_t>(wanted_.size()) - 1;
+}
+
+bool SegmentFrame::want_later(std::int64_t index) {
+  // On the thread that reruns this frame, mutex_ is held already: a rerun's allocation can call
+  // the pressure handler.
+  if (capturing_frame() == this) return false;
+  std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
+  if (!lock.owns_lock() || materialized_) return false;
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    if (inputs[i].defined() && inputs[i]._version() != input_versions[i]) return false;
+  }
+  wanted_[index] = 1;
+  return true;
+}
+
+bool SegmentFrame::recomputes_any() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return std::find(wanted_.begin(), wanted_.end(), 1) != wanted_.end();
+}
+
 void SegmentFrame::capture(const at::Tensor& tensor) {
   const std::int64_t index = capture_index_++;
-  if (index < static_cast<std::int64_t>(wanted.size()) && wanted[index]) {
+  if (index < static_cast<std::int64_t>(wanted_.size()) && wanted_[index]) {
     recomputed_[index] = tensor.detach();
   }
   if (index >= last_wanted_) throw StopRerun{};
 }
 
-void SegmentFrame::rerun() {
-  for (std::size_t i = 0; i < inputs.size(); ++i) {
-    if (inputs[i]._version() != input_versions[i]) {
+TensorList SegmentFrame::rerun_inputs() {
+  TensorList args = inputs;
+  std::vector<char> copied(inputs.size(), 0);  // brought back from the host: no version to check
+  for (std::size_t i = 0; i < input_entries.size(); ++i) {
+    if (!input_entries[i]) continue;
+    Action action;
+    at::Tensor value;
+    {
+      std::lock_guard<std::mutex> lock(input_entries[i]->mutex);
+      action = input_entries[i]->action;
+      value = action == Action::kOffload ? input_entries[i]->host : input_entries[i]->kept;
+    }
+    if (action == Action::kOffload) {
+      value = HostStore::restore(value);
+      copied[i] = 1;
+    }
+    if (!value.defined()) {
+      throw std::logic_error("actmem: segment '" + name + "': input " + std::to_string(i) +
+                             " is gone from the saved tensor it was read through");
+    }
+    args[i] = value.detach();
+    if (input_requires_grad[i]) args[i].requires_grad_(true);
+  }
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    if (!copied[i] && args[i]._version() != input_versions[i]) {
       throw std::runtime_error("actmem: segment '" + name + "': input " + std::to_string(i) +
                                " was modified in place after the segment ran, so it cannot be "
                                "recomputed; clone it, or keep this segment");
     }
   }
+  return args;
+}
+
+void SegmentFrame::rerun() {
+  const TensorList args = rerun_inputs();
   const auto start = std::chrono::steady_clock::now();
-  const auto packs = static_cast<std::int64_t>(wanted.size());
-  recomputed_.assign(wanted.size(), at::Tensor());
+  const auto packs = static_cast<std::int64_t>(wanted_.size());
+  recomputed_.assign(wanted_.size(), at::Tensor());
   capture_index_ = 0;
   last_wanted_ = -1;
   for (std::int64_t i = 0; i < packs; ++i) {
-    if (wanted[i]) last_wanted_ = i;
+    if (wanted_[i]) last_wanted_ = i;
   }
   {
     RerunGuard guard(*this);
     at::AutoGradMode grad_mode(true);
     try {
-      fn(inputs);
+      fn(args);
     } catch (const StopRerun&) {
     }
   }
   outstanding_ = 0;
   for (std::int64_t i = 0; i < packs; ++i) {
-    if (!wanted[i]) continue;
+    if (!wanted_[i]) continue;
     if (!recomputed_[i].defined()) {
       throw std::runtime_error("actmem: segment '" + name + "' saved " + std::to_string(packs) +
                                " tensors in its forward but only " +
@@ -159,14 +210,26 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
   struct Reset {
     ~Reset() { detail::t_forward_frame = nullptr; }
   } reset;
+  // Timed for the profile only when autograd records (a no-grad evaluation saves nothing).
+  const std::optional<std::uint64_t> bracket =
+      c10::GradMode::is_enabled() ? scope->begin_segment(name) : std::nullopt;
   const auto start = std::chrono::steady_clock::now();
-  TensorList outputs = fn(inputs);
-  scope->record_segment(name, detail::elapsed_ns(start));
+  TensorList outputs;
+  try {
+    outputs = fn(inputs);
+  } catch (...) {
+    if (bracket) scope->end_segment(*bracket);
+    throw;
+  }
+  if (bracket) scope->end_segment(*bracket);
+  frame->forward_ns = detail::elapsed_ns(start);
+  scope->settle(*frame);
   return outputs;
 }
 
 at::Tensor segment(const std::string& name, torch::nn::Module& module,
-                   const std::function<at::Tensor(const at::Tensor&)>& fn, const at::Tensor& input) {
+                   const std::function<at::Tensor(const at::Tensor&)>& fn,
+                   const at::Tensor& input) {
   return segment(
       name, [fn](const TensorList& in) -> TensorList { return {fn(in[0])}; }, {input}, &module)[0];
 }

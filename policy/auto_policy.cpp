@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <set>
 #include <sstream>
@@ -12,10 +13,13 @@ namespace actmem {
 
 // Note [Auto plan]
 // ~~~~~~~~~~~~~~~~
-// Input: one step profiled with every tensor kept. Its timeline is the device bytes allocated at
-// each pack and unpack (tensors evicted under pressure during the profile are added back over
-// their lifetime, so the timeline is keep's). Output: an action per candidate, where a candidate
-// is either
+// Input: one profiled step: every tensor kept when no budget is set; under a budget, every tensor
+// that can go out sent out at pack (offloaded; recomputed if too small to offload and inside a
+// segment), so that the profiled step itself fits. Its timeline is the device bytes allocated at
+// each pack and unpack; what the step sent out (at pack, or evicted under pressure) is added back
+// over the time keep would have held it, so the timeline planned from is keep's. A segment's
+// forward time is measured less the copies made inside it. Output: an action per candidate, where
+// a candidate is either
 //   - a segment: all its saved tensors recomputed (cost: the segment's forward time, paid once
 //     in backward) or offloaded (cost: the copies, 2 x bytes / bandwidth, less the compute they
 //     overlap when copies run on a side stream; on CPU they are synchronous and hide nothing), or
@@ -29,16 +33,23 @@ namespace actmem {
 // Greedy, cheapest seconds per byte first: find the simulated peak; among candidates that are
 // out of memory at that moment and not chosen yet, take the one with the least cost per byte it
 // frees (recompute or offload, whichever is cheaper for a segment); re-simulate; stop when the
-// peak is under the target (a share of the budget: allocator segments and the working set of ops
-// between two packs take the rest) or no candidate is left. The greedy is not optimal (the choice
+// peak is under the target or no candidate is left. The target is keep's peak when keep's
+// reserved bytes fit the budget, else the budget less the allocator's overhead (what it reserves
+// above the allocated bytes sampled at packs and unpacks: segment slack, the working set inside
+// ops) and a margin. The greedy is not optimal (the choice
 // is a knapsack over intervals) but each step is the locally cheapest byte, and the re-simulation
 // after each choice keeps it from paying for bytes that stop mattering once the peak moves.
 //
 // The minimum is the peak with every candidate out, the way that frees most; the plan table shows
 // it. A plan can still cross the budget (the profile misses memory inside ops, and the budget caps
-// reserved bytes): the hooks' pressure handler then evicts kept tensors, and a step that needed
-// evictions raises that shape's margin for its next plan. A budget too small for any plan fails
-// when nothing is left to evict, with an error naming the budget the step needs at that point.
+// reserved bytes): the hooks' pressure handler then evicts kept tensors. What the planned steps
+// show feeds the next plan of their shape (PlanTuning): a step that needed evictions raises the
+// margin; one that sent tensors out and left room under the budget lowers the overhead assumed
+// (the profiled step's pattern, everything sent out, is not the plan's) by half that room; a step
+// that starts with
+// more allocated than the profiled one (often a job's first step, before the optimizer's state
+// exists) moves keep's timeline by the difference. A budget too small for any plan fails when
+// nothing is left to evict, with an error naming the budget the step needs at that point.
 
 namespace {
 
@@ -52,16 +63,38 @@ struct Candidate {
   double offload_seconds = std::numeric_limits<double>::infinity();
 };
 
-// Keep's timeline: the profile's levels with what evictions freed added back, from the eviction
-// to the unpack.
+// What sending `t` out frees when nothing else holds its storage: the storage, a view's included.
+std::int64_t freed_bytes(const ProfiledTensor& t) { return std::max(t.bytes, t.storage_bytes); }
+
+// Keep's timeline: the profile's levels with what the profiled step sent out added back. A tensor
+// evicted under pressure adds the bytes its eviction freed, from the eviction to its unpack; a
+// storage sent out at pack that nothing else held adds its bytes from its first pack to its first
+// unpack (keep would have held it that long; two saved tensors over one storage count it once).
 std::vector<std::int64_t> keep_levels(const StepProfile& profile) {
+  const auto events = static_cast<std::int64_t>(profile.levels.size());
   std::vector<std::int64_t> delta(profile.levels.size() + 1, 0);
+  struct Interval {
+    std::int64_t bytes = 0, start = std::numeric_limits<std::int64_t>::max(),
+                 end = std::numeric_limits<std::int64_t>::max();
+  };
+  std::unordered_map<std::uint64_t, Interval> sent_out;  // by storage
   for (const ProfiledTensor& t : profile.tensors) {
-    if (t.evicted_bytes <= 0) continue;
-    const std::int64_t end =
-        t.unpack_event >= 0 ? t.unpack_event : static_cast<std::int64_t>(profile.levels.size());
-    delta[std::max(t.pack_event, t.evicted_event)] += t.evicted_bytes;
-    delta[end] -= t.evicted_bytes;
+    const std::int64_t end = t.unpack_event >= 0 ? t.unpack_event : events;
+    if (t.evicted_bytes > 0) {
+      delta[std::max(t.pack_event, t.evicted_event)] += t.evicted_bytes;
+      delta[end] -= t.evicted_bytes;
+    }
+    if (t.action != Action::kKeep && t.freeable && !t.is_leaf && t.storage != 0) {
+      Interval& out = sent_out[t.storage];
+      out.bytes = std::max(out.bytes, freed_bytes(t));
+      out.start = std::min(out.start, t.pack_event);
+      out.end = std::min(out.end, end);
+    }
+  }
+  for (const auto& [storage, out] : sent_out) {
+    if (out.end <= out.start) continue;
+    delta[out.start] += out.bytes;
+    delta[out.end] -= out.bytes;
   }
   std::vector<std::int64_t> levels(profile.levels.size());
   std::int64_t extra = 0;
@@ -120,17 +153,24 @@ std::vector<Candidate> candidates(const StepProfile& profile, const AutoOptions&
       continue;
     }
     // A recomputed segment keeps its inputs for the rerun; an offloaded one lets them go.
-    if (!inputs.count(t.storage)) c.recompute_bytes += t.bytes;
-    if (static_cast<std::size_t>(t.bytes) >= options.offload_min_bytes) c.offload_bytes += t.bytes;
+    if (!inputs.count(t.storage)) c.recompute_bytes += freed_bytes(t);
+    if (static_cast<std::size_t>(t.bytes) >= options.offload_min_bytes) {
+      c.offload_bytes += freed_bytes(t);
+    }
   }
+  // A segment's forward as keep runs it: less the offloads the profiled step made inside it.
   std::map<std::string, std::int64_t> forward_ns;
   for (const ProfiledSegment& s : profile.segments) forward_ns[s.name] += s.forward_ns;
+  for (const ProfiledTensor& t : profile.tensors) {
+    if (!t.segment.empty()) forward_ns[t.segment] -= t.pack_copy_ns;
+  }
   std::vector<Candidate> result;
   for (const std::string& group : order) {
     Candidate c = by_group[group];
     if (c.end <= c.start) continue;
     if (!c.segment.empty() && c.recompute_bytes > 0) {
-      c.recompute_seconds = static_cast<double>(forward_ns[c.segment]) * 1e-9;
+      c.recompute_seconds =
+          static_cast<double>(std::max<std::int64_t>(0, forward_ns[c.segment])) * 1e-9;
     }
     if (c.offload_bytes > 0) {
       c.offload_seconds = copy_seconds(c.offload_bytes, c.start, c.end, profile, options);
@@ -231,23 +271,28 @@ std::string Plan::table() const {
 }
 
 Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOptions& options,
-               double extra_margin) {
-  const std::vector<std::int64_t> keep = keep_levels(profile);
+               const PlanTuning& tuning) {
+  std::vector<std::int64_t> keep = keep_levels(profile);
+  for (std::int64_t& level : keep) level += tuning.base_shift;
   const std::vector<Candidate> all = candidates(profile, options);
   std::vector<Action> actions(all.size(), Action::kKeep);
   Plan plan;
   plan.profiled_step_seconds = static_cast<double>(profile.step_ns) * 1e-9;
   plan.keep_peak_bytes = keep.empty() ? 0 : keep[peak_event(keep)];
-  // What keep would reserve: the profile's reserved peak plus what evictions took out of it.
-  std::int64_t keep_reserved = profile.reserved_peak_bytes;
-  for (const ProfiledTensor& t : profile.tensors) keep_reserved += t.evicted_bytes;
+  // What the allocator reserves above the allocated bytes seen at packs and unpacks; keep would
+  // reserve its peak plus that.
+  const std::int64_t overhead = tuning.reserve_overhead.value_or(
+      profile.reserved_peak_bytes -
+      (profile.levels.empty() ? 0
+                              : *std::max_element(profile.levels.begin(), profile.levels.end())));
+  const std::int64_t keep_reserved = plan.keep_peak_bytes + overhead;
   const auto share = [budget](double fraction) {
     return static_cast<std::int64_t>(fraction * static_cast<double>(budget));
   };
-  plan.target_bytes = (keep_reserved <= budget ? plan.keep_peak_bytes
-                                               : plan.keep_peak_bytes - (keep_reserved - budget) -
-                                                     share(options.margin)) -
-                      share(extra_margin);
+  plan.overhead_bytes = overhead;
+  plan.target_bytes =
+      (keep_reserved <= budget ? plan.keep_peak_bytes : budget - overhead - share(options.margin)) -
+      share(tuning.extra_margin);
   {
     // Each candidate out the way that frees the most.
     std::vector<Action> most(all.size());
@@ -304,26 +349,40 @@ Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOption
 
 AutoPolicy::AutoPolicy(AutoOptions options) : options_(std::move(options)) {}
 
+Action AutoPolicy::profiling_action(const SavedTensorInfo& /*tensor*/) const {
+  // Under a budget, a step without a plan sends out what it can, since it must fit before it is
+  // known: tensors too small to offload are left to their segment's rerun, when they have one.
+  if (!profiling_under_budget_) return Action::kKeep;
+  return Action::kOffload;
+}
+
 Action AutoPolicy::decide(const SavedTensorInfo& tensor) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (tensor.order == 0) {
     diverged_ = false;
-    current_ = nullptr;
     first_segment_ = tensor.segment;
     first_bytes_ = tensor.bytes;
+    first_level_ = tensor.device_bytes;
+    profiling_under_budget_ = options_.budget && options_.budget().has_value();
+    // The shape is known at the second pack; until then, the last step's, if it starts the same.
+    current_ = last_ != nullptr && !last_->packs.empty() &&
+                       last_->packs[0] == std::make_pair(tensor.segment, tensor.bytes)
+                   ? last_
+                   : nullptr;
     if (options_.plan_once && !shapes_.empty()) current_ = &shapes_.begin()->second;
   }
-  if (tensor.order == 1 && !options_.plan_once) {  // the shape is known at the second pack
+  if (tensor.order == 1 && !options_.plan_once) {
     auto it = shapes_.find(shape_signature(first_segment_, first_bytes_, tensor.bytes));
     current_ = it == shapes_.end() ? nullptr : &it->second;
+    if (current_ != nullptr && current_->plan) rebase(*current_);
   }
-  if (current_ == nullptr || !current_->plan || diverged_) return Action::kKeep;
+  if (current_ == nullptr || !current_->plan || diverged_) return profiling_action(tensor);
   const auto index = static_cast<std::size_t>(tensor.order);
   if (!options_.plan_once &&
       (index >= current_->packs.size() || current_->packs[index].first != tensor.segment ||
        current_->packs[index].second != tensor.bytes)) {
-    diverged_ = true;  // not the profiled step after all: keep the rest
-    return Action::kKeep;
+    diverged_ = true;  // not the profiled step after all: the rest is profiled
+    return profiling_action(tensor);
   }
   if (tensor.segment.empty()) {
     const auto it = current_->tensor_actions.find(tensor.order);
@@ -337,6 +396,7 @@ void AutoPolicy::end_step(const StepProfile& profile) {
   std::lock_guard<std::mutex> lock(mutex_);
   Shape* shape = current_;
   current_ = nullptr;
+  last_ = shape;
   if (shape != nullptr && shape->plan && diverged_) {
     // Half of this step followed a plan made for another: its profile is not keep's. Profile
     // the next step of this shape afresh.
@@ -355,19 +415,58 @@ void AutoPolicy::end_step(const StepProfile& profile) {
                    shape->plan->profiled_step_seconds * 1e3, shape->plan->added_seconds * 1e3,
                    static_cast<long long>(profile.evictions));
     }
-    // Evictions mean the plan crossed the budget: plan this shape again, aiming lower.
-    if (profile.evictions > 0 && !options_.plan_once) {
-      shape->extra_margin = std::min(0.5, shape->extra_margin + 0.05);
+    if (options_.plan_once) return;
+    PlanTuning& tuning = shape->tuning;
+    if (profile.evictions > 0) {
+      // The plan crossed the budget: plan this shape again, aiming lower.
+      tuning.extra_margin = std::min(0.5, tuning.extra_margin + 0.05);
       plan_shape(*shape);
+      return;
+    }
+    // The allocator's overhead above the sampled peak depends on the pattern of allocations: the
+    // profiled step's (everything sent out, segments cached from it) is not the plan's. A plan
+    // that sent tensors out while its step left room under the budget plans again assuming half
+    // that room less overhead: the target climbs towards the budget from below, the margin (raised
+    // by any eviction) stops it, and a few updates per shape keep the two from chasing each other.
+    const std::optional<std::size_t> budget = options_.budget ? options_.budget() : std::nullopt;
+    const bool sent_out = std::any_of(shape->plan->items.begin(), shape->plan->items.end(),
+                                      [](const PlanItem& i) { return i.action != Action::kKeep; });
+    constexpr int kOverheadUpdates = 5;
+    if (budget && sent_out && tuning.overhead_updates < kOverheadUpdates) {
+      const std::int64_t room = static_cast<std::int64_t>(*budget) - profile.reserved_peak_bytes;
+      if (room > static_cast<std::int64_t>(*budget / 100)) {
+        tuning.reserve_overhead = std::max<std::int64_t>(0, shape->plan->overhead_bytes - room / 2);
+        ++tuning.overhead_updates;
+        plan_shape(*shape);
+      }
     }
     return;
   }
-  // A profiled step: every tensor was kept (or evicted under pressure).
+  // A profiled step.
   Shape& profiled = shapes_[profile.signature()];
+  last_ = &profiled;
   profiled.profile = profile;
   profiled.packs.clear();
   for (const ProfiledTensor& t : profile.tensors) profiled.packs.emplace_back(t.segment, t.bytes);
   plan_shape(profiled);
+}
+
+void AutoPolicy::rebase(Shape& shape) {
+  if (shape.profile.levels.empty()) return;
+  const std::int64_t shift = first_level_ - shape.profile.levels.front();
+  const std::optional<std::size_t> budget = options_.budget ? options_.budget() : std::nullopt;
+  // Within 1 % of the budget the plan stands: planning again would only chase noise.
+  if (!budget ||
+      std::llabs(shift - shape.tuning.base_shift) <= static_cast<std::int64_t>(*budget / 100)) {
+    return;
+  }
+  if (options_.log != LogLevel::kOff) {
+    std::fprintf(stderr,
+                 "actmem auto: this step starts with %s more allocated than the profiled one\n",
+                 mib(shift).c_str());
+  }
+  shape.tuning.base_shift = shift;
+  plan_shape(shape);
 }
 
 void AutoPolicy::plan_shape(Shape& shape) {
@@ -375,7 +474,7 @@ void AutoPolicy::plan_shape(Shape& shape) {
   // Without a budget nothing needs to go out: a plan under an unreachable target keeps all.
   const std::int64_t limit =
       budget ? static_cast<std::int64_t>(*budget) : std::numeric_limits<std::int64_t>::max() / 2;
-  Plan plan = make_plan(shape.profile, limit, options_, shape.extra_margin);
+  Plan plan = make_plan(shape.profile, limit, options_, shape.tuning);
   ++plans_made_;
   if (options_.log != LogLevel::kOff) {
     std::fprintf(stderr, "actmem auto: plan for shape %s under a budget of %s:\n%s",

@@ -3,12 +3,14 @@
 // A budget too small for the step fails when nothing is left to evict, with the hooks'
 // BudgetTooSmallError (hooks/activation_scope.h) naming the budget the step needs at that point.
 //
-// The first step of each shape is profiled with every tensor kept (the hooks' pressure handler
-// evicts kept tensors to host memory if the budget is crossed meanwhile). From that profile a
-// plan chooses, per segment, keep / offload / recompute, and per tensor outside segments keep or
-// offload, so that the simulated peak stays under the budget at the least added time (see Note
-// [Auto plan] in auto_policy.cpp). Later steps of the same shape follow the plan; a step whose
-// packs no longer match the profile is profiled again.
+// The first step of each shape is profiled: with every tensor kept when no budget is set, and
+// under a budget with every tensor that can go out sent out (offloaded, or recomputed when too
+// small to offload), so that the step fits before anything is known of it (the hooks' pressure
+// handler evicts kept tensors if the budget is still crossed). From that profile, with keep's
+// timeline reconstructed, a plan chooses, per segment, keep / offload / recompute, and per tensor
+// outside segments keep or offload, so that the simulated peak stays under the budget at the least
+// added time (see Note [Auto plan] in auto_policy.cpp). Later steps of the same shape follow the
+// plan; a step whose packs no longer match the profile is profiled again.
 #pragma once
 
 #include <cstddef>
@@ -42,6 +44,7 @@ struct Plan {
   std::int64_t planned_peak_bytes = 0;  // simulated, under the plan
   std::int64_t minimum_bytes = 0;       // simulated with everything that can go out, out
   std::int64_t target_bytes = 0;        // what the plan aimed under
+  std::int64_t overhead_bytes = 0;      // reserved above the allocated peak, assumed
   double added_seconds = 0;
   double profiled_step_seconds = 0;
   bool feasible = true;  // planned_peak_bytes <= target_bytes
@@ -56,8 +59,7 @@ struct AutoOptions {
   std::function<std::optional<std::size_t>()> budget;
   std::size_t offload_min_bytes = 64 * 1024;
   // The share of the budget a plan keeps free below its target when the budget is under keep's
-  // reserved peak; each shape raises its own by 5 % of the budget each time its plan still needed
-  // evictions.
+  // reserved peak (see PlanTuning for what each shape adds).
   double margin = 0.02;
   // Whether copies overlap compute (a side stream on CUDA); on CPU they are synchronous.
   bool copies_overlap = false;
@@ -67,11 +69,27 @@ struct AutoOptions {
   bool plan_once = false;
 };
 
-// Chooses the plan for `profile` under `budget` bytes: under keep's reserved peak, it also keeps
-// options.margin of the budget free; it always keeps `extra_margin` of it free. Pure: same
-// inputs, same plan.
+// What the steps run under a shape's plan taught it, for its next plan.
+struct PlanTuning {
+  // A share of the budget kept free on top of the rest: raised by 5 % each time a plan still
+  // needed evictions.
+  double extra_margin = 0;
+  // The allocator's reserved bytes above the allocated peak seen at packs and unpacks (segment
+  // slack, the working set inside ops, cached segments); none: the profiled step's. Lowered by
+  // half the room a planned step left under the budget, a few times per shape.
+  std::optional<std::int64_t> reserve_overhead;
+  int overhead_updates = 0;
+  // Device bytes allocated at the steps' start, less the profiled step's: the profiled step is
+  // often a job's first, before the optimizer's state exists. Keep's timeline moves by as much.
+  std::int64_t base_shift = 0;
+};
+
+// Chooses the plan for `profile` under `budget` bytes: the target is keep's peak when keep's
+// reserved bytes (its peak plus the overhead) fit the budget; otherwise the budget less the
+// overhead and options.margin of the budget. tuning.extra_margin of the budget is kept free in
+// both cases. Pure: same inputs, same plan.
 Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOptions& options,
-               double extra_margin = 0);
+               const PlanTuning& tuning = {});
 
 class AutoPolicy final : public Policy {
  public:
@@ -87,24 +105,32 @@ class AutoPolicy final : public Policy {
 
  private:
   struct Shape {
-    StepProfile profile;  // the step profiled with every tensor kept
+    StepProfile profile;  // the profiled step
     std::optional<Plan> plan;
     std::vector<std::pair<std::string, std::int64_t>> packs;  // (segment, bytes) in order
-    double extra_margin = 0;  // raised each time the plan still needed evictions
+    PlanTuning tuning;
     // The plan's actions that are not keep, for decide's lookups.
     std::unordered_map<std::string, Action> segment_actions;
     std::unordered_map<std::int64_t, Action> tensor_actions;  // by pack order
   };
 
   void plan_shape(Shape& shape);  // mutex_ held
+  // Plans `shape` again when this step starts with more or less allocated than the plan assumed
+  // (mutex_ held).
+  void rebase(Shape& shape);
+  // What a step without a plan does with `tensor` (mutex_ held).
+  Action profiling_action(const SavedTensorInfo& tensor) const;
 
   AutoOptions options_;
   mutable std::mutex mutex_;
   std::map<std::string, Shape> shapes_;  // by StepProfile::signature()
   Shape* current_ = nullptr;             // the shape of the step in progress
+  Shape* last_ = nullptr;                // the shape of the last step that ended
   bool diverged_ = false;                // this step's packs stopped matching the plan's profile
+  bool profiling_under_budget_ = false;  // the step in progress started with a budget set
   std::string first_segment_;            // the step in progress's first pack
   std::int64_t first_bytes_ = 0;
+  std::int64_t first_level_ = 0;  // the device bytes allocated at the first pack
   int plans_made_ = 0;
 };
 

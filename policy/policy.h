@@ -5,8 +5,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
-#include <optional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,12 +21,13 @@ const char* to_string(Action action);
 
 // A tensor autograd is about to save, as the hooks see it at pack time.
 struct SavedTensorInfo {
-  std::int64_t bytes = 0;      // bytes of the data the saved tensor refers to
-  std::string segment;         // the enclosing segment's name, "" outside any segment
+  std::int64_t bytes = 0;  // bytes of the data the saved tensor refers to
+  std::string segment;     // the enclosing segment's name, "" outside any segment
   std::vector<std::int64_t> shape;
   std::string dtype;
-  std::int64_t order = 0;      // pack order within the step, from 0
-  bool is_leaf = false;        // parameters, buffers, inputs: held outside autograd anyway
+  std::int64_t order = 0;         // pack order within the step, from 0
+  bool is_leaf = false;           // parameters, buffers, inputs: held outside autograd anyway
+  std::int64_t device_bytes = 0;  // the device allocator's allocated bytes as it is saved
 };
 
 // Decides, per saved tensor, Keep, Offload or Recompute. Called on the thread that runs the

@@ -14,12 +14,18 @@ namespace actmem {
 struct ProfiledTensor {
   std::int64_t order = 0;  // pack order within the step
   std::int64_t bytes = 0;
-  std::string segment;        // "" outside any segment
-  std::uint64_t storage = 0;  // identifies the memory: tensors with the same value share it
+  std::string segment;             // "" outside any segment
+  std::uint64_t storage = 0;       // identifies the memory: tensors with the same value share it
+  std::int64_t storage_bytes = 0;  // the whole storage's (a view's is larger than its own bytes)
   bool is_leaf = false;
-  bool segment_input = false;  // the storage is an input of its segment (the segment holds it)
+  // What the hooks did with it at pack: the profiled step keeps everything when no budget is set,
+  // and sends out what it can under one (so that it fits).
+  Action action = Action::kKeep;
+  std::int64_t pack_copy_ns = 0;  // the offload's copy at pack, inside its segment's forward time
+  bool segment_input = false;     // the storage is an input of its segment (the segment holds it)
   // Whether dropping every saved copy of its storage would free it: at the start of backward,
-  // nothing but saved tensors held it. False for what the model or the caller still holds.
+  // nothing but saved tensors held it (a tensor sent out at pack: nothing held its storage any
+  // more). False for what the model or the caller still holds.
   bool freeable = false;
   bool evicted = false;             // offloaded under pressure after it was kept
   std::int64_t evicted_bytes = 0;   // the device bytes that eviction freed

@@ -38,7 +38,10 @@ batch that fits a budget; prints the table and writes <out>/summary.{md,json,svg
   --budget BYTES       the budget for the max-batch search, e.g. 512MiB (default: per model, the
                        bytes keep reserved at the size's batch)
   --no-max-batch       skip the max-batch search
-  --steps N            measured steps per run, after one warm-up step (default: 2)
+  --warmup N           unmeasured steps per run first (default: 3: auto profiles its first step
+                       and refines its plan over the next ones; every policy warms up alike, so
+                       that gradients compare after the same number of steps)
+  --steps N            measured steps per run, after the warm-up (default: 2)
   --out DIR            where the summary goes (default: results)
   --help               this text
 
@@ -54,6 +57,7 @@ struct Options {
   std::vector<int> auto_budgets = {75, 50, 30};
   std::int64_t max_batch_budget = 0;
   bool max_batch = true;
+  int warmup = 3;
   int steps = 2;
   std::string out = "results";
 };
@@ -128,6 +132,8 @@ Options parse_options(int argc, char** argv, std::vector<char*>& rest) {
       options.max_batch_budget = static_cast<std::int64_t>(alloc::parse_bytes(value(), arg));
     } else if (arg == "--no-max-batch") {
       options.max_batch = false;
+    } else if (arg == "--warmup") {
+      options.warmup = parse_int(value(), arg, 1, 1000);
     } else if (arg == "--steps") {
       options.steps = parse_int(value(), arg, 1, 1000);
     } else if (arg == "--out") {
@@ -188,9 +194,9 @@ class Comparison {
     return s;
   }
 
-  // Runs the warm-up step and `steps` measured ones; returns the median cost.
+  // Runs the warm-up steps and `steps` measured ones; returns the median cost.
   StepCost measure(TrainingRun& run) {
-    run.step();
+    for (int i = 0; i < options_.warmup; ++i) run.step();
     std::vector<StepCost> costs;
     for (int i = 0; i < options_.steps; ++i) costs.push_back(run.step());
     std::sort(costs.begin(), costs.end(),

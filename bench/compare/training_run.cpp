@@ -36,6 +36,7 @@ TrainingRun::TrainingRun(const RunSpec& spec)
   const PolicyConfig config = PolicyConfig::from_environment();  // ACTMEM_LOG, min offload size
   ScopeOptions options;
   options.offload_min_bytes = config.offload_min_bytes;
+  options.log = config.log;
   scope_ = std::make_unique<ActivationScope>(
       make_device_policy(spec_.policy, config.offload_min_bytes, config.log), options);
 }
@@ -58,7 +59,8 @@ StepCost TrainingRun::step() {
   // Evictions are offloads too: the pressure handler's, not the plan's.
   cost.offloaded_bytes = (after.bytes_offloaded + after.bytes_evicted) -
                          (before.bytes_offloaded + before.bytes_evicted);
-  cost.recomputed_bytes = after.bytes_recomputed - before.bytes_recomputed;
+  cost.recomputed_bytes = (after.bytes_recomputed + after.bytes_dropped) -
+                          (before.bytes_recomputed + before.bytes_dropped);
   return cost;
 }
 

@@ -19,7 +19,8 @@ struct Trained {
   std::vector<StepCost> costs;
 };
 
-Trained train(const std::string& model, const std::string& policy, std::int64_t budget = 0) {
+Trained train(const std::string& model, const std::string& policy, std::int64_t budget = 0,
+              int steps = kSteps) {
   RunSpec spec;
   spec.model = model;
   spec.size = models::Size::kTiny;
@@ -27,7 +28,7 @@ Trained train(const std::string& model, const std::string& policy, std::int64_t 
   spec.budget_bytes = budget;
   TrainingRun run(spec);
   Trained t;
-  for (int i = 0; i < kSteps; ++i) t.costs.push_back(run.step());
+  for (int i = 0; i < steps; ++i) t.costs.push_back(run.step());
   t.grads = run.gradients();
   return t;
 }
@@ -39,9 +40,11 @@ std::int64_t budget_at(const StepCost& keep, int percent) {
 
 struct Case {
   std::string model;
-  // The budget, as in the main job. At tiny size DenseNet's and VNet's activations (8 and 15 MiB)
-  // are no bigger than the allocator's segment slack: a budget under keep's either plans nothing
-  // or fails on the 2 and 20 MiB segment granularity; the main job plans them at small size.
+  // The budget, as in the main job. At tiny size the activations (8 to 15 MiB) are near the
+  // allocator's segment granularity (2 and 20 MiB): DenseNet's 8 MiB failed once in ten runs at
+  // 75 % on fragmentation (which segments the plan sends out depends on measured times), the
+  // LSTM's at 50 %. At 100 % DenseNet's profiled step and first plans still send tensors out.
+  // The main job goes lower at small size.
   int percent;
 };
 
@@ -63,14 +66,19 @@ TEST_P(AutoOnModels, TrainsExactlyLikeKeepWithinTheBudget) {
 
 INSTANTIATE_TEST_SUITE_P(Tiny, AutoOnModels,
                          ::testing::Values(Case{"resnet", 50}, Case{"densenet", 100},
-                                           Case{"lstm", 75}, Case{"vnet", 100}),
+                                           Case{"lstm", 75}, Case{"vnet", 75}),
                          [](const auto& param_info) { return param_info.param.model; });
 
+// Once its plan has settled: the profiled step sends everything out (it must fit before anything
+// is known), and a plan may send some out until the allocator's overhead under it is measured
+// (a few steps at most).
 TEST(AutoPolicy, BehavesAsKeepWhenTheBudgetHoldsKeepsPeak) {
+  constexpr int kSettled = 4, kLongerSteps = 6;
   for (const std::string& model : models::model_names()) {
-    const Trained keep = train(model, "keep");
-    const Trained planned = train(model, "auto", keep.costs.back().reserved_bytes * 5 / 4);
-    for (int i = 1; i < kSteps; ++i) {
+    const Trained keep = train(model, "keep", 0, kLongerSteps);
+    const Trained planned =
+        train(model, "auto", keep.costs.back().reserved_bytes * 5 / 4, kLongerSteps);
+    for (int i = kSettled; i < kLongerSteps; ++i) {
       EXPECT_EQ(planned.costs[i].offloaded_bytes, 0) << model << " step " << i;
       EXPECT_EQ(planned.costs[i].recomputed_bytes, 0) << model << " step " << i;
       EXPECT_EQ(planned.costs[i].peak_bytes, keep.costs[i].peak_bytes) << model << " step " << i;
@@ -121,6 +129,61 @@ TEST(AutoPolicy, ThePressureHandlerRescuesAWrongPlan) {
   EXPECT_GT(stats.evictions, 0) << "the plan kept everything: only evictions can fit the budget";
   EXPECT_LE(cost.reserved_bytes, budget);
   EXPECT_EQ(grads, keep_grads);
+}
+
+std::vector<float> values_of(const torch::Tensor& t) {
+  const torch::Tensor f = t.detach().to(torch::kFloat).contiguous();
+  return {f.data_ptr<float>(), f.data_ptr<float>() + f.numel()};
+}
+
+// Keeps everything and lets the pressure handler evict: what auto does with a plan that is wrong.
+class KeepUntilPressed final : public Policy {
+ public:
+  const char* name() const override { return "keep-until-pressed"; }
+  Action decide(const SavedTensorInfo&) override { return Action::kKeep; }
+  bool evicts_under_pressure() const override { return true; }
+};
+
+// With no room in the host pool, the pressure handler can only drop kept tensors for their
+// segment's rerun: the step fits three quarters of keep's activation memory (dropping frees at
+// most what the recompute policy does: 0.6 of keep's on this model), and the gradients,
+// parameters and BatchNorm statistics come out as keep's.
+TEST(AutoPolicy, ThePressureHandlerDropsForRecomputeWhenOffloadCannotTakeMore) {
+  install();
+  auto run = [](std::shared_ptr<Policy> policy, std::int64_t budget, ActivationStats* stats) {
+    auto model = models::make_model("resnet", models::Size::kTiny, 3);
+    auto optimizer = models::make_optimizer(*model);
+    const models::Batch batch = model->make_batch(16, 2);
+    ScopeOptions options;
+    options.host_capacity = 0;  // offloading is impossible
+    ActivationScope scope(std::move(policy), options);
+    device_memory().empty_cache();
+    StepCost cost;
+    {
+      BudgetGuard guard(budget);
+      for (int i = 0; i < 2; ++i) {
+        const std::int64_t start = device_memory().stats().allocated_bytes.current;
+        device_memory().reset_peak_stats();
+        models::train_step(*model, *optimizer, batch);
+        cost.start_bytes = start;
+        cost.reserved_bytes = device_memory().stats().reserved_bytes.peak;
+      }
+    }
+    if (stats) *stats = scope.stats();
+    std::vector<std::vector<float>> state = gradients_of(*model);
+    for (const torch::Tensor& p : model->parameters()) state.push_back(values_of(p));
+    for (const torch::Tensor& b : model->buffers()) state.push_back(values_of(b));
+    return std::make_pair(state, cost);
+  };
+  const auto [keep_state, keep_cost] = run(make_policy("keep"), 0, nullptr);
+  const std::int64_t budget = budget_at(keep_cost, 75);
+  ActivationStats stats;
+  const auto [state, cost] = run(std::make_shared<KeepUntilPressed>(), budget, &stats);
+  EXPECT_GT(stats.drops, 0) << "only drops can fit the budget";
+  EXPECT_EQ(stats.evictions, 0) << "the host pool has no room";
+  EXPECT_GT(stats.recomputations, 0);
+  EXPECT_LE(cost.reserved_bytes, budget);
+  EXPECT_EQ(state, keep_state);
 }
 
 // A step whose graph is dropped without a backward (here: an error between the forward and the

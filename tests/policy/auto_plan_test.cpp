@@ -13,10 +13,13 @@ constexpr std::int64_t kMiB = 1 << 20;
 // A profile built event by event: packs raise the level by their bytes, unpacks lower it.
 class ProfileBuilder {
  public:
-  explicit ProfileBuilder(std::int64_t base) : level_(base) { profile_.copy_bytes_per_second = 1e9; }
+  explicit ProfileBuilder(std::int64_t base) : level_(base) {
+    profile_.copy_bytes_per_second = 1e9;
+  }
 
   // A segment saving `tensors` tensors of `mib` MiB each, its forward taking `forward_ms`.
-  ProfileBuilder& segment(const std::string& name, int tensors, std::int64_t mib, double forward_ms) {
+  ProfileBuilder& segment(const std::string& name, int tensors, std::int64_t mib,
+                          double forward_ms) {
     for (int i = 0; i < tensors; ++i) pack(name, mib * kMiB);
     profile_.segments.push_back({name, static_cast<std::int64_t>(forward_ms * 1e6)});
     return *this;
@@ -28,14 +31,21 @@ class ProfileBuilder {
     t.segment = segment;
     t.storage = static_cast<std::uint64_t>(t.order + 1);
     t.freeable = freeable;
-    level_ += bytes;
+    t.action = sent_out_ ? Action::kOffload : Action::kKeep;
+    if (!sent_out_) level_ += bytes;  // sent out at pack: gone from the device at once
     t.pack_event = event();
     profile_.tensors.push_back(t);
     return *this;
   }
-  // Backward: unpacks in reverse order.
+  // What follows is offloaded at pack, as a profiled step under a budget does.
+  ProfileBuilder& sent_out() {
+    sent_out_ = true;
+    return *this;
+  }
+  // Backward: unpacks in reverse order (a tensor sent out is back on the device when unpacked).
   StepProfile backward() {
     for (auto it = profile_.tensors.rbegin(); it != profile_.tensors.rend(); ++it) {
+      if (it->action != Action::kKeep) level_ += it->bytes;
       it->unpack_event = event();
       level_ -= it->bytes;
     }
@@ -53,6 +63,7 @@ class ProfileBuilder {
   }
   StepProfile profile_;
   std::int64_t level_;
+  bool sent_out_ = false;
 };
 
 AutoOptions options() {
@@ -122,6 +133,50 @@ TEST(AutoPlan, ABudgetUnderKeepsReservedPeakLowersTheTargetByTheExcess) {
   const Plan plan = make_plan(profile, 55 * kMiB, options());
   EXPECT_EQ(plan.target_bytes, 45 * kMiB);
   EXPECT_LE(plan.planned_peak_bytes, 45 * kMiB);
+}
+
+// A profiled step under a budget sends its tensors out at pack; the plan is made from keep's
+// timeline all the same, rebuilt from when each freeable storage was sent out and came back.
+TEST(AutoPlan, PlansFromKeepsTimelineWhenTheProfiledStepSentTensorsOut) {
+  const auto build = [](bool sent_out) {
+    ProfileBuilder builder(10 * kMiB);
+    if (sent_out) builder.sent_out();
+    return builder.segment("a", 2, 10, 1).segment("b", 2, 10, 100).pack("", 5 * kMiB).backward();
+  };
+  const StepProfile kept = build(false), sent = build(true);
+  for (const std::int64_t budget : {100 * kMiB, 30 * kMiB, 20 * kMiB}) {
+    const Plan from_kept = make_plan(kept, budget, options());
+    const Plan from_sent = make_plan(sent, budget, options());
+    EXPECT_EQ(from_sent.keep_peak_bytes, 55 * kMiB);
+    EXPECT_EQ(from_sent.keep_peak_bytes, from_kept.keep_peak_bytes);
+    EXPECT_EQ(from_sent.planned_peak_bytes, from_kept.planned_peak_bytes) << budget;
+    ASSERT_EQ(from_sent.items.size(), from_kept.items.size());
+    for (std::size_t i = 0; i < from_sent.items.size(); ++i) {
+      EXPECT_EQ(from_sent.items[i].action, from_kept.items[i].action) << budget << " item " << i;
+    }
+  }
+}
+
+// What later steps teach a shape's plan: they start with more allocated (the optimizer's state,
+// created after the profiled step), and the allocator's overhead under the plan is not the
+// profiled step's.
+TEST(AutoPlan, TheStepsStartAndTheMeasuredOverheadMoveTheTarget) {
+  StepProfile profile =
+      ProfileBuilder(10 * kMiB).segment("a", 2, 10, 1).segment("b", 2, 10, 1).backward();
+  profile.reserved_peak_bytes = 60 * kMiB;  // 10 MiB over the 50 MiB peak
+  PlanTuning tuning;
+  tuning.reserve_overhead = 0;  // measured under a plan: none after all
+  const Plan kept = make_plan(profile, 55 * kMiB, options(), tuning);
+  EXPECT_EQ(kept.target_bytes, 50 * kMiB) << "keep's 50 MiB fit 55 without the overhead";
+  EXPECT_EQ(kept.planned_peak_bytes, 50 * kMiB);
+  tuning.base_shift = 10 * kMiB;
+  const Plan shifted = make_plan(profile, 55 * kMiB, options(), tuning);
+  EXPECT_EQ(shifted.keep_peak_bytes, 60 * kMiB);
+  EXPECT_EQ(shifted.target_bytes, 55 * kMiB);
+  EXPECT_LE(shifted.planned_peak_bytes, 55 * kMiB);
+  tuning.extra_margin = 0.1;
+  EXPECT_EQ(make_plan(profile, 55 * kMiB, options(), tuning).target_bytes,
+            55 * kMiB - static_cast<std::int64_t>(0.1 * 55 * kMiB));
 }
 
 }  // namespace
