@@ -36,13 +36,13 @@ struct ActivationStats {
   std::int64_t bytes_evicted = 0;
   std::int64_t drops = 0;  // kept tensors dropped for their segment's rerun, for the same reason
   std::int64_t bytes_dropped = 0;
-  std::int64_t steps = 0;      // forward-and-backward passes seen
+  std::int64_t steps = 0;  // forward-and-backward passes seen
 };
 
 struct ScopeOptions {
-  std::size_t offload_min_bytes = 64 * 1024;   // smaller tensors are kept
-  std::optional<std::size_t> host_capacity;    // cap on the host pool; none by default
-  LogLevel log = LogLevel::kOff;               // what the hooks say on stderr (ACTMEM_LOG)
+  std::size_t offload_min_bytes = 64 * 1024;  // smaller tensors are kept
+  std::optional<std::size_t> host_capacity;   // cap on the host pool; none by default
+  LogLevel log = LogLevel::kOff;              // what the hooks say on stderr (ACTMEM_LOG)
 };
 
 // A training step does not fit the device budget even with every activation that can go out,

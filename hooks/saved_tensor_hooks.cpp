@@ -58,9 +58,17 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
     info.is_leaf = held_by_the_model(tensor);
     info.device_bytes = device_memory().stats().allocated_bytes.current;
     bool segment_input = false;
+    std::optional<std::size_t> exact_input;  // the input it is, same view at the same version
     if (frame) {
-      for (const at::Tensor& input : frame->inputs) {
-        segment_input = segment_input || same_storage(input, tensor);
+      for (std::size_t i = 0; i < frame->inputs.size(); ++i) {
+        const at::Tensor& input = frame->inputs[i];
+        if (!same_storage(input, tensor)) continue;
+        segment_input = true;
+        if (input.sizes() == tensor.sizes() && input.strides() == tensor.strides() &&
+            input.storage_offset() == tensor.storage_offset() && input.dtype() == tensor.dtype() &&
+            tensor._version() == frame->input_versions[i]) {
+          exact_input = i;
+        }
       }
     }
 
@@ -91,9 +99,8 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
       if (action == Action::kKeep && scope_->may_drop(info, segment_input)) {
         frame->droppable.push_back(entry_);
       } else if (action != Action::kRecompute) {
-        if (action == Action::kKeep && segment_input && tensor.has_storage()) {
-          frame->kept_inputs.emplace_back(tensor.storage().unsafeGetStorageImpl(), entry_);
-        }
+        if (action == Action::kKeep && exact_input)
+          frame->kept_inputs.emplace_back(*exact_input, entry_);
         e.frame.reset();
       }
     }

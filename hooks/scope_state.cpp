@@ -53,6 +53,15 @@ std::int64_t ScopeState::begin_pack(const std::shared_ptr<SavedEntry>& entry) {
       in_step_ && !step_entries_.empty() &&
       std::all_of(step_entries_.begin(), step_entries_.end(),
                   [](const std::weak_ptr<SavedEntry>& e) { return e.expired(); });
+  if (abandoned && timer_) {
+    // Its brackets that are closed are worth nothing; an open one is this pack's own segment.
+    segment_names_.erase(std::remove_if(segment_names_.begin(), segment_names_.end(),
+                                        [this](const auto& bracket) {
+                                          return open_segments_.count(bracket.first) == 0;
+                                        }),
+                         segment_names_.end());
+    timer_->collect();  // an open bracket still counts when it closes
+  }
   if (!in_step_ || abandoned) {
     in_step_ = true;
     ++step_;
@@ -78,10 +87,13 @@ void ScopeState::record_pack(const std::shared_ptr<SavedEntry>& entry, const Sav
   const bool evicts = policy_->evicts_under_pressure() && entry->action == Action::kKeep &&
                       !info.is_leaf && static_cast<std::size_t>(info.bytes) >= kEvictMinBytes;
   if (!profile && !evicts) return;
-  const std::int64_t level = device_memory().stats().allocated_bytes.current;
+  const alloc::AllocatorStats device = device_memory().stats();
   std::lock_guard<std::mutex> lock(step_mutex_);
   if (evicts) evictable_.push_back(entry);
   if (!profile || entry->step != step_) return;
+  const std::int64_t level = device.allocated_bytes.current;
+  profile_.reserved_peak_bytes =
+      std::max(profile_.reserved_peak_bytes, device.reserved_bytes.current);
   ProfiledTensor t;
   t.order = info.order;
   t.bytes = info.bytes;
@@ -133,9 +145,12 @@ void ScopeState::mark_freeable() {
 
 void ScopeState::record_unpack(const SavedEntry& entry) {
   if (!policy_->wants_profile() || entry.profile_index < 0) return;
-  const std::int64_t level = device_memory().stats().allocated_bytes.current;
+  const alloc::AllocatorStats device = device_memory().stats();
+  const std::int64_t level = device.allocated_bytes.current;
   std::lock_guard<std::mutex> lock(step_mutex_);
   if (entry.step != step_ || !in_step_) return;
+  profile_.reserved_peak_bytes =
+      std::max(profile_.reserved_peak_bytes, device.reserved_bytes.current);
   if (!backward_began_) {
     backward_began_ = true;
     mark_freeable();
@@ -154,12 +169,17 @@ std::optional<std::uint64_t> ScopeState::begin_segment(const std::string& name) 
     std::lock_guard<std::mutex> lock(step_mutex_);
     id = next_segment_id_++;
     segment_names_.emplace_back(id, name);
+    open_segments_.insert(id);
   }
   timer_->begin(id);
   return id;
 }
 
-void ScopeState::end_segment(std::uint64_t id) { timer_->end(id); }
+void ScopeState::end_segment(std::uint64_t id) {
+  timer_->end(id);
+  std::lock_guard<std::mutex> lock(step_mutex_);
+  open_segments_.erase(id);
+}
 
 void ScopeState::abort_step() {
   {
@@ -182,7 +202,8 @@ void ScopeState::end_step() {
     step_storages_.clear();
     if (policy_->wants_profile()) {
       profile_.step_ns = elapsed_ns(step_start_);
-      profile_.reserved_peak_bytes = device_memory().stats().reserved_bytes.peak;
+      profile_.reserved_peak_bytes =
+          std::max(profile_.reserved_peak_bytes, device_memory().stats().reserved_bytes.current);
       profile = std::move(profile_);
       profile_ = StepProfile{};
       segments.swap(segment_names_);
@@ -243,31 +264,26 @@ void ScopeState::settle(SegmentFrame& frame) {
   } clear{frame};
   if (frame.recomputes_any()) return;  // the frame pins its inputs for the plan's rerun anyway
   // Kept entries may hold the frame (so that pressure can drop them) when the frame pins nothing
-  // more than keeping does: each input tiny, or saved by a kept tensor of the segment, which the
-  // frame then reads through that tensor's entry, letting go of its own alias (so that the entry
-  // can still be offloaded). Otherwise they let go of the frame and can only be offloaded.
+  // more than keeping does: each input unchanged so far and tiny or saved exactly by a kept
+  // tensor of the segment (then read through it). Otherwise they let go of the frame and
+  // can only be offloaded.
   std::vector<std::shared_ptr<SavedEntry>> through(frame.inputs.size());
+  for (const auto& [index, weak] : frame.kept_inputs) through[index] = weak.lock();
   for (std::size_t i = 0; i < frame.inputs.size(); ++i) {
     const at::Tensor& input = frame.inputs[i];
-    if (!input.has_storage() || input.storage().nbytes() < kEvictMinBytes) continue;
-    for (const auto& [storage, weak] : frame.kept_inputs) {
-      if (storage == input.storage().unsafeGetStorageImpl()) through[i] = weak.lock();
+    if (!frame.input_changed(i) &&
+        (through[i] || !input.has_storage() || input.storage().nbytes() < kEvictMinBytes)) {
+      continue;
     }
-    if (through[i]) continue;
-    for (const std::weak_ptr<SavedEntry>& dropped : frame.droppable) {
-      if (const std::shared_ptr<SavedEntry> entry = dropped.lock()) {
+    for (const std::weak_ptr<SavedEntry>& droppable : frame.droppable) {
+      if (const std::shared_ptr<SavedEntry> entry = droppable.lock()) {
         std::lock_guard<std::mutex> lock(entry->mutex);
         if (entry->action == Action::kKeep) entry->frame.reset();
       }
     }
     return;
   }
-  frame.input_entries = std::move(through);
-  frame.input_requires_grad.resize(frame.inputs.size());
-  for (std::size_t i = 0; i < frame.inputs.size(); ++i) {
-    frame.input_requires_grad[i] = frame.inputs[i].requires_grad();
-    if (frame.input_entries[i]) frame.inputs[i] = at::Tensor();
-  }
+  frame.read_inputs_through(std::move(through));
 }
 
 double ScopeState::copy_bytes_per_second() {
@@ -333,8 +349,9 @@ std::size_t ScopeState::evict(std::size_t bytes_needed) {
       group.bytes =
           std::max(group.bytes, static_cast<std::int64_t>(entry->kept.storage().nbytes()));
       group.copy_seconds = static_cast<double>(group.bytes) / bandwidth;
-      // A segment still in its forward has no time yet: its tensors are not dropped (that would
-      // pin its inputs for a rerun before anyone knows what the rerun costs).
+      // A segment still in its forward has no time yet: its tensors are offloaded rather than
+      // dropped (a drop would pin its inputs for a rerun of unknown cost), unless the host pool is
+      // full.
       const std::int64_t rerun_ns = entry->frame ? entry->frame->forward_ns.load() : 0;
       const double rerun = rerun_ns > 0 ? static_cast<double>(rerun_ns) * 1e-9
                                         : std::numeric_limits<double>::infinity();
@@ -359,6 +376,14 @@ std::size_t ScopeState::evict(std::size_t bytes_needed) {
   alloc::CachingAllocator& device = device_memory();
   const std::int64_t allocated_before = device.stats().allocated_bytes.current;
   const std::int64_t reserved_before = device.stats().reserved_bytes.current;
+  {
+    std::lock_guard<std::mutex> lock(step_mutex_);
+    if (in_step_) {
+      // The step reached the budget: it leaves no room.
+      profile_.reserved_peak_bytes = std::max(
+          profile_.reserved_peak_bytes, reserved_before + static_cast<std::int64_t>(bytes_needed));
+    }
+  }
   std::int64_t released = 0;
   std::int64_t evicted = 0, evicted_bytes = 0, dropped = 0, dropped_bytes = 0;
   for (const Group* group : candidates) {

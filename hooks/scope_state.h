@@ -13,6 +13,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -129,6 +130,7 @@ class ScopeState {
   StepProfile profile_;
   std::uint64_t next_segment_id_ = 0;
   std::vector<std::pair<std::uint64_t, std::string>> segment_names_;  // bracketed, in order
+  std::set<std::uint64_t> open_segments_;                             // begun, not yet ended
   bool backward_began_ = false;
   std::vector<std::weak_ptr<SavedEntry>> step_entries_;  // this step's
   // Each profiled tensor's storage, by profile row (none for tensors without one): keeps its

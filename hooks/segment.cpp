@@ -18,6 +18,8 @@ thread_local std::shared_ptr<SegmentFrame> t_forward_frame;
 namespace {
 
 thread_local SegmentFrame* t_capturing_frame = nullptr;
+// The frame whose mutex this thread holds in take(): the pressure handler must not try it again.
+thread_local SegmentFrame* t_taking_frame = nullptr;
 
 // Thrown by capture() once the rerun produced every tensor it must: stops the rerun early.
 struct StopRerun {};
@@ -76,16 +78,31 @@ std::int64_t SegmentFrame::add_pack(bool want) {
 }
 
 bool SegmentFrame::want_later(std::int64_t index) {
-  // On the thread that reruns this frame, mutex_ is held already: a rerun's allocation can call
-  // the pressure handler.
-  if (capturing_frame() == this) return false;
+  // On the thread that takes from this frame, mutex_ is held already (try_lock would be undefined
+  // behaviour): a rerun's allocation can call the pressure handler.
+  if (t_taking_frame == this) return false;
   std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
-  if (!lock.owns_lock() || materialized_) return false;
-  for (std::size_t i = 0; i < inputs.size(); ++i) {
-    if (inputs[i].defined() && inputs[i]._version() != input_versions[i]) return false;
+  if (!lock.owns_lock() || materialized_ || reran_) return false;
+  for (std::size_t i = 0; i < input_counters.size(); ++i) {
+    if (input_changed(i)) return false;
   }
   wanted_[index] = 1;
   return true;
+}
+
+bool SegmentFrame::input_changed(std::size_t i) const {
+  return input_counters[i].enabled() &&
+         static_cast<std::int64_t>(input_counters[i].current_version()) != input_versions[i];
+}
+
+void SegmentFrame::read_inputs_through(std::vector<std::shared_ptr<SavedEntry>> entries) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  input_requires_grad_.resize(inputs.size());
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    input_requires_grad_[i] = inputs[i].requires_grad();
+    if (entries[i]) inputs[i] = at::Tensor();
+  }
+  input_entries_ = std::move(entries);
 }
 
 bool SegmentFrame::recomputes_any() {
@@ -102,34 +119,29 @@ void SegmentFrame::capture(const at::Tensor& tensor) {
 }
 
 TensorList SegmentFrame::rerun_inputs() {
+  for (std::size_t i = 0; i < input_counters.size(); ++i) {
+    if (input_changed(i)) {
+      throw std::runtime_error("actmem: segment '" + name + "': input " + std::to_string(i) +
+                               " was modified in place after the segment ran, so it cannot be "
+                               "recomputed; clone it, or keep this segment");
+    }
+  }
   TensorList args = inputs;
-  std::vector<char> copied(inputs.size(), 0);  // brought back from the host: no version to check
-  for (std::size_t i = 0; i < input_entries.size(); ++i) {
-    if (!input_entries[i]) continue;
+  for (std::size_t i = 0; i < input_entries_.size(); ++i) {
+    if (!input_entries_[i]) continue;
     Action action;
     at::Tensor value;
     {
-      std::lock_guard<std::mutex> lock(input_entries[i]->mutex);
-      action = input_entries[i]->action;
-      value = action == Action::kOffload ? input_entries[i]->host : input_entries[i]->kept;
-    }
-    if (action == Action::kOffload) {
-      value = HostStore::restore(value);
-      copied[i] = 1;
+      std::lock_guard<std::mutex> lock(input_entries_[i]->mutex);
+      action = input_entries_[i]->action;
+      value = action == Action::kOffload ? input_entries_[i]->host : input_entries_[i]->kept;
     }
     if (!value.defined()) {
       throw std::logic_error("actmem: segment '" + name + "': input " + std::to_string(i) +
                              " is gone from the saved tensor it was read through");
     }
-    args[i] = value.detach();
-    if (input_requires_grad[i]) args[i].requires_grad_(true);
-  }
-  for (std::size_t i = 0; i < args.size(); ++i) {
-    if (!copied[i] && args[i]._version() != input_versions[i]) {
-      throw std::runtime_error("actmem: segment '" + name + "': input " + std::to_string(i) +
-                               " was modified in place after the segment ran, so it cannot be "
-                               "recomputed; clone it, or keep this segment");
-    }
+    args[i] = (action == Action::kOffload ? HostStore::restore(value) : value).detach();
+    if (input_requires_grad_[i]) args[i].requires_grad_(true);
   }
   return args;
 }
@@ -165,6 +177,7 @@ void SegmentFrame::rerun() {
     ++outstanding_;
   }
   materialized_ = true;
+  reran_ = true;
   const std::int64_t ns = elapsed_ns(start);
   scope->count([ns](ActivationStats& s) {
     ++s.recomputations;
@@ -174,6 +187,11 @@ void SegmentFrame::rerun() {
 
 at::Tensor SegmentFrame::take(std::int64_t index) {
   std::lock_guard<std::mutex> lock(mutex_);
+  struct Taking {
+    SegmentFrame* previous = t_taking_frame;
+    explicit Taking(SegmentFrame* frame) { t_taking_frame = frame; }
+    ~Taking() { t_taking_frame = previous; }
+  } taking(this);
   if (!materialized_ || !recomputed_[index].defined()) rerun();
   at::Tensor tensor = std::move(recomputed_[index]);
   recomputed_[index] = at::Tensor();
@@ -200,6 +218,7 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
     if (input.requires_grad()) saved.requires_grad_(true);
     frame->inputs.push_back(saved);
     frame->input_versions.push_back(input._version());
+    frame->input_counters.push_back(input.unsafeGetTensorImpl()->version_counter());
   }
   {
     at::Generator generator = at::detail::getDefaultCPUGenerator();

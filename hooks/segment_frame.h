@@ -18,24 +18,22 @@ namespace actmem::detail {
 struct SegmentFrame {
   std::string name;
   SegmentFn fn;
-  TensorList inputs;  // detached leaves, requiring grad as the originals did: the rerun's inputs
-                      // (undefined where input_entries holds it)
-  std::vector<std::int64_t> input_versions;  // to refuse a rerun on inputs changed in place
+  // Detached leaves, requiring grad as the originals did: the rerun's inputs (undefined where
+  // input_entries holds one). Written by the forward's thread, and by read_inputs_through.
+  TensorList inputs;
+  // Each input's version when the segment began, and its version counter (which holds no memory):
+  // a rerun on an input changed in place since would compute something else.
+  std::vector<std::int64_t> input_versions;
+  std::vector<c10::VariableVersion> input_counters;
   at::Generator cpu_rng;
   torch::nn::Module* module = nullptr;
   std::shared_ptr<ScopeState> scope;
 
-  // Inputs read through the kept entries that saved them (null where `inputs` holds the input):
-  // set by ScopeState::settle so that the frame does not pin an input the pressure handler may
-  // offload. The rerun takes each from its entry, wherever it is by then.
-  std::vector<std::shared_ptr<SavedEntry>> input_entries;
-  std::vector<char> input_requires_grad;
-
   // Filled during the forward, read by ScopeState::settle when it ends: the kept entries that may
   // hold the frame so that the pressure handler can drop them, and the kept entries of this
-  // segment that saved one of its inputs, by storage.
+  // segment that saved one of its inputs exactly (the same view, at the same version), by input.
   std::vector<std::weak_ptr<SavedEntry>> droppable;
-  std::vector<std::pair<const void*, std::weak_ptr<SavedEntry>>> kept_inputs;
+  std::vector<std::pair<std::size_t, std::weak_ptr<SavedEntry>>> kept_inputs;
 
   // Steady-clock time of its forward (launch time on CUDA): what a rerun costs, for eviction;
   // 0 until the forward has ended.
@@ -45,11 +43,21 @@ struct SegmentFrame {
   // rerun must produce it again (it is recomputed).
   std::int64_t add_pack(bool wanted);
   // Under pressure: asks the rerun to produce pack `index` too, so that its kept copy can be
-  // dropped. Refuses (false) while the segment is being rerun or its rerun's tensors are still
-  // out, and when an input changed in place since the forward (a rerun would fail).
+  // dropped. Refuses (false) once the segment has been rerun, while this thread holds the frame
+  // (a rerun's allocation asking for room), and when an input changed in place since the forward
+  // (a rerun would compute something else).
   bool want_later(std::int64_t index);
   // Whether the rerun must produce any tensor yet.
   bool recomputes_any();
+  // From now on the rerun reads input i through entries[i] where that is set (wherever the
+  // entry's tensor is by then: kept or offloaded), and the frame lets go of its own alias, so
+  // that it pins no input the pressure handler may offload. (The other inputs are tiny: the frame
+  // keeps them; one changed in place after a drop makes the rerun fail, naming the segment.)
+  // Entries over an input must not hold a frame themselves (no cycle): the hooks never let an
+  // input's entry hold one.
+  void read_inputs_through(std::vector<std::shared_ptr<SavedEntry>> entries);
+  // Whether input i was changed in place since the segment began.
+  bool input_changed(std::size_t i) const;
 
   // Returns the tensor saved as pack `index`, rerunning the segment first if needed, and lets
   // the frame forget it.
@@ -64,8 +72,13 @@ struct SegmentFrame {
   // changed in place since the forward.
   TensorList rerun_inputs();
 
-  std::mutex mutex_;          // everything below
+  // Lock order: a SavedEntry's mutex may be taken while this one is held (rerun_inputs reads the
+  // input entries), never the other way round: eviction, which holds entry locks, only tries it.
+  std::mutex mutex_;  // everything below, and `inputs` once the forward is over
+  std::vector<std::shared_ptr<SavedEntry>> input_entries_;  // see read_inputs_through
+  std::vector<char> input_requires_grad_;
   std::vector<char> wanted_;  // one per tensor saved during the forward: produced by the rerun?
+  bool reran_ = false;        // a rerun happened: later drops would re-produce taken tensors
   std::vector<at::Tensor> recomputed_;
   std::int64_t capture_index_ = 0;
   std::int64_t last_wanted_ = -1;

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <cstdlib>
 #include <limits>
 #include <set>
 #include <sstream>
@@ -14,8 +13,8 @@ namespace actmem {
 // Note [Auto plan]
 // ~~~~~~~~~~~~~~~~
 // Input: one profiled step: every tensor kept when no budget is set; under a budget, every tensor
-// that can go out sent out at pack (offloaded; recomputed if too small to offload and inside a
-// segment), so that the profiled step itself fits. Its timeline is the device bytes allocated at
+// that can go out offloaded at pack (the rest kept, and evicted under pressure if need be), so
+// that the profiled step itself fits. Its timeline is the device bytes allocated at
 // each pack and unpack; what the step sent out (at pack, or evicted under pressure) is added back
 // over the time keep would have held it, so the timeline planned from is keep's. A segment's
 // forward time is measured less the copies made inside it. Output: an action per candidate, where
@@ -285,14 +284,14 @@ Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOption
       profile.reserved_peak_bytes -
       (profile.levels.empty() ? 0
                               : *std::max_element(profile.levels.begin(), profile.levels.end())));
-  const std::int64_t keep_reserved = plan.keep_peak_bytes + overhead;
   const auto share = [budget](double fraction) {
     return static_cast<std::int64_t>(fraction * static_cast<double>(budget));
   };
   plan.overhead_bytes = overhead;
+  // Keep fits when its peak and the overhead fit the budget less the margin evictions earned.
+  const std::int64_t room = budget - overhead - share(tuning.extra_margin);
   plan.target_bytes =
-      (keep_reserved <= budget ? plan.keep_peak_bytes : budget - overhead - share(options.margin)) -
-      share(tuning.extra_margin);
+      plan.keep_peak_bytes <= room ? plan.keep_peak_bytes : room - share(options.margin);
   {
     // Each candidate out the way that frees the most.
     std::vector<Action> most(all.size());
@@ -349,11 +348,10 @@ Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOption
 
 AutoPolicy::AutoPolicy(AutoOptions options) : options_(std::move(options)) {}
 
-Action AutoPolicy::profiling_action(const SavedTensorInfo& /*tensor*/) const {
+Action AutoPolicy::profiling_action() const {
   // Under a budget, a step without a plan sends out what it can, since it must fit before it is
-  // known: tensors too small to offload are left to their segment's rerun, when they have one.
-  if (!profiling_under_budget_) return Action::kKeep;
-  return Action::kOffload;
+  // known (the hooks keep what is too small to offload; pressure can still evict it).
+  return profiling_under_budget_ ? Action::kOffload : Action::kKeep;
 }
 
 Action AutoPolicy::decide(const SavedTensorInfo& tensor) {
@@ -376,13 +374,13 @@ Action AutoPolicy::decide(const SavedTensorInfo& tensor) {
     current_ = it == shapes_.end() ? nullptr : &it->second;
     if (current_ != nullptr && current_->plan) rebase(*current_);
   }
-  if (current_ == nullptr || !current_->plan || diverged_) return profiling_action(tensor);
+  if (current_ == nullptr || !current_->plan || diverged_) return profiling_action();
   const auto index = static_cast<std::size_t>(tensor.order);
   if (!options_.plan_once &&
       (index >= current_->packs.size() || current_->packs[index].first != tensor.segment ||
        current_->packs[index].second != tensor.bytes)) {
     diverged_ = true;  // not the profiled step after all: the rest is profiled
-    return profiling_action(tensor);
+    return profiling_action();
   }
   if (tensor.segment.empty()) {
     const auto it = current_->tensor_actions.find(tensor.order);
@@ -431,7 +429,7 @@ void AutoPolicy::end_step(const StepProfile& profile) {
     const std::optional<std::size_t> budget = options_.budget ? options_.budget() : std::nullopt;
     const bool sent_out = std::any_of(shape->plan->items.begin(), shape->plan->items.end(),
                                       [](const PlanItem& i) { return i.action != Action::kKeep; });
-    constexpr int kOverheadUpdates = 5;
+    constexpr int kOverheadUpdates = 8;
     if (budget && sent_out && tuning.overhead_updates < kOverheadUpdates) {
       const std::int64_t room = static_cast<std::int64_t>(*budget) - profile.reserved_peak_bytes;
       if (room > static_cast<std::int64_t>(*budget / 100)) {
@@ -446,6 +444,7 @@ void AutoPolicy::end_step(const StepProfile& profile) {
   Shape& profiled = shapes_[profile.signature()];
   last_ = &profiled;
   profiled.profile = profile;
+  profiled.tuning = PlanTuning{};  // what earlier steps taught was relative to another profile
   profiled.packs.clear();
   for (const ProfiledTensor& t : profile.tensors) profiled.packs.emplace_back(t.segment, t.bytes);
   plan_shape(profiled);
@@ -455,14 +454,15 @@ void AutoPolicy::rebase(Shape& shape) {
   if (shape.profile.levels.empty()) return;
   const std::int64_t shift = first_level_ - shape.profile.levels.front();
   const std::optional<std::size_t> budget = options_.budget ? options_.budget() : std::nullopt;
-  // Within 1 % of the budget the plan stands: planning again would only chase noise.
-  if (!budget ||
-      std::llabs(shift - shape.tuning.base_shift) <= static_cast<std::int64_t>(*budget / 100)) {
+  // Only upwards, and by more than 1 % of the budget: steps that start lower (gradient
+  // accumulation alternates) fit the plan made for the higher start, and small moves are noise.
+  if (!budget || shift - shape.tuning.base_shift <= static_cast<std::int64_t>(*budget / 100)) {
     return;
   }
   if (options_.log != LogLevel::kOff) {
     std::fprintf(stderr,
-                 "actmem auto: this step starts with %s more allocated than the profiled one\n",
+                 "actmem auto: this step starts with %s more allocated than the profiled one: "
+                 "planning again\n",
                  mib(shift).c_str());
   }
   shape.tuning.base_shift = shift;

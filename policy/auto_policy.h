@@ -4,8 +4,8 @@
 // BudgetTooSmallError (hooks/activation_scope.h) naming the budget the step needs at that point.
 //
 // The first step of each shape is profiled: with every tensor kept when no budget is set, and
-// under a budget with every tensor that can go out sent out (offloaded, or recomputed when too
-// small to offload), so that the step fits before anything is known of it (the hooks' pressure
+// under a budget with every tensor that can go out offloaded, so that the step fits before
+// anything is known of it (the hooks' pressure
 // handler evicts kept tensors if the budget is still crossed). From that profile, with keep's
 // timeline reconstructed, a plan chooses, per segment, keep / offload / recompute, and per tensor
 // outside segments keep or offload, so that the simulated peak stays under the budget at the least
@@ -81,13 +81,14 @@ struct PlanTuning {
   int overhead_updates = 0;
   // Device bytes allocated at the steps' start, less the profiled step's: the profiled step is
   // often a job's first, before the optimizer's state exists. Keep's timeline moves by as much.
+  // Only raised (by more than 1 % of the budget at a time).
   std::int64_t base_shift = 0;
 };
 
-// Chooses the plan for `profile` under `budget` bytes: the target is keep's peak when keep's
-// reserved bytes (its peak plus the overhead) fit the budget; otherwise the budget less the
-// overhead and options.margin of the budget. tuning.extra_margin of the budget is kept free in
-// both cases. Pure: same inputs, same plan.
+// Chooses the plan for `profile` under `budget` bytes. Room = the budget less the allocator's
+// overhead and tuning.extra_margin of the budget; the target is keep's peak when that fits the
+// room (everything kept), else the room less options.margin of the budget. Pure: same inputs,
+// same plan.
 Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOptions& options,
                const PlanTuning& tuning = {});
 
@@ -118,8 +119,8 @@ class AutoPolicy final : public Policy {
   // Plans `shape` again when this step starts with more or less allocated than the plan assumed
   // (mutex_ held).
   void rebase(Shape& shape);
-  // What a step without a plan does with `tensor` (mutex_ held).
-  Action profiling_action(const SavedTensorInfo& tensor) const;
+  // What a step without a plan does with its tensors (mutex_ held).
+  Action profiling_action() const;
 
   AutoOptions options_;
   mutable std::mutex mutex_;

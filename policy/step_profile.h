@@ -48,8 +48,9 @@ struct StepProfile {
   std::int64_t step_ns = 0;            // first pack to the end of backward
   double copy_bytes_per_second = 0;    // host<->device, measured
   std::int64_t evictions = 0;          // tensors offloaded under pressure during the step
-  // The allocator's reserved peak during the step (what a budget caps; the levels sample allocated
-  // bytes, and only at packs and unpacks).
+  // The allocator's reserved bytes at their highest during the step, as sampled at each pack and
+  // unpack, at its end and whenever it asked for room (what a budget caps; reserved bytes only
+  // fall when segments are released, so the samples miss little).
   std::int64_t reserved_peak_bytes = 0;
 
   // The step's shape: shape_signature of its first two packs. Steps with another shape are planned

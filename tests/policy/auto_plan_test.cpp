@@ -3,6 +3,9 @@
 // counted, and the minimum it reports.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <memory>
+
 #include "policy/auto_policy.h"
 
 namespace actmem {
@@ -177,6 +180,92 @@ TEST(AutoPlan, TheStepsStartAndTheMeasuredOverheadMoveTheTarget) {
   tuning.extra_margin = 0.1;
   EXPECT_EQ(make_plan(profile, 55 * kMiB, options(), tuning).target_bytes,
             55 * kMiB - static_cast<std::int64_t>(0.1 * 55 * kMiB));
+}
+
+// The policy itself over synthetic steps: each step's packs go through decide(), then its profile
+// through end_step(), as the hooks do.
+class AutoPolicySteps {
+ public:
+  explicit AutoPolicySteps(std::int64_t budget) : budget_(budget) {
+    AutoOptions o = options();
+    o.budget = [this]() -> std::optional<std::size_t> { return static_cast<std::size_t>(budget_); };
+    policy_ = std::make_unique<AutoPolicy>(o);
+  }
+  // Runs one step shaped like `profile`, starting at `start` allocated bytes; returns the actions.
+  std::vector<Action> step(const StepProfile& profile, std::int64_t start) {
+    std::vector<Action> actions;
+    for (const ProfiledTensor& t : profile.tensors) {
+      SavedTensorInfo info;
+      info.bytes = t.bytes;
+      info.segment = t.segment;
+      info.order = t.order;
+      info.device_bytes = start;
+      actions.push_back(policy_->decide(info));
+    }
+    policy_->end_step(profile);
+    return actions;
+  }
+  AutoPolicy& policy() { return *policy_; }
+
+ private:
+  std::int64_t budget_;
+  std::unique_ptr<AutoPolicy> policy_;
+};
+
+StepProfile two_segments(std::int64_t reserved) {
+  StepProfile p =
+      ProfileBuilder(10 * kMiB).segment("a", 2, 10, 1).segment("b", 2, 10, 1).backward();
+  p.reserved_peak_bytes = reserved;
+  return p;
+}
+
+int sent_out(const std::vector<Action>& actions) {
+  return static_cast<int>(
+      std::count_if(actions.begin(), actions.end(), [](Action a) { return a != Action::kKeep; }));
+}
+
+TEST(AutoPolicyFeedback, ProfilesUnderABudgetBySendingOutThenFollowsAndRefinesItsPlan) {
+  AutoPolicySteps steps(55 * kMiB);
+  // The profiled step: everything offered to the hooks for offload.
+  const std::vector<Action> profiled = steps.step(two_segments(75 * kMiB), 10 * kMiB);
+  EXPECT_EQ(sent_out(profiled), 4);
+  ASSERT_EQ(steps.policy().plans_made(), 1);
+  // Its overhead (75 - 50 MiB) leaves the plan little room: it sends tensors out.
+  const std::vector<Action> planned = steps.step(two_segments(35 * kMiB), 10 * kMiB);
+  EXPECT_GT(sent_out(planned), 0);
+  // That step left 20 MiB of room under the budget: the next plan assumes 10 MiB less overhead.
+  EXPECT_EQ(steps.policy().plans_made(), 2);
+  // A step that starts 20 MiB higher than the profiled one is planned again before it goes on.
+  steps.step(two_segments(54 * kMiB), 30 * kMiB);
+  EXPECT_GE(steps.policy().plans_made(), 3);
+}
+
+TEST(AutoPolicyFeedback, KeepsEverythingWithoutABudgetAndNeverPlansAgain) {
+  AutoOptions o = options();
+  AutoPolicy policy(o);  // no budget
+  const StepProfile profile = two_segments(60 * kMiB);
+  for (int i = 0; i < 3; ++i) {
+    for (const ProfiledTensor& t : profile.tensors) {
+      SavedTensorInfo info;
+      info.bytes = t.bytes;
+      info.segment = t.segment;
+      info.order = t.order;
+      EXPECT_EQ(policy.decide(info), Action::kKeep);
+    }
+    policy.end_step(profile);
+  }
+  EXPECT_EQ(policy.plans_made(), 1);
+}
+
+TEST(AutoPolicyFeedback, AStepThatNeededEvictionsPlansLower) {
+  AutoPolicySteps steps(55 * kMiB);
+  steps.step(two_segments(60 * kMiB), 10 * kMiB);
+  StepProfile evicted = two_segments(55 * kMiB);
+  evicted.evictions = 3;
+  const std::vector<Action> before = steps.step(evicted, 10 * kMiB);
+  EXPECT_EQ(steps.policy().plans_made(), 2);
+  const std::vector<Action> after = steps.step(two_segments(55 * kMiB), 10 * kMiB);
+  EXPECT_GE(sent_out(after), sent_out(before)) << "a higher margin sends out no less";
 }
 
 }  // namespace
