@@ -87,6 +87,20 @@ TEST(AutoPolicy, BehavesAsKeepWhenTheBudgetHoldsKeepsPeak) {
   }
 }
 
+// Two training steps under `budget` bytes (0: none); the second's starting and reserved bytes.
+StepCost two_steps_under(std::int64_t budget, models::Model& model,
+                         torch::optim::Optimizer& optimizer, const models::Batch& batch) {
+  BudgetGuard guard(budget);
+  StepCost cost;
+  for (int i = 0; i < 2; ++i) {
+    cost.start_bytes = device_memory().stats().allocated_bytes.current;
+    device_memory().reset_peak_stats();
+    models::train_step(model, optimizer, batch);
+    cost.reserved_bytes = device_memory().stats().reserved_bytes.peak;
+  }
+  return cost;
+}
+
 // A plan made for a batch of 4 without pressure (keep everything), applied on purpose to a batch
 // of 16 under half of keep's activation memory: only the pressure handler's evictions keep the
 // step within the budget, and nothing is lost.
@@ -108,17 +122,7 @@ TEST(AutoPolicy, ThePressureHandlerRescuesAWrongPlan) {
     ActivationScope scope(policy);
     device_memory().empty_cache();
     models::train_step(*model, *optimizer, small);  // profiled and planned: keep everything
-    StepCost cost;
-    {
-      BudgetGuard guard(budget);
-      for (int i = 0; i < 2; ++i) {
-        const std::int64_t start = device_memory().stats().allocated_bytes.current;
-        device_memory().reset_peak_stats();
-        models::train_step(*model, *optimizer, large);
-        cost.start_bytes = start;
-        cost.reserved_bytes = device_memory().stats().reserved_bytes.peak;
-      }
-    }
+    const StepCost cost = two_steps_under(budget, *model, *optimizer, large);
     if (stats) *stats = scope.stats();
     return std::make_pair(gradients_of(*model), cost);
   };
@@ -164,17 +168,7 @@ TEST_P(DropsOnModels, ThePressureHandlerDropsForRecomputeWhenOffloadCannotTakeMo
     options.host_capacity = 0;  // offloading is impossible
     ActivationScope scope(std::move(policy), options);
     device_memory().empty_cache();
-    StepCost cost;
-    {
-      BudgetGuard guard(budget);
-      for (int i = 0; i < 2; ++i) {
-        const std::int64_t start = device_memory().stats().allocated_bytes.current;
-        device_memory().reset_peak_stats();
-        models::train_step(*model, *optimizer, batch);
-        cost.start_bytes = start;
-        cost.reserved_bytes = device_memory().stats().reserved_bytes.peak;
-      }
-    }
+    const StepCost cost = two_steps_under(budget, *model, *optimizer, batch);
     if (stats) *stats = scope.stats();
     std::vector<std::vector<float>> state = gradients_of(*model);
     for (const torch::Tensor& p : model->parameters()) state.push_back(values_of(p));
