@@ -172,7 +172,7 @@ TEST(CuptiTimer, ReturnsATimerOrSaysWhy) {
   if (timer == nullptr) {
     EXPECT_FALSE(why.empty());
 #ifndef ACTMEM_HAVE_CUPTI
-    EXPECT_NE(why.find("built without CUDA"), std::string::npos) << why;
+    EXPECT_NE(why.find("built without CUPTI"), std::string::npos) << why;
 #endif
     EXPECT_TRUE(make_cupti_timer(nullptr) == nullptr);  // no reason asked for: none written
     GTEST_SKIP() << why;
