@@ -156,7 +156,7 @@ class CachingAllocator::Impl {
     stats_.allocated_bytes.decrease(static_cast<std::int64_t>(block->size));
     stats_.requested_bytes.decrease(static_cast<std::int64_t>(block->requested));
     stats_.live_blocks.decrease(1);
-    record_trace(TraceEntry::Action::kFree, block->ptr, 0, block->stream);
+    record_trace(TraceEntry::Action::kFree, block->ptr, block->size, block->stream);
     if (block->stream_uses.empty()) {
       retire(block);
       return;
@@ -249,9 +249,18 @@ class CachingAllocator::Impl {
     std::lock_guard<std::mutex> lock(mutex_);
     trace_enabled_ = enabled;
   }
-  std::vector<TraceEntry> trace() {
+  bool trace_enabled() {
     std::lock_guard<std::mutex> lock(mutex_);
-    return trace_;
+    return trace_enabled_;
+  }
+  std::vector<TraceEntry> trace(std::size_t first) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return {trace_.begin() + static_cast<std::ptrdiff_t>(std::min(first, trace_.size())),
+            trace_.end()};
+  }
+  std::size_t trace_size() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return trace_.size();
   }
   void clear_trace() {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -670,7 +679,11 @@ void CachingAllocator::remove_pressure_handler(HandlerId id) { impl_->remove_pre
 AllocatorStats CachingAllocator::stats() const { return impl_->stats(); }
 void CachingAllocator::reset_peak_stats() { impl_->reset_peak_stats(); }
 void CachingAllocator::set_trace_enabled(bool enabled) { impl_->set_trace_enabled(enabled); }
-std::vector<TraceEntry> CachingAllocator::trace() const { return impl_->trace(); }
+bool CachingAllocator::trace_enabled() const { return impl_->trace_enabled(); }
+std::vector<TraceEntry> CachingAllocator::trace(std::size_t first) const {
+  return impl_->trace(first);
+}
+std::size_t CachingAllocator::trace_size() const { return impl_->trace_size(); }
 void CachingAllocator::clear_trace() { impl_->clear_trace(); }
 const Backend& CachingAllocator::backend() const { return impl_->backend(); }
 void CachingAllocator::check_invariants() const { impl_->check_invariants(); }

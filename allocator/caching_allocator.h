@@ -93,7 +93,10 @@ class CachingAllocator {
   void reset_peak_stats();
 
   void set_trace_enabled(bool enabled);
-  std::vector<TraceEntry> trace() const;
+  bool trace_enabled() const;
+  // The entries recorded since the trace was last cleared, from the `first`-th on.
+  std::vector<TraceEntry> trace(std::size_t first = 0) const;
+  std::size_t trace_size() const;  // how many entries trace() would return
   void clear_trace();
 
   const Backend& backend() const;

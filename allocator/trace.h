@@ -20,7 +20,7 @@ struct TraceEntry {
   enum class Action : std::uint8_t { kAlloc, kFree, kSegmentAlloc, kSegmentFree, kOom };
   Action action;
   std::uintptr_t address;  // the block or segment (0 for kOom)
-  std::size_t bytes;       // as requested (kAlloc, kOom) or as reserved (segments); 0 for kFree
+  std::size_t bytes;  // as requested (kAlloc, kOom), as reserved (segments), the block's (kFree)
   std::uintptr_t stream;
 
   bool operator==(const TraceEntry& other) const {

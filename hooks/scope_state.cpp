@@ -42,6 +42,13 @@ ScopeState::ScopeState(std::shared_ptr<Policy> policy, ScopeOptions options)
   }
 }
 
+ScopeState::~ScopeState() {
+  if (owns_trace_) {
+    device_memory().set_trace_enabled(false);
+    device_memory().clear_trace();
+  }
+}
+
 ActivationStats ScopeState::stats() {
   std::lock_guard<std::mutex> lock(stats_mutex_);
   return stats_;
@@ -68,6 +75,7 @@ std::int64_t ScopeState::begin_pack(const std::shared_ptr<SavedEntry>& entry) {
     next_order_ = 0;
     step_start_ = std::chrono::steady_clock::now();
     profile_ = StepProfile{};
+    if (timer_) start_trace();
     backward_began_ = false;
     step_entries_.clear();
     step_storages_.clear();
@@ -79,6 +87,58 @@ std::int64_t ScopeState::begin_pack(const std::shared_ptr<SavedEntry>& entry) {
   entry->step = step_;
   step_entries_.push_back(entry);
   return next_order_++;
+}
+
+void ScopeState::start_trace() {
+  alloc::CachingAllocator& device = device_memory();
+  if (!device.trace_enabled()) {
+    device.set_trace_enabled(true);
+    owns_trace_ = true;
+  }
+  if (owns_trace_) device.clear_trace();  // what an abandoned step left
+  trace_start_ = device.trace_size();
+  event_trace_positions_.clear();
+}
+
+void ScopeState::push_event(std::int64_t level) {
+  profile_.levels.push_back(level);
+  profile_.event_ns.push_back(elapsed_ns(step_start_));
+  event_trace_positions_.push_back(device_memory().trace_size());
+}
+
+std::vector<std::int64_t> ScopeState::peaks_between_events() {
+  // Replays the allocations and frees the trace recorded after each event, until the next: the
+  // most they added to the event's level (a free subtracts what its allocation added, or the
+  // block's size for one allocated before the step).
+  alloc::CachingAllocator& device = device_memory();
+  const std::vector<alloc::TraceEntry> entries = device.trace(trace_start_);
+  if (owns_trace_) device.clear_trace();
+  std::vector<std::int64_t> peaks = profile_.levels;
+  std::unordered_map<std::uintptr_t, std::int64_t> sizes;
+  for (std::size_t e = 0; e < peaks.size(); ++e) {
+    const std::size_t first = event_trace_positions_[e] - trace_start_;
+    const std::size_t last =
+        e + 1 < peaks.size() ? event_trace_positions_[e + 1] - trace_start_ : entries.size();
+    std::int64_t running = 0, most = 0;
+    for (std::size_t i = first; i < std::min(last, entries.size()); ++i) {
+      const alloc::TraceEntry& entry = entries[i];
+      if (entry.action == alloc::TraceEntry::Action::kAlloc) {
+        sizes[entry.address] = static_cast<std::int64_t>(entry.bytes);
+        running += static_cast<std::int64_t>(entry.bytes);
+        most = std::max(most, running);
+      } else if (entry.action == alloc::TraceEntry::Action::kFree) {
+        const auto it = sizes.find(entry.address);
+        if (it == sizes.end()) {
+          running -= static_cast<std::int64_t>(entry.bytes);
+        } else {
+          running -= it->second;
+          sizes.erase(it);
+        }
+      }
+    }
+    peaks[e] += most;
+  }
+  return peaks;
 }
 
 void ScopeState::record_pack(const std::shared_ptr<SavedEntry>& entry, const SavedTensorInfo& info,
@@ -109,8 +169,7 @@ void ScopeState::record_pack(const std::shared_ptr<SavedEntry>& entry, const Sav
   t.segment_input = segment_input;
   t.pack_copy_ns = timer_sees_copies_ ? 0 : copy_ns;  // clocks count the copy in the segment
   t.pack_event = static_cast<std::int64_t>(profile_.levels.size());
-  profile_.levels.push_back(level);
-  profile_.event_ns.push_back(elapsed_ns(step_start_));
+  push_event(level);
   entry->profile_index = static_cast<std::int64_t>(profile_.tensors.size());
   profile_.tensors.push_back(t);
 }
@@ -158,8 +217,7 @@ void ScopeState::record_unpack(const SavedEntry& entry) {
   ProfiledTensor& t = profile_.tensors[entry.profile_index];
   if (t.unpack_event >= 0) return;  // a second unpack (retain_graph): the first one counts
   t.unpack_event = static_cast<std::int64_t>(profile_.levels.size());
-  profile_.levels.push_back(level);
-  profile_.event_ns.push_back(elapsed_ns(step_start_));
+  push_event(level);
 }
 
 std::optional<std::uint64_t> ScopeState::begin_segment(const std::string& name) {
@@ -188,6 +246,7 @@ void ScopeState::abort_step() {
     profile_ = StepProfile{};
     step_storages_.clear();
     segment_names_.clear();
+    if (owns_trace_) device_memory().clear_trace();
   }
   if (timer_) timer_->collect();  // the step's times are worth nothing either
 }
@@ -204,6 +263,7 @@ void ScopeState::end_step() {
       profile_.step_ns = elapsed_ns(step_start_);
       profile_.reserved_peak_bytes =
           std::max(profile_.reserved_peak_bytes, device_memory().stats().reserved_bytes.current);
+      profile_.peaks = peaks_between_events();
       profile = std::move(profile_);
       profile_ = StepProfile{};
       segments.swap(segment_names_);
@@ -412,8 +472,7 @@ std::size_t ScopeState::evict(std::size_t bytes_needed) {
         t.evicted = true;
         t.evicted_bytes = std::max<std::int64_t>(0, freed_now);
         t.evicted_event = static_cast<std::int64_t>(profile_.levels.size());
-        profile_.levels.push_back(device.stats().allocated_bytes.current);
-        profile_.event_ns.push_back(elapsed_ns(step_start_));
+        push_event(device.stats().allocated_bytes.current);
       }
     }
     device.empty_cache();

@@ -54,6 +54,9 @@ struct SavedEntry {
 class ScopeState {
  public:
   ScopeState(std::shared_ptr<Policy> policy, ScopeOptions options);
+  ~ScopeState();  // stops the allocator's trace if it started it
+  ScopeState(const ScopeState&) = delete;
+  ScopeState& operator=(const ScopeState&) = delete;
 
   Policy& policy() { return *policy_; }
   const ScopeOptions& options() const { return options_; }
@@ -106,6 +109,12 @@ class ScopeState {
   // first), whichever works; returns the action it took, kKeep if neither did. Entry lock held.
   Action send_out(SavedEntry& entry, bool drop_first);
   void mark_freeable();  // step_mutex_ held
+  // The profile's memory timeline (step_mutex_ held): the allocator's trace is recorded during
+  // each step (started here unless the user records it already), each event notes where it
+  // stands, and at the step's end the allocations between events give each one's peak.
+  void start_trace();
+  void push_event(std::int64_t level);
+  std::vector<std::int64_t> peaks_between_events();
 
   std::shared_ptr<Policy> policy_;
   ScopeOptions options_;
@@ -129,6 +138,9 @@ class ScopeState {
   std::chrono::steady_clock::time_point step_start_;
   StepProfile profile_;
   std::uint64_t next_segment_id_ = 0;
+  bool owns_trace_ = false;                         // the allocator's trace was off: ours to clear
+  std::size_t trace_start_ = 0;                     // its length when the step began
+  std::vector<std::size_t> event_trace_positions_;  // its length at each event
   std::vector<std::pair<std::uint64_t, std::string>> segment_names_;  // bracketed, in order
   std::set<std::uint64_t> open_segments_;                             // begun, not yet ended
   bool backward_began_ = false;

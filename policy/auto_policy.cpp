@@ -14,9 +14,10 @@ namespace actmem {
 // ~~~~~~~~~~~~~~~~
 // Input: one profiled step: every tensor kept when no budget is set; under a budget, every tensor
 // that can go out offloaded at pack (the rest kept, and evicted under pressure if need be), so
-// that the profiled step itself fits. Its timeline is the device bytes allocated at
-// each pack and unpack; what the step sent out (at pack, or evicted under pressure) is added back
-// over the time keep would have held it, so the timeline planned from is keep's. A segment's
+// that the profiled step itself fits. Its timeline is the device bytes allocated at each pack and
+// unpack and, from the allocator's trace, the most allocated until the next event (the working
+// sets of the ops in between); what the step sent out (at pack, or evicted under pressure) is added
+// back over the time keep would have held it, so the timeline planned from is keep's. A segment's
 // forward time is measured less the copies made inside it. Output: an action per candidate, where
 // a candidate is either
 //   - a segment: all its saved tensors recomputed (cost: the segment's forward time, paid once
@@ -34,10 +35,10 @@ namespace actmem {
 // frees (recompute or offload, whichever is cheaper for a segment); re-simulate; stop when the
 // peak is under the target or no candidate is left. The target is keep's peak when keep's
 // reserved bytes fit the budget, else the budget less the allocator's overhead (what it reserves
-// above the allocated bytes sampled at packs and unpacks: segment slack, the working set inside
-// ops) and a margin. The greedy is not optimal (the choice
-// is a knapsack over intervals) but each step is the locally cheapest byte, and the re-simulation
-// after each choice keeps it from paying for bytes that stop mattering once the peak moves.
+// above the most allocated: segment slack, cached segments) and a margin. The greedy is not
+// optimal (the choice is a knapsack over intervals) but each step is the locally cheapest byte,
+// and the re-simulation after each choice keeps it from paying for bytes that stop mattering
+// once the peak moves.
 //
 // The minimum is the peak with every candidate out, the way that frees most; the plan table shows
 // it. A plan can still cross the budget (the profile misses memory inside ops, and the budget caps
@@ -64,6 +65,13 @@ struct Candidate {
 
 // What sending `t` out frees when nothing else holds its storage: the storage, a view's included.
 std::int64_t freed_bytes(const ProfiledTensor& t) { return std::max(t.bytes, t.storage_bytes); }
+
+// The most allocated at event e and until the next: its level, or its peak where the allocator's
+// trace gave one (the working set of the ops in between).
+std::int64_t observed(const StepProfile& profile, std::size_t e) {
+  return e < profile.peaks.size() ? std::max(profile.levels[e], profile.peaks[e])
+                                  : profile.levels[e];
+}
 
 // Keep's timeline: the profile's levels with what the profiled step sent out added back. A tensor
 // evicted under pressure adds the bytes its eviction freed, from the eviction to its unpack; a
@@ -99,7 +107,7 @@ std::vector<std::int64_t> keep_levels(const StepProfile& profile) {
   std::int64_t extra = 0;
   for (std::size_t e = 0; e < levels.size(); ++e) {
     extra += delta[e];
-    levels[e] = profile.levels[e] + extra;
+    levels[e] = observed(profile, e) + extra;
   }
   return levels;
 }
@@ -278,12 +286,13 @@ Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOption
   Plan plan;
   plan.profiled_step_seconds = static_cast<double>(profile.step_ns) * 1e-9;
   plan.keep_peak_bytes = keep.empty() ? 0 : keep[peak_event(keep)];
-  // What the allocator reserves above the allocated bytes seen at packs and unpacks; keep would
-  // reserve its peak plus that.
-  const std::int64_t overhead = tuning.reserve_overhead.value_or(
-      profile.reserved_peak_bytes -
-      (profile.levels.empty() ? 0
-                              : *std::max_element(profile.levels.begin(), profile.levels.end())));
+  // What the allocator reserves above the most allocated; keep would reserve its peak plus that.
+  std::int64_t observed_peak = 0;
+  for (std::size_t e = 0; e < profile.levels.size(); ++e) {
+    observed_peak = std::max(observed_peak, observed(profile, e));
+  }
+  const std::int64_t overhead =
+      tuning.reserve_overhead.value_or(profile.reserved_peak_bytes - observed_peak);
   const auto share = [budget](double fraction) {
     return static_cast<std::int64_t>(fraction * static_cast<double>(budget));
   };
@@ -403,10 +412,12 @@ void AutoPolicy::end_step(const StepProfile& profile) {
   }
   if (shape != nullptr && shape->plan) {
     std::int64_t measured_peak = 0;
-    for (std::int64_t level : profile.levels) measured_peak = std::max(measured_peak, level);
+    for (std::size_t e = 0; e < profile.levels.size(); ++e) {
+      measured_peak = std::max(measured_peak, observed(profile, e));
+    }
     if (options_.log != LogLevel::kOff) {
       std::fprintf(stderr,
-                   "actmem auto: planned peak %s, measured %s at packs and unpacks; step %.1f ms "
+                   "actmem auto: planned peak %s, measured %s; step %.1f ms "
                    "(profiled %.1f ms, +%.1f ms planned); %lld evictions\n",
                    mib(shape->plan->planned_peak_bytes).c_str(), mib(measured_peak).c_str(),
                    static_cast<double>(profile.step_ns) * 1e-6,

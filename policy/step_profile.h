@@ -45,9 +45,12 @@ struct StepProfile {
   // Device bytes allocated at each pack and unpack, in the order they happened.
   std::vector<std::int64_t> levels;
   std::vector<std::int64_t> event_ns;  // when each event happened, since the step began
-  std::int64_t step_ns = 0;            // first pack to the end of backward
-  double copy_bytes_per_second = 0;    // host<->device, measured
-  std::int64_t evictions = 0;          // tensors offloaded under pressure during the step
+  // The most device bytes allocated from each event until the next, from the allocator's trace
+  // (the working sets of the ops in between); empty when no trace was recorded.
+  std::vector<std::int64_t> peaks;
+  std::int64_t step_ns = 0;          // first pack to the end of backward
+  double copy_bytes_per_second = 0;  // host<->device, measured
+  std::int64_t evictions = 0;        // tensors offloaded under pressure during the step
   // The allocator's reserved bytes at their highest during the step, as sampled at each pack and
   // unpack, at its end and whenever it asked for room (what a budget caps; reserved bytes only
   // fall when segments are released, so the samples miss little).

@@ -38,6 +38,29 @@ TEST(AllocatorTrace, WritesAndReadsBackTheSameEntries) {
   EXPECT_EQ(read_trace(text), trace);
 }
 
+// A reader that follows the trace as it grows (the auto policy's profile) reads only what is new.
+TEST(AllocatorTrace, IsReadFromAnyPositionAndSwitchedOnAndOffAtRunTime) {
+  CachingAllocator allocator(std::make_unique<HostBackend>());
+  EXPECT_FALSE(allocator.trace_enabled());
+  allocator.deallocate(allocator.allocate(4096));
+  EXPECT_EQ(allocator.trace_size(), 0u) << "off: nothing recorded";
+  allocator.set_trace_enabled(true);
+  void* a = allocator.allocate(1024);
+  const std::size_t mark = allocator.trace_size();
+  allocator.deallocate(a);
+  void* b = allocator.allocate(2048);
+  const std::vector<TraceEntry> tail = allocator.trace(mark);
+  ASSERT_EQ(tail.size(), 2u);
+  EXPECT_EQ(tail[0].action, TraceEntry::Action::kFree);
+  EXPECT_EQ(tail[1].action, TraceEntry::Action::kAlloc);
+  EXPECT_EQ(tail[1].bytes, 2048u);
+  EXPECT_EQ(allocator.trace().size(), allocator.trace_size());
+  EXPECT_TRUE(allocator.trace(allocator.trace_size() + 5).empty()) << "past the end: nothing";
+  allocator.clear_trace();
+  EXPECT_EQ(allocator.trace_size(), 0u);
+  allocator.deallocate(b);
+}
+
 TEST(AllocatorTrace, MalformedLinesNameTheLine) {
   std::stringstream text("alloc 0x1000 512 0x0\nallocate 0x2000 512 0x0\n");
   try {

@@ -50,6 +50,23 @@ TEST(StepProfile, NamesAndTimesEverySegmentInForwardOrder) {
   EXPECT_GT(profile.copy_bytes_per_second, 0);
 }
 
+// Between two saved tensors the ops allocate more than either event sees (a convolution's output
+// before BatchNorm saves it, BatchNorm's own temporaries): the allocator's trace gives each
+// event's peak until the next.
+TEST(StepProfile, TheAllocatorsTraceGivesThePeakBetweenEvents) {
+  const std::size_t trace_before = device_memory().trace_size();
+  const StepProfile profile = profile_one_step(Action::kKeep, /*blocks=*/4);
+  ASSERT_EQ(profile.peaks.size(), profile.levels.size());
+  int above = 0;
+  for (std::size_t e = 0; e < profile.levels.size(); ++e) {
+    EXPECT_GE(profile.peaks[e], profile.levels[e]) << "event " << e;
+    above += profile.peaks[e] > profile.levels[e];
+  }
+  EXPECT_GT(above, 0);
+  EXPECT_FALSE(device_memory().trace_enabled()) << "the scope stops the trace it started";
+  EXPECT_EQ(device_memory().trace_size(), trace_before);
+}
+
 // A storage sent out at pack is freeable when nothing else held it when backward began: the
 // blocks' activations are; the module's input, which it holds, is not.
 TEST(StepProfile, ASentOutStorageIsFreeableOnlyWhenNothingElseHoldsIt) {

@@ -160,6 +160,22 @@ TEST(AutoPlan, PlansFromKeepsTimelineWhenTheProfiledStepSentTensorsOut) {
   }
 }
 
+// The ops between two events can allocate more than either event sees: where the profile has the
+// allocator's peaks, the plan counts them.
+TEST(AutoPlan, PlansAgainstThePeaksBetweenEvents) {
+  StepProfile profile =
+      ProfileBuilder(10 * kMiB).segment("a", 2, 10, 1).segment("b", 2, 10, 1).backward();
+  profile.peaks = profile.levels;
+  profile.peaks[3] += 8 * kMiB;  // b's second pack: 50 MiB, and a working set of 8 more until next
+  profile.reserved_peak_bytes = 58 * kMiB;
+  const Plan plan = make_plan(profile, 58 * kMiB, options());
+  EXPECT_EQ(plan.keep_peak_bytes, 58 * kMiB);
+  EXPECT_EQ(plan.target_bytes, 58 * kMiB) << "keep fits: no overhead above the 58 MiB peak";
+  const Plan tighter = make_plan(profile, 50 * kMiB, options());
+  EXPECT_LE(tighter.planned_peak_bytes, 50 * kMiB) << "the working set is planned for";
+  EXPECT_NE(tighter.action_for("a", 0), Action::kKeep);
+}
+
 // What later steps teach a shape's plan: they start with more allocated (the optimizer's state,
 // created after the profiled step), and the allocator's overhead under the plan is not the
 // profiled step's.
