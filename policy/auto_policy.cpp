@@ -441,9 +441,10 @@ void AutoPolicy::end_step(const StepProfile& profile) {
     const bool sent_out = std::any_of(shape->plan->items.begin(), shape->plan->items.end(),
                                       [](const PlanItem& i) { return i.action != Action::kKeep; });
     constexpr int kOverheadUpdates = 8;
-    if (budget && sent_out && tuning.overhead_updates < kOverheadUpdates) {
-      const std::int64_t room = static_cast<std::int64_t>(*budget) - profile.reserved_peak_bytes;
-      if (room > static_cast<std::int64_t>(*budget / 100)) {
+    if (budget.has_value() && sent_out && tuning.overhead_updates < kOverheadUpdates) {
+      const auto limit = static_cast<std::int64_t>(budget.value());
+      const std::int64_t room = limit - profile.reserved_peak_bytes;
+      if (room > limit / 100) {
         tuning.reserve_overhead = std::max<std::int64_t>(0, shape->plan->overhead_bytes - room / 2);
         ++tuning.overhead_updates;
         plan_shape(*shape);
@@ -467,7 +468,8 @@ void AutoPolicy::rebase(Shape& shape) {
   const std::optional<std::size_t> budget = options_.budget ? options_.budget() : std::nullopt;
   // Only upwards, and by more than 1 % of the budget: steps that start lower (gradient
   // accumulation alternates) fit the plan made for the higher start, and small moves are noise.
-  if (!budget || shift - shape.tuning.base_shift <= static_cast<std::int64_t>(*budget / 100)) {
+  if (!budget.has_value() ||
+      shift - shape.tuning.base_shift <= static_cast<std::int64_t>(budget.value() / 100)) {
     return;
   }
   if (options_.log != LogLevel::kOff) {
