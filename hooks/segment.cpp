@@ -24,16 +24,29 @@ thread_local SegmentFrame* t_taking_frame = nullptr;
 // Thrown by capture() once the rerun produced every tensor it must: stops the rerun early.
 struct StopRerun {};
 
+// The default CPU generator's state as bytes. (LibTorch 1.13's Generator::clone() leaks its
+// clone, a few KiB for every segment and every rerun: the state is copied out instead.)
+std::vector<std::uint8_t> cpu_rng_state() {
+  at::Generator generator = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  const at::Tensor state = generator.get_state();
+  const auto* bytes = state.data_ptr<std::uint8_t>();
+  return {bytes, bytes + state.numel()};
+}
+
+void set_cpu_rng_state(std::vector<std::uint8_t>& state) {
+  at::Generator generator = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  generator.set_state(
+      at::from_blob(state.data(), {static_cast<std::int64_t>(state.size())}, at::kByte));
+}
+
 // Restores the CPU generator and the module's buffers when a rerun ends, however it ends.
 class RerunGuard {
  public:
   RerunGuard(SegmentFrame& frame) : frame_(frame) {
-    at::Generator generator = at::detail::getDefaultCPUGenerator();
-    {
-      std::lock_guard<std::mutex> lock(generator.mutex());
-      rng_before_ = generator.clone();
-      generator.set_state(frame.cpu_rng.get_state());
-    }
+    rng_before_ = cpu_rng_state();
+    set_cpu_rng_state(frame.cpu_rng_state);
     if (frame.module != nullptr) {
       at::NoGradGuard no_grad;
       for (const at::Tensor& buffer : frame.module->buffers()) buffers_.push_back(buffer.clone());
@@ -46,11 +59,7 @@ class RerunGuard {
   ~RerunGuard() {
     t_capturing_frame = previous_capture_;
     t_forward_frame = std::move(previous_forward_);
-    at::Generator generator = at::detail::getDefaultCPUGenerator();
-    {
-      std::lock_guard<std::mutex> lock(generator.mutex());
-      generator.set_state(rng_before_.get_state());
-    }
+    set_cpu_rng_state(rng_before_);
     if (frame_.module != nullptr) {
       at::NoGradGuard no_grad;
       std::size_t i = 0;
@@ -60,7 +69,7 @@ class RerunGuard {
 
  private:
   SegmentFrame& frame_;
-  at::Generator rng_before_;
+  std::vector<std::uint8_t> rng_before_;
   std::vector<at::Tensor> buffers_;
   SegmentFrame* previous_capture_;
   std::shared_ptr<SegmentFrame> previous_forward_;
@@ -220,11 +229,7 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
     frame->input_versions.push_back(input._version());
     frame->input_counters.push_back(input.unsafeGetTensorImpl()->version_counter());
   }
-  {
-    at::Generator generator = at::detail::getDefaultCPUGenerator();
-    std::lock_guard<std::mutex> lock(generator.mutex());
-    frame->cpu_rng = generator.clone();
-  }
+  frame->cpu_rng_state = detail::cpu_rng_state();
   detail::t_forward_frame = frame;
   struct Reset {
     ~Reset() { detail::t_forward_frame = nullptr; }

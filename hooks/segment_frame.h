@@ -1,8 +1,6 @@
 // Internal: one segment's state between its forward and its recomputation in backward.
 #pragma once
 
-#include <ATen/core/Generator.h>
-
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -25,7 +23,7 @@ struct SegmentFrame {
   // a rerun on an input changed in place since would compute something else.
   std::vector<std::int64_t> input_versions;
   std::vector<c10::VariableVersion> input_counters;
-  at::Generator cpu_rng;
+  std::vector<std::uint8_t> cpu_rng_state;  // the default CPU generator's, when it began
   torch::nn::Module* module = nullptr;
   std::shared_ptr<ScopeState> scope;
 
