@@ -100,8 +100,10 @@ void ScopeState::start_trace() {
   event_trace_positions_.clear();
 }
 
-void ScopeState::push_event(std::int64_t level) {
-  profile_.levels.push_back(level);
+void ScopeState::push_event(const alloc::AllocatorStats& device) {
+  profile_.levels.push_back(device.allocated_bytes.current);
+  profile_.reserved_peak_bytes =
+      std::max(profile_.reserved_peak_bytes, device.reserved_bytes.current);
   profile_.event_ns.push_back(elapsed_ns(step_start_));
   event_trace_positions_.push_back(device_memory().trace_size());
 }
@@ -151,9 +153,6 @@ void ScopeState::record_pack(const std::shared_ptr<SavedEntry>& entry, const Sav
   std::lock_guard<std::mutex> lock(step_mutex_);
   if (evicts) evictable_.push_back(entry);
   if (!profile || entry->step != step_) return;
-  const std::int64_t level = device.allocated_bytes.current;
-  profile_.reserved_peak_bytes =
-      std::max(profile_.reserved_peak_bytes, device.reserved_bytes.current);
   ProfiledTensor t;
   t.order = info.order;
   t.bytes = info.bytes;
@@ -169,7 +168,7 @@ void ScopeState::record_pack(const std::shared_ptr<SavedEntry>& entry, const Sav
   t.segment_input = segment_input;
   t.pack_copy_ns = timer_sees_copies_ ? 0 : copy_ns;  // clocks count the copy in the segment
   t.pack_event = static_cast<std::int64_t>(profile_.levels.size());
-  push_event(level);
+  push_event(device);
   entry->profile_index = static_cast<std::int64_t>(profile_.tensors.size());
   profile_.tensors.push_back(t);
 }
@@ -205,11 +204,8 @@ void ScopeState::mark_freeable() {
 void ScopeState::record_unpack(const SavedEntry& entry) {
   if (!policy_->wants_profile() || entry.profile_index < 0) return;
   const alloc::AllocatorStats device = device_memory().stats();
-  const std::int64_t level = device.allocated_bytes.current;
   std::lock_guard<std::mutex> lock(step_mutex_);
   if (entry.step != step_ || !in_step_) return;
-  profile_.reserved_peak_bytes =
-      std::max(profile_.reserved_peak_bytes, device.reserved_bytes.current);
   if (!backward_began_) {
     backward_began_ = true;
     mark_freeable();
@@ -217,7 +213,7 @@ void ScopeState::record_unpack(const SavedEntry& entry) {
   ProfiledTensor& t = profile_.tensors[entry.profile_index];
   if (t.unpack_event >= 0) return;  // a second unpack (retain_graph): the first one counts
   t.unpack_event = static_cast<std::int64_t>(profile_.levels.size());
-  push_event(level);
+  push_event(device);
 }
 
 std::optional<std::uint64_t> ScopeState::begin_segment(const std::string& name) {
@@ -472,7 +468,7 @@ std::size_t ScopeState::evict(std::size_t bytes_needed) {
         t.evicted = true;
         t.evicted_bytes = std::max<std::int64_t>(0, freed_now);
         t.evicted_event = static_cast<std::int64_t>(profile_.levels.size());
-        push_event(device.stats().allocated_bytes.current);
+        push_event(device.stats());
       }
     }
     device.empty_cache();

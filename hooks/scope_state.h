@@ -113,7 +113,8 @@ class ScopeState {
   // each step (started here unless the user records it already), each event notes where it
   // stands, and at the step's end the allocations between events give each one's peak.
   void start_trace();
-  void push_event(std::int64_t level);
+  // An event of the profile: the allocated bytes then, and the reserved high-water mark.
+  void push_event(const alloc::AllocatorStats& device);
   std::vector<std::int64_t> peaks_between_events();
 
   std::shared_ptr<Policy> policy_;

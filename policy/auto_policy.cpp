@@ -73,6 +73,14 @@ std::int64_t observed(const StepProfile& profile, std::size_t e) {
                                   : profile.levels[e];
 }
 
+// The most allocated at any event of the profile.
+std::int64_t observed_peak(const StepProfile& profile) {
+  std::int64_t peak = 0;
+  for (std::size_t e = 0; e < profile.levels.size(); ++e)
+    peak = std::max(peak, observed(profile, e));
+  return peak;
+}
+
 // Keep's timeline: the profile's levels with what the profiled step sent out added back. A tensor
 // evicted under pressure adds the bytes its eviction freed, from the eviction to its unpack; a
 // storage sent out at pack that nothing else held adds its bytes from its first pack to its first
@@ -287,12 +295,8 @@ Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOption
   plan.profiled_step_seconds = static_cast<double>(profile.step_ns) * 1e-9;
   plan.keep_peak_bytes = keep.empty() ? 0 : keep[peak_event(keep)];
   // What the allocator reserves above the most allocated; keep would reserve its peak plus that.
-  std::int64_t observed_peak = 0;
-  for (std::size_t e = 0; e < profile.levels.size(); ++e) {
-    observed_peak = std::max(observed_peak, observed(profile, e));
-  }
   const std::int64_t overhead =
-      tuning.reserve_overhead.value_or(profile.reserved_peak_bytes - observed_peak);
+      tuning.reserve_overhead.value_or(profile.reserved_peak_bytes - observed_peak(profile));
   const auto share = [budget](double fraction) {
     return static_cast<std::int64_t>(fraction * static_cast<double>(budget));
   };
@@ -357,6 +361,10 @@ Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOption
 
 AutoPolicy::AutoPolicy(AutoOptions options) : options_(std::move(options)) {}
 
+std::optional<std::size_t> AutoPolicy::current_budget() const {
+  return options_.budget ? options_.budget() : std::nullopt;
+}
+
 Action AutoPolicy::profiling_action() const {
   // Under a budget, a step without a plan sends out what it can, since it must fit before it is
   // known (the hooks keep what is too small to offload; pressure can still evict it).
@@ -370,7 +378,7 @@ Action AutoPolicy::decide(const SavedTensorInfo& tensor) {
     first_segment_ = tensor.segment;
     first_bytes_ = tensor.bytes;
     first_level_ = tensor.device_bytes;
-    profiling_under_budget_ = options_.budget && options_.budget().has_value();
+    profiling_under_budget_ = current_budget().has_value();
     // The shape is known at the second pack; until then, the last step's, if it starts the same.
     current_ = last_ != nullptr && !last_->packs.empty() &&
                        last_->packs[0] == std::make_pair(tensor.segment, tensor.bytes)
@@ -411,16 +419,12 @@ void AutoPolicy::end_step(const StepProfile& profile) {
     return;
   }
   if (shape != nullptr && shape->plan) {
-    std::int64_t measured_peak = 0;
-    for (std::size_t e = 0; e < profile.levels.size(); ++e) {
-      measured_peak = std::max(measured_peak, observed(profile, e));
-    }
     if (options_.log != LogLevel::kOff) {
       std::fprintf(stderr,
                    "actmem auto: planned peak %s, measured %s; step %.1f ms "
                    "(profiled %.1f ms, +%.1f ms planned); %lld evictions\n",
-                   mib(shape->plan->planned_peak_bytes).c_str(), mib(measured_peak).c_str(),
-                   static_cast<double>(profile.step_ns) * 1e-6,
+                   mib(shape->plan->planned_peak_bytes).c_str(),
+                   mib(observed_peak(profile)).c_str(), static_cast<double>(profile.step_ns) * 1e-6,
                    shape->plan->profiled_step_seconds * 1e3, shape->plan->added_seconds * 1e3,
                    static_cast<long long>(profile.evictions));
     }
@@ -437,7 +441,7 @@ void AutoPolicy::end_step(const StepProfile& profile) {
     // that sent tensors out while its step left room under the budget plans again assuming half
     // that room less overhead: the target climbs towards the budget from below, the margin (raised
     // by any eviction) stops it, and a few updates per shape keep the two from chasing each other.
-    const std::optional<std::size_t> budget = options_.budget ? options_.budget() : std::nullopt;
+    const std::optional<std::size_t> budget = current_budget();
     const bool sent_out = std::any_of(shape->plan->items.begin(), shape->plan->items.end(),
                                       [](const PlanItem& i) { return i.action != Action::kKeep; });
     constexpr int kOverheadUpdates = 8;
@@ -465,7 +469,7 @@ void AutoPolicy::end_step(const StepProfile& profile) {
 void AutoPolicy::rebase(Shape& shape) {
   if (shape.profile.levels.empty()) return;
   const std::int64_t shift = first_level_ - shape.profile.levels.front();
-  const std::optional<std::size_t> budget = options_.budget ? options_.budget() : std::nullopt;
+  const std::optional<std::size_t> budget = current_budget();
   // Only upwards, and by more than 1 % of the budget: steps that start lower (gradient
   // accumulation alternates) fit the plan made for the higher start, and small moves are noise.
   if (!budget.has_value() ||
@@ -483,7 +487,7 @@ void AutoPolicy::rebase(Shape& shape) {
 }
 
 void AutoPolicy::plan_shape(Shape& shape) {
-  const std::optional<std::size_t> budget = options_.budget ? options_.budget() : std::nullopt;
+  const std::optional<std::size_t> budget = current_budget();
   // Without a budget nothing needs to go out: a plan under an unreachable target keeps all.
   const std::int64_t limit =
       budget ? static_cast<std::int64_t>(*budget) : std::numeric_limits<std::int64_t>::max() / 2;

@@ -121,6 +121,7 @@ class AutoPolicy final : public Policy {
   void rebase(Shape& shape);
   // What a step without a plan does with its tensors (mutex_ held).
   Action profiling_action() const;
+  std::optional<std::size_t> current_budget() const;  // options_.budget's answer, none without one
 
   AutoOptions options_;
   mutable std::mutex mutex_;
