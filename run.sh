@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The main job: installs missing Debian packages, builds, and compares the memory policies on the
-# four reference models (small size, on CPU): peak memory, step time and the largest batch that
-# fits, each against `keep`. Writes results/summary.{md,json,svg}; arguments go to actmem_compare
-# (./run.sh --help, ./run.sh --models lstm --policies keep,auto).
+# The main job: installs missing Debian packages and (once) torch into .venv/, builds, and
+# compares the memory policies on the four reference models (small size, on CPU): peak memory,
+# step time and the largest batch that fits, each against `keep`. Writes
+# results/summary.{md,json,svg}; arguments go to actmem_compare (./run.sh --help,
+# ./run.sh --models lstm --policies keep,auto).
 #
 #   ./run.sh --alloc [args]   the allocator micro-benchmarks instead (bench/alloc_bench)
 set -euo pipefail
@@ -10,6 +11,7 @@ cd "$(dirname "$0")"
 source scripts/setup.sh
 
 actmem_install_missing
+actmem_install_torch
 actmem_build release
 if [[ ${1:-} == --alloc ]]; then
   shift

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test: installs missing Debian packages, builds, runs ctest.
+# Runs every test: installs missing Debian packages and (once) torch into .venv/, builds, runs
+# ctest.
 #
 #   ./test.sh                     the release build, all tests
 #   ./test.sh --preset asan       another preset: release, debug, asan (address+undefined), tsan
@@ -14,10 +15,11 @@ if [[ ${1:-} == --preset ]]; then
   shift 2
 fi
 if [[ ${1:-} == --help || ${1:-} == -h ]]; then
-  sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
   exit 0
 fi
 
 actmem_install_missing
+actmem_install_torch
 actmem_build "$preset"
 ctest --preset "$preset" "$@"
