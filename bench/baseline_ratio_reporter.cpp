@@ -2,12 +2,14 @@
 
 #include <cstdio>
 
+#include "bench/benchmark_compat.h"
+
 namespace actmem::bench {
 
 void BaselineRatioReporter::ReportRuns(const std::vector<Run>& runs) {
   ConsoleReporter::ReportRuns(runs);
   for (const Run& run : runs) {
-    if (run.error_occurred || run.run_type != Run::RT_Iteration) continue;
+    if (run_failed(run) || run.run_type != Run::RT_Iteration) continue;
     times_[run.benchmark_name()] = run.GetAdjustedRealTime() *
                                    benchmark::GetTimeUnitMultiplier(benchmark::kNanosecond) /
                                    benchmark::GetTimeUnitMultiplier(run.time_unit);

@@ -75,3 +75,37 @@ function(actmem_require_benchmark)
   endif()
   message(STATUS "actmem: Google Benchmark built from ${ACTMEM_BENCHMARK_SOURCE_DIR}")
 endfunction()
+
+# actmem_benchmark_api(<target>): tells <target>'s sources which form of Run Google Benchmark has
+# (bench/benchmark_compat.h): ACTMEM_BENCHMARK_RUN_SKIPPED when Run::skipped compiles (1.8 and
+# later). Decided by compiling against the benchmark found, not by its version number.
+function(actmem_benchmark_api target)
+  if(NOT DEFINED ACTMEM_BENCHMARK_RUN_SKIPPED)
+    include(CheckCXXSourceCompiles)
+    include(CMakePushCheckState)
+    cmake_push_check_state(RESET)
+    get_target_property(imported benchmark::benchmark IMPORTED)
+    if(imported)
+      get_target_property(dirs benchmark::benchmark INTERFACE_INCLUDE_DIRECTORIES)
+    else()  # built from source here: its headers, and the export.h its CMake generates
+      set(dirs "${ACTMEM_BENCHMARK_SOURCE_DIR}/include" "${PROJECT_BINARY_DIR}/_deps/benchmark/include")
+    endif()
+    set(CMAKE_REQUIRED_INCLUDES ${dirs})
+    set(CMAKE_REQUIRED_QUIET ON)
+    check_cxx_source_compiles([[
+      #include <benchmark/benchmark.h>
+      int main() {
+        benchmark::BenchmarkReporter::Run run;
+        return run.skipped == benchmark::internal::NotSkipped && run.skip_message.empty() ? 0 : 1;
+      }]] ACTMEM_BENCHMARK_RUN_SKIPPED)
+    cmake_pop_check_state()
+    if(ACTMEM_BENCHMARK_RUN_SKIPPED)
+      message(STATUS "actmem: Google Benchmark reports failed runs as Run::skipped (1.8 or later)")
+    else()
+      message(STATUS "actmem: Google Benchmark reports failed runs as Run::error_occurred (1.7 or earlier)")
+    endif()
+  endif()
+  if(ACTMEM_BENCHMARK_RUN_SKIPPED)
+    target_compile_definitions(${target} PUBLIC ACTMEM_BENCHMARK_RUN_SKIPPED)
+  endif()
+endfunction()

@@ -3,6 +3,8 @@
 #include <cstdio>
 #include <map>
 
+#include "bench/benchmark_compat.h"
+
 namespace actmem::bench {
 
 ComparisonReporter::ComparisonReporter(std::filesystem::path directory, std::string machine,
@@ -15,8 +17,8 @@ ComparisonReporter::ComparisonReporter(std::filesystem::path directory, std::str
 void ComparisonReporter::ReportRuns(const std::vector<Run>& runs) {
   ConsoleReporter::ReportRuns(runs);
   for (const Run& run : runs) {
-    if (run.error_occurred) {
-      failures_.push_back(run.benchmark_name() + ": " + run.error_message);
+    if (run_failed(run)) {
+      failures_.push_back(run.benchmark_name() + ": " + run_failure_message(run));
       continue;
     }
     if (run.run_type != Run::RT_Iteration) continue;
