@@ -10,17 +10,15 @@ void free_device_block(void* ptr) {
 }
 }  // namespace
 
-c10::DataPtr DeviceAllocator::allocate(size_t bytes) ACTMEM_ALLOCATE_CONST {
+c10::DataPtr DeviceAllocator::allocate(size_t bytes) {
   void* ptr = allocator_.allocate(bytes);
   return {ptr, ptr, &free_device_block, c10::Device(c10::DeviceType::CPU)};
 }
 
 c10::DeleterFnPtr DeviceAllocator::raw_deleter() const { return &free_device_block; }
 
-#if ACTMEM_TORCH_AT_LEAST(2, 0)
 void DeviceAllocator::copy_data(void* dest, const void* src, std::size_t count) const {
   std::memcpy(dest, src, count);
 }
-#endif
 
 }  // namespace actmem

@@ -1,12 +1,11 @@
-// actmem's caching allocator as c10's allocator: on the CPU build it is installed as the CPU
-// allocator, so CPU tensors play the part of device memory and the allocator's stats are the
-// "device bytes" every policy is measured by.
+// actmem's caching allocator as c10's CPU allocator: where actmem manages the CPU (the host
+// backend), CPU tensors play the part of device memory and the allocator's stats are the
+// "device bytes" every policy is measured by. Never installed over a CUDA-backed allocator.
 #pragma once
 
 #include <c10/core/Allocator.h>
 
 #include "allocator/caching_allocator.h"
-#include "hooks/torch_compat.h"
 
 namespace actmem {
 
@@ -14,12 +13,10 @@ class DeviceAllocator final : public c10::Allocator {
  public:
   explicit DeviceAllocator(alloc::CachingAllocator& allocator) : allocator_(allocator) {}
 
-  c10::DataPtr allocate(size_t bytes) ACTMEM_ALLOCATE_CONST override;
+  c10::DataPtr allocate(size_t bytes) override;
   // Non-null: some kernels (mkldnn's) use raw_allocate/raw_deallocate.
   c10::DeleterFnPtr raw_deleter() const override;
-#if ACTMEM_TORCH_AT_LEAST(2, 0)
   void copy_data(void* dest, const void* src, std::size_t count) const override;
-#endif
 
   alloc::CachingAllocator& caching_allocator() const { return allocator_; }
 
@@ -27,7 +24,7 @@ class DeviceAllocator final : public c10::Allocator {
   alloc::CachingAllocator& allocator_;
 };
 
-// The process's device allocator once install() ran, else nullptr.
+// The CPU adapter once install() put it in place (the managed device is the CPU), else nullptr.
 DeviceAllocator* installed_device_allocator();
 
 }  // namespace actmem

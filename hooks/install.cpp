@@ -3,19 +3,22 @@
 #include <c10/core/CPUAllocator.h>
 #include <dlfcn.h>
 
+#include <atomic>
 #include <mutex>
 #include <stdexcept>
 
-#include "allocator/host_backend.h"
 #include "allocator/process_allocators.h"
+#include "hooks/cuda_allocator.h"
 #include "hooks/device_allocator.h"
 #include "hooks/engine.h"
 
 namespace actmem {
 namespace {
 
-std::once_flag g_install_once;
-DeviceAllocator* g_device_allocator = nullptr;
+std::mutex g_install_mutex;
+std::atomic<bool> g_installed{false};
+c10::DeviceType g_device = c10::DeviceType::CPU;  // written once, before g_installed
+DeviceAllocator* g_cpu_allocator = nullptr;       // the CPU adapter, when the device is the CPU
 
 bool inside_python() {
   using PyIsInitialized = int (*)();
@@ -32,31 +35,45 @@ ActmemEngine& ActmemEngine::instance() {
 }
 }  // namespace detail
 
-DeviceAllocator* installed_device_allocator() { return g_device_allocator; }
+DeviceAllocator* installed_device_allocator() { return g_cpu_allocator; }
 
 void install() {
-  if (g_device_allocator != nullptr) return;
+  if (g_installed.load(std::memory_order_acquire)) return;
   if (inside_python()) {
     throw std::runtime_error(
         "actmem: install() inside a Python process would replace PyTorch's autograd engine; use "
         "the pluggable allocator (libactmem_alloc.so) from Python instead");
   }
-  std::call_once(g_install_once, [] {
-    alloc::CachingAllocator& memory = alloc::ProcessAllocators::instance().for_device(0);
-    static DeviceAllocator* adapter = new DeviceAllocator(memory);
+  std::lock_guard<std::mutex> lock(g_install_mutex);
+  if (g_installed.load(std::memory_order_relaxed)) return;
+  // Reads the environment: a malformed variable throws here, and nothing is installed yet.
+  alloc::ProcessAllocators& process = alloc::ProcessAllocators::instance();
+  if (process.backend_kind() == alloc::BackendKind::kCuda) {
+    process.for_device(0);             // a CUDA backend that cannot start says so here
+    detail::install_cuda_allocator();  // throws when LibTorch's CUDA allocator is already in use
+    g_device = c10::DeviceType::CUDA;
+  } else {
+    static DeviceAllocator* adapter = new DeviceAllocator(process.for_device(0));
     c10::SetCPUAllocator(adapter, /*priority=*/100);
-    torch::autograd::set_default_engine_stub([]() -> torch::autograd::Engine& {
-      return detail::ActmemEngine::instance();
-    });
-    g_device_allocator = adapter;
-  });
+    g_cpu_allocator = adapter;
+    g_device = c10::DeviceType::CPU;
+  }
+  torch::autograd::set_default_engine_stub(
+      []() -> torch::autograd::Engine& { return detail::ActmemEngine::instance(); });
+  g_installed.store(true, std::memory_order_release);
 }
 
-bool installed() { return g_device_allocator != nullptr; }
+bool installed() { return g_installed.load(std::memory_order_acquire); }
+
+c10::DeviceType managed_device() {
+  install();
+  return g_device;
+}
 
 alloc::CachingAllocator& device_memory() {
   install();
-  return g_device_allocator->caching_allocator();
+  if (g_device == c10::DeviceType::CUDA) return detail::current_cuda_memory();
+  return g_cpu_allocator->caching_allocator();
 }
 
 }  // namespace actmem

@@ -1,0 +1,103 @@
+// install() picks the device actmem manages and never mixes them up: on a CUDA device, actmem's
+// allocator becomes LibTorch's CUDA allocator and c10's CPU allocator stays LibTorch's own (the
+// other way round crashed every hooks test on the GPU machine: CPU tensors were handed device
+// pointers); without one, actmem's allocator is the CPU allocator. Its errors are exceptions the
+// caller catches, leaving nothing installed.
+#include <gtest/gtest.h>
+#include <torch/cuda.h>
+#include <torch/torch.h>
+
+#include <string>
+
+#include "allocator/process_allocators.h"
+#include "hooks/actmem.h"
+#include "hooks/device_allocator.h"
+#include "tests/support/run_process.h"
+
+namespace actmem {
+namespace {
+
+using testing::run_process;
+
+constexpr const char* kNoDevice = "needs a CUDA device (none here): the CUDA route of install()";
+
+bool has_cuda_device() { return torch::cuda::is_available(); }
+
+testing::ProcessResult probe(const std::string& environment, const std::string& args = "") {
+  return run_process(environment + " " ACTMEM_INSTALL_PROBE " " + args);
+}
+
+TEST(DeviceInstall, TheDefaultManagesTheCudaDeviceWhenThereIsOneElseTheCpu) {
+  const auto result = probe("");
+  EXPECT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_NE(result.output.find(has_cuda_device() ? "installed: cuda" : "installed: cpu"),
+            std::string::npos)
+      << result.output;
+}
+
+TEST(DeviceInstall, AMalformedVariableIsAnErrorTheCallerCatches) {
+  const auto result = probe("ACTMEM_BUDGET=lots");
+  EXPECT_EQ(result.exit_code, 3) << result.output;
+  EXPECT_NE(result.output.find("caught: "), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("ACTMEM_BUDGET"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("lots"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("nothing installed, torch works"), std::string::npos)
+      << result.output;
+}
+
+TEST(DeviceInstall, ACudaBackendWithoutADeviceIsAnErrorTheCallerCatches) {
+  if (has_cuda_device()) GTEST_SKIP() << "a CUDA device is present: ACTMEM_BACKEND=cuda works here";
+  const auto result = probe("ACTMEM_BACKEND=cuda");
+  EXPECT_EQ(result.exit_code, 3) << result.output;
+  EXPECT_NE(result.output.find("caught: actmem: "), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("CUDA"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("nothing installed, torch works"), std::string::npos)
+      << result.output;
+}
+
+TEST(DeviceInstall, InstallingAfterTheFirstCudaTensorIsAnErrorTheCallerCatches) {
+  if (!has_cuda_device()) GTEST_SKIP() << kNoDevice;
+  const auto result = probe("", "--cuda-tensor-first");
+  EXPECT_EQ(result.exit_code, 3) << result.output;
+  EXPECT_NE(result.output.find("before creating any CUDA tensor"), std::string::npos)
+      << result.output;
+}
+
+TEST(DeviceInstall, OnACudaDeviceCudaTensorsAreActmemsAndCpuTensorsAreNot) {
+  if (!has_cuda_device()) GTEST_SKIP() << kNoDevice;
+  install();
+  ASSERT_EQ(managed_device(), c10::DeviceType::CUDA);
+  EXPECT_EQ(installed_device_allocator(), nullptr);
+  alloc::CachingAllocator& memory = device_memory();
+  EXPECT_STREQ(memory.backend().name(), "cuda");
+  const std::int64_t before = memory.stats().allocated_bytes.current;
+
+  // A CPU tensor's kernel writes its output (this crashed) and its bytes are not actmem's.
+  const torch::Tensor cpu = torch::randn({1 << 20});
+  EXPECT_FALSE(memory.in_reserved_memory(cpu.data_ptr()));
+  EXPECT_EQ(memory.stats().allocated_bytes.current, before);
+  EXPECT_EQ(cpu.sum().item<double>(), cpu.sum().item<double>());  // not NaN
+
+  {
+    const torch::Tensor gpu = torch::ones({1 << 20}, torch::kCUDA);
+    EXPECT_TRUE(memory.owns(gpu.data_ptr()));
+    EXPECT_GE(memory.stats().allocated_bytes.current - before, std::int64_t{4} << 20);
+    EXPECT_EQ(gpu.sum().item<double>(), static_cast<double>(1 << 20));
+  }
+  torch::cuda::synchronize();
+  EXPECT_EQ(memory.stats().allocated_bytes.current, before);
+
+  // A segment under recompute saves and restores the CPU generator's state (the other crash).
+  ActivationScope scope(make_policy("recompute"));
+  const torch::Tensor x = torch::randn({256}, torch::requires_grad());
+  const auto y = segment(
+      "dropout", [](const TensorList& in) -> TensorList {
+        return {torch::dropout(in[0].exp(), 0.5, /*train=*/true)};
+      }, {x});
+  y[0].sum().backward();
+  EXPECT_EQ(scope.stats().recomputations, 1);
+  EXPECT_TRUE(torch::equal(x.grad() != 0, y[0].detach() != 0));
+}
+
+}  // namespace
+}  // namespace actmem
