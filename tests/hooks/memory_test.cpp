@@ -25,9 +25,11 @@ StepMemory measure(const std::string& policy) {
   ActivationScope scope(make_policy(policy));
   StepMemory result{};
   for (int step = 0; step < 2; ++step) {
-    optimizer.zero_grad();
+    // Measured before zero_grad, which frees the gradients (LibTorch 2.x sets them to none) that
+    // backward then allocates again.
     const std::int64_t before = device_memory().stats().allocated_bytes.current;
     device_memory().reset_peak_stats();
+    optimizer.zero_grad();
     module->loss().backward();
     optimizer.step();
     const auto stats = device_memory().stats();
