@@ -99,7 +99,7 @@ class CachingAllocator::Impl {
     if (bytes == 0) return nullptr;
     if (bytes > kMaxRequest) {
       std::lock_guard<std::mutex> lock(mutex_);
-      throw out_of_memory(bytes, stream, "no allocator can serve a request this large");
+      throw out_of_memory(bytes, stream, "no allocator can serve a request this large", 0);
     }
     const std::size_t size = round_request(bytes);
     for (int round = 0;; ++round) {
@@ -108,7 +108,8 @@ class CachingAllocator::Impl {
         std::lock_guard<std::mutex> lock(mutex_);
         if (options_.budget_bytes && smallest_segment_for(size) > *options_.budget_bytes) {
           throw out_of_memory(bytes, stream,
-                              "the smallest segment this request needs exceeds the budget alone");
+                              "the smallest segment this request needs exceeds the budget alone",
+                              smallest_segment_for(size));
         }
         if (!pending_.empty()) process_events();
         BlockPool& pool = size <= kSmallSize ? small_ : large_;
@@ -127,7 +128,8 @@ class CachingAllocator::Impl {
           throw out_of_memory(bytes, stream,
                               t_in_handler          ? "allocating inside a pressure handler"
                               : handler_count_ == 0 ? "no pressure handler is registered"
-                                                    : "the pressure handlers could not free enough");
+                                                    : "the pressure handlers could not free enough",
+                              least_budget_for(size));
         }
         shortfall = shortfall_for(size);
         ++stats_.pressure_calls;
@@ -136,7 +138,8 @@ class CachingAllocator::Impl {
       std::lock_guard<std::mutex> lock(mutex_);
       stats_.pressure_freed_bytes += static_cast<std::int64_t>(freed);
       if (freed == 0) {
-        throw out_of_memory(bytes, stream, "the pressure handlers freed nothing");
+        throw out_of_memory(bytes, stream, "the pressure handlers freed nothing",
+                            least_budget_for(size));
       }
     }
   }
@@ -503,6 +506,12 @@ class CachingAllocator::Impl {
                : size;
   }
 
+  // What stays reserved plus the segment a request of `size` (rounded) needs: the least budget
+  // under which it could have been met now. (mutex_ held)
+  std::size_t least_budget_for(std::size_t size) const {
+    return static_cast<std::size_t>(stats_.reserved_bytes.current) + smallest_segment_for(size);
+  }
+
   std::size_t call_pressure_handlers(std::size_t bytes_needed) {
     std::shared_lock<std::shared_mutex> handlers_lock(handlers_mutex_);
     t_in_handler = true;
@@ -525,7 +534,9 @@ class CachingAllocator::Impl {
     return largest;
   }
 
-  OutOfMemoryError out_of_memory(std::size_t bytes, Stream stream, const char* why) {
+  // `least_budget`: a lower bound of the budget the request needed (OutOfMemoryError).
+  OutOfMemoryError out_of_memory(std::size_t bytes, Stream stream, const char* why,
+                                 std::size_t least_budget) {
     ++stats_.ooms;
     record_trace(TraceEntry::Action::kOom, nullptr, bytes, stream);
     const auto& s = stats_;
@@ -541,7 +552,7 @@ class CachingAllocator::Impl {
                format_bytes(s.reserved_bytes.current - s.allocated_bytes.current) +
                ", largest free block " +
                format_bytes(static_cast<std::int64_t>(largest_free_block())) + " (" + why + ")";
-    return OutOfMemoryError(message, bytes);
+    return OutOfMemoryError(message, bytes, options_.budget_bytes ? least_budget : 0);
   }
 
   std::map<std::uintptr_t, std::size_t>::const_iterator segment_containing(const void* ptr) const {

@@ -18,12 +18,20 @@ class AllocatorError : public std::runtime_error {
 // largest free block.
 class OutOfMemoryError : public AllocatorError {
  public:
-  OutOfMemoryError(const std::string& message, std::size_t requested_bytes)
-      : AllocatorError(message), requested_bytes_(requested_bytes) {}
+  // `least_budget_bytes`: the smallest budget under which this request could have been met at
+  // this point (what stayed reserved plus the segment it needed), a lower bound of what the work
+  // needs; 0 when there was no budget (the backend itself ran out).
+  OutOfMemoryError(const std::string& message, std::size_t requested_bytes,
+                   std::size_t least_budget_bytes = 0)
+      : AllocatorError(message),
+        requested_bytes_(requested_bytes),
+        least_budget_bytes_(least_budget_bytes) {}
   std::size_t requested_bytes() const noexcept { return requested_bytes_; }
+  std::size_t least_budget_bytes() const noexcept { return least_budget_bytes_; }
 
  private:
   std::size_t requested_bytes_;
+  std::size_t least_budget_bytes_;
 };
 
 // deallocate or record_stream got a pointer that is not a live allocation: never allocated, freed

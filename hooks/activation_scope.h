@@ -78,7 +78,27 @@ class ActivationScope {
   ActivationStats stats() const;
   HostStore& host_store();
 
+  // While a Pause lives, the scope is not active on this thread (the scope that was active when it
+  // was made is active again) and the device allocator's pressure no longer reaches it; its
+  // policy, plans and host pool stay as they are. For programs that alternate between scopes,
+  // such as two models trained in turn (the main job interleaves its rows so). The scope must be
+  // the one active on this thread when the Pause is made (else std::logic_error), nothing made
+  // active since may still be active when it ends, and it must not outlive the scope.
+  class Pause {
+   public:
+    explicit Pause(ActivationScope& scope);
+    ~Pause();
+    Pause(const Pause&) = delete;
+    Pause& operator=(const Pause&) = delete;
+
+   private:
+    ActivationScope& scope_;
+  };
+
  private:
+  void add_pressure_handler();
+  void remove_pressure_handler();
+
   std::shared_ptr<detail::ScopeState> state_;
   std::shared_ptr<detail::ScopeState> previous_;
   std::optional<std::uint64_t> pressure_handler_;  // registered with the device allocator

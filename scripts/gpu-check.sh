@@ -27,7 +27,7 @@
 #
 # Environment: PYTHON (default python3), ACTMEM_GPU_CHECK_BUDGET_S (the whole run's time, default
 # 470 s: every step's timeout is cut to fit), ACTMEM_CTEST_JOBS (default 8), ACTMEM_COMPARE_ARGS
-# (more arguments for actmem_compare), ACTMEM_COMPARE_SIZE (default small: the models still train
+# (more arguments for actmem_compare, default --steps 5), ACTMEM_COMPARE_SIZE (default small: the models still train
 # on the CPU, since the hooks' CUDA side is not built yet, and `full` on a CPU would not finish;
 # set it to full once it is), ACTMEM_TORCH_DEPTHS (ResNet depths for the torch step, default
 # 164,1001).
@@ -342,9 +342,11 @@ if [[ -n $bench_off ]]; then
 elif [[ ! -x $compare_bin ]]; then
   skip compare "$compare_bin was not built (see build.log)"
 else
+  # The models train on CPU tensors (the hooks' CUDA side is the GPU issue's): the host backend
+  # makes their bytes the device's, as on the build machines.
   # shellcheck disable=SC2086  # ACTMEM_COMPARE_ARGS is a list of words
-  run compare "$compare_log" "$compare_bin" --size "${ACTMEM_COMPARE_SIZE:-small}" \
-    --out "$out/results" ${ACTMEM_COMPARE_ARGS:-}
+  run compare "$compare_log" env ACTMEM_BACKEND=host "$compare_bin" \
+    --size "${ACTMEM_COMPARE_SIZE:-small}" --out "$out/results" ${ACTMEM_COMPARE_ARGS:---steps 5}
   finish compare "$rc" "results in results/" "$compare_log"
 fi
 

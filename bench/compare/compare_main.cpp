@@ -5,6 +5,8 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <functional>
+#include <memory>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -15,9 +17,11 @@
 #include <vector>
 
 #include "allocator/config.h"
+#include "allocator/stats.h"
 #include "bench/compare/comparison_reporter.h"
 #include "bench/compare/max_batch.h"
 #include "bench/compare/summary_builder.h"
+#include "bench/compare/target_comparison.h"
 #include "bench/compare/training_run.h"
 #include "hooks/install.h"
 #include "models/catalogue.h"
@@ -31,23 +35,27 @@ Trains each model under each policy and compares peak device memory, step time a
 batch that fits a budget; prints the table and writes <out>/summary.{md,json,svg}.
 
   --models LIST        comma-separated, from resnet,densenet,lstm,vnet (default: all)
-  --policies LIST      from keep,recompute,offload,auto (default: keep,recompute,offload,auto)
+  --policies LIST      from keep,recompute,offload,auto (default: all; keep is always measured:
+                       it is the reference)
   --size LIST          from tiny,small,full (default: small)
   --auto-budgets LIST  auto's budgets, as percentages of what keep reserved above the bytes
                        allocated at the step's start (default: 75,50,30)
-  --budget BYTES       the budget for the max-batch search, e.g. 512MiB (default: per model, the
-                       bytes keep reserved at the size's batch)
+  --budget BYTES       the budget for the max-batch search and auto's row at it, e.g. 512MiB
+                       (default: per model, the bytes keep reserved at the size's batch)
   --no-max-batch       skip the max-batch search
-  --warmup N           unmeasured steps per run first (default: 3: auto profiles its first step
-                       and refines its plan over the next ones; every policy warms up alike, so
-                       that gradients compare after the same number of steps)
-  --steps N            measured steps per run, after the warm-up (default: 2)
+  --warmup N           steps each row takes before its memory is measured (default: 3: auto
+                       profiles its first step and refines its plan over the next ones)
+  --steps N            measured steps per row, taken in turns with the other rows of the model
+                       (default: 7, so that each of up to 7 rows starts a round once)
   --out DIR            where the summary goes (default: results)
   --help               this text
 
 A budget of P% lets a step reserve the bytes allocated at its start (weights, gradients, momentum,
 the batch) plus P% of what keep reserved above them. Every figure is measured in this run; ratios
-are against keep.
+are against keep. The rows of a model take turns, step by step, so that neither order nor warm-up
+favours one (bench/compare/target_comparison.h); a row that runs out of memory within its budget
+"does not fit". The exit status is 1 when a row failed otherwise, when its gradients differ from
+keep's, or when it reserved more than its budget; 2 for bad options.
 )";
 
 struct Options {
@@ -58,7 +66,7 @@ struct Options {
   std::int64_t max_batch_budget = 0;
   bool max_batch = true;
   int warmup = 3;
-  int steps = 2;
+  int steps = 7;
   std::string out = "results";
 };
 
@@ -117,6 +125,9 @@ Options parse_options(int argc, char** argv, std::vector<char*>& rest) {
     } else if (arg == "--policies") {
       options.policies = split_list(value());
       check_members(options.policies, {"keep", "recompute", "offload", "auto"}, arg);
+      options.policies.erase(std::remove(options.policies.begin(), options.policies.end(), "keep"),
+                             options.policies.end());
+      options.policies.insert(options.policies.begin(), "keep");
     } else if (arg == "--size" || arg == "--sizes") {
       options.sizes.clear();
       for (const std::string& item : split_list(value())) {
@@ -138,6 +149,10 @@ Options parse_options(int argc, char** argv, std::vector<char*>& rest) {
       options.steps = parse_int(value(), arg, 1, 1000);
     } else if (arg == "--out") {
       options.out = value();
+    } else if (arg.rfind("--benchmark_filter", 0) == 0) {
+      throw std::invalid_argument(
+          "--benchmark_filter would leave rows out of the turns they take together: choose rows "
+          "with --models and --policies");
     } else if (arg.rfind("--benchmark_", 0) == 0) {
       rest.push_back(argv[i]);
     } else {
@@ -147,21 +162,16 @@ Options parse_options(int argc, char** argv, std::vector<char*>& rest) {
   return options;
 }
 
-// What keep did for a model at a size, measured once per run: the reference for ratios, budgets
-// and gradient differences.
-struct Baseline {
-  StepCost cost;
-  std::vector<std::vector<float>> grads;
-};
-
-// A model at a size: what a baseline, a budget and a row belong to.
+// A model at a size: what a comparison and its rows belong to.
 struct Target {
   std::string model;
   models::Size size;
   std::string name() const { return model + " (" + models::to_string(size) + ")"; }
-  std::string key() const { return model + "/" + models::to_string(size); }
 };
 
+// The main job's benchmarks: per model and size, one per row (reporting what the model's
+// TargetComparison measured, all rows together, when its first row runs) and one max-batch search
+// per policy.
 class Comparison {
  public:
   explicit Comparison(Options options) : options_(std::move(options)) {}
@@ -170,145 +180,124 @@ class Comparison {
     for (const models::Size size : options_.sizes) {
       for (const std::string& model : options_.models) {
         const Target target{model, size};
+        std::vector<RowSpec> rows;
         for (const std::string& policy : options_.policies) {
           if (policy == "auto") {
-            for (int percent : options_.auto_budgets) add_step(target, policy, percent);
+            for (int percent : options_.auto_budgets) rows.push_back({policy, percent, false});
+            rows.push_back({policy, 0, true});
+          } else {
+            rows.push_back({policy, 0, false});
           }
-          add_step(target, policy, 0);
-          if (options_.max_batch) add_max_batch(target, policy);
+        }
+        TargetComparison::Options target_options;
+        target_options.warmup = options_.warmup;
+        target_options.rounds = options_.steps;
+        target_options.max_batch_budget_bytes = options_.max_batch_budget;
+        auto comparison =
+            std::make_shared<TargetComparison>(model, size, rows, target_options);
+        for (std::size_t i = 0; i < rows.size(); ++i) add_row(target, comparison, i, rows[i]);
+        if (options_.max_batch) {
+          for (const std::string& policy : options_.policies) {
+            add_max_batch(target, comparison, policy);
+          }
         }
       }
     }
   }
 
+  // Rows whose gradients differ from keep's, or that reserved more than their budget.
+  const std::vector<std::string>& problems() const { return problems_; }
+
  private:
-  void progress(const std::string& what) {
-    std::fprintf(stderr, "[%d/%d] %s\n", ++done_, total_, what.c_str());
-  }
-
-  static RunSpec spec(const Target& target, const std::string& policy) {
-    RunSpec s;
-    s.model = target.model;
-    s.size = target.size;
-    s.policy = policy;
-    return s;
-  }
-
-  // Runs the warm-up steps and `steps` measured ones; returns the median cost.
-  StepCost measure(TrainingRun& run) {
-    for (int i = 0; i < options_.warmup; ++i) run.step();
-    std::vector<StepCost> costs;
-    for (int i = 0; i < options_.steps; ++i) costs.push_back(run.step());
-    std::sort(costs.begin(), costs.end(),
-              [](const StepCost& a, const StepCost& b) { return a.seconds < b.seconds; });
-    StepCost median = costs[costs.size() / 2];
-    for (const StepCost& c : costs) median.peak_bytes = std::max(median.peak_bytes, c.peak_bytes);
-    return median;
-  }
-
-  const Baseline& baseline(const Target& target) {
-    auto it = baselines_.find(target.key());
-    if (it != baselines_.end()) return it->second;
-    TrainingRun run(spec(target, "keep"));
-    Baseline b{measure(run), run.gradients()};
-    return baselines_.emplace(target.key(), std::move(b)).first->second;
-  }
-
-  // keep's allocated bytes at the step's start plus `percent` of what it reserved above them.
-  std::int64_t auto_budget(const Target& target, int percent) {
-    const StepCost& keep = baseline(target).cost;
-    return keep.start_bytes + (keep.reserved_bytes - keep.start_bytes) * percent / 100;
-  }
-
-  std::int64_t max_batch_budget(const Target& target) {
-    return options_.max_batch_budget > 0 ? options_.max_batch_budget
-                                         : baseline(target).cost.reserved_bytes;
-  }
-
-  void add_step(const Target& target, const std::string& policy, int percent) {
-    ++total_;
-    const std::string name =
-        run_name("step", target.model, models::to_string(target.size), policy, percent);
-    benchmark::RegisterBenchmark(
-        name.c_str(),
-        [=](benchmark::State& state) {
-          progress(target.name() + " " + policy +
-                   (percent > 0 ? " at " + std::to_string(percent) + "% budget" : "") + ": steps");
-          try {
-            RunSpec s = spec(target, policy);
-            if (policy == "auto") {
-              s.budget_bytes =
-                  percent > 0 ? auto_budget(target, percent) : max_batch_budget(target);
-            }
-            StepCost cost;
-            std::vector<std::vector<float>> grads;
-            for (auto _ : state) {
-              TrainingRun run(s);
-              cost = measure(run);
-              grads = run.gradients();
-              state.SetIterationTime(cost.seconds);
-              s.batch = run.spec().batch;
-            }
-            if (policy == "keep") baselines_.emplace(target.key(), Baseline{cost, grads});
-            const Baseline& keep = baseline(target);
-            state.counters[kCounterBatch] = static_cast<double>(s.batch);
-            state.counters[kCounterBudget] = static_cast<double>(s.budget_bytes);
-            state.counters[kCounterPeak] = static_cast<double>(cost.peak_bytes);
-            state.counters[kCounterReserved] = static_cast<double>(cost.reserved_bytes);
-            state.counters[kCounterStepSeconds] = cost.seconds;
-            state.counters[kCounterSamplesPerSecond] = static_cast<double>(s.batch) / cost.seconds;
-            state.counters[kCounterOffloaded] = static_cast<double>(cost.offloaded_bytes);
-            state.counters[kCounterRecomputed] = static_cast<double>(cost.recomputed_bytes);
-            state.counters[kCounterGradDiff] = max_abs_difference(grads, keep.grads);
-            state.counters["peak_vs_keep"] =
-                static_cast<double>(cost.peak_bytes) / static_cast<double>(keep.cost.peak_bytes);
-            state.counters["time_vs_keep"] = cost.seconds / keep.cost.seconds;
-            state.SetItemsProcessed(s.batch);
-          } catch (const std::exception& e) {
-            state.SkipWithError(e.what());
-          }
-        })
+  static void register_one(const std::string& name, std::function<void(benchmark::State&)> body) {
+    benchmark::RegisterBenchmark(name.c_str(), std::move(body))
         ->Iterations(1)
         ->UseManualTime()
         ->Unit(benchmark::kMillisecond);
   }
 
-  void add_max_batch(const Target& target, const std::string& policy) {
-    ++total_;
+  void add_row(const Target& target, const std::shared_ptr<TargetComparison>& comparison,
+               std::size_t index, const RowSpec& row) {
+    const std::string name = run_name("step", target.model, models::to_string(target.size),
+                                      row.policy, row.budget_percent);
+    register_one(name, [=](benchmark::State& state) {
+      try {
+        const RowResult& r = comparison->results()[index];
+        const RowResult& keep = comparison->results()[0];
+        for (auto _ : state) state.SetIterationTime(r.fits ? r.time.median : 0);
+        state.counters[kCounterBatch] = static_cast<double>(r.spec.batch);
+        state.counters[kCounterBudget] = static_cast<double>(r.spec.budget_bytes);
+        state.counters[kCounterFits] = r.fits ? 1 : 0;
+        if (!r.fits) {
+          state.counters[kCounterLeastBudget] = static_cast<double>(r.least_budget_bytes);
+          return;
+        }
+        state.counters[kCounterPeak] = static_cast<double>(r.peak_bytes);
+        state.counters[kCounterReserved] = static_cast<double>(r.memory.reserved_bytes);
+        state.counters[kCounterStepSeconds] = r.time.median;
+        state.counters[kCounterStepSecondsMin] = r.time.least;
+        state.counters[kCounterStepSecondsMax] = r.time.greatest;
+        state.counters[kCounterMeasuredSteps] = r.measured_steps;
+        state.counters[kCounterSamplesPerSecond] =
+            static_cast<double>(r.spec.batch) / r.time.median;
+        state.counters[kCounterOffloaded] = static_cast<double>(r.offloaded_bytes);
+        state.counters[kCounterRecomputed] = static_cast<double>(r.recomputed_bytes);
+        state.counters[kCounterGradDiff] = r.grad_max_abs_diff_vs_keep;
+        state.counters["peak_vs_keep"] =
+            static_cast<double>(r.peak_bytes) / static_cast<double>(keep.peak_bytes);
+        state.counters["time_vs_keep"] = r.time.median / keep.time.median;
+        state.SetItemsProcessed(r.spec.batch);
+        check(name, r);
+      } catch (const std::exception& e) {
+        state.SkipWithError(e.what());
+      }
+    });
+  }
+
+  // What makes the job fail although the row ran: the promise of exactness, or of the budget.
+  void check(const std::string& name, const RowResult& r) {
+    if (r.grad_max_abs_diff_vs_keep != 0) {
+      problems_.push_back(name + ": its gradients differ from keep's by up to " +
+                          std::to_string(r.grad_max_abs_diff_vs_keep));
+    }
+    if (r.spec.budget_bytes > 0 && r.memory.reserved_bytes > r.spec.budget_bytes) {
+      problems_.push_back(name + ": reserved " + alloc::format_bytes(r.memory.reserved_bytes) +
+                          ", over its budget of " + alloc::format_bytes(r.spec.budget_bytes));
+    }
+  }
+
+  void add_max_batch(const Target& target, const std::shared_ptr<TargetComparison>& comparison,
+                     const std::string& policy) {
     const std::string name =
         run_name("max_batch", target.model, models::to_string(target.size), policy);
-    benchmark::RegisterBenchmark(
-        name.c_str(),
-        [=](benchmark::State& state) {
-          progress(target.name() + " " + policy + ": max-batch search");
-          try {
-            RunSpec s = spec(target, policy);
-            s.budget_bytes = max_batch_budget(target);
-            const std::int64_t start = models::default_batch(target.model, target.size);
-            MaxBatch found;
-            for (auto _ : state) {
-              found = search_max_batch(
-                  [&](std::int64_t batch) { return probe_training_step(s, batch); }, start,
-                  16 * start, /*resolution=*/0.125);
-              state.SetIterationTime(found.seconds_per_sample * static_cast<double>(found.batch));
-            }
-            state.counters[kCounterMaxBatch] = static_cast<double>(found.batch);
-            state.counters[kCounterMaxBatchBudget] = static_cast<double>(s.budget_bytes);
-            state.counters[kCounterMaxBatchSecondsPerSample] = found.seconds_per_sample;
-            state.counters["probes"] = found.probes;
-          } catch (const std::exception& e) {
-            state.SkipWithError(e.what());
-          }
-        })
-        ->Iterations(1)
-        ->UseManualTime()
-        ->Unit(benchmark::kMillisecond);
+    register_one(name, [=](benchmark::State& state) {
+      std::fprintf(stderr, "%s %s: the largest batch that fits\n", target.name().c_str(),
+                   policy.c_str());
+      try {
+        RunSpec spec;
+        spec.model = target.model;
+        spec.size = target.size;
+        spec.policy = policy;
+        spec.budget_bytes = comparison->max_batch_budget();
+        const std::int64_t start = models::default_batch(target.model, target.size);
+        MaxBatch found;
+        for (auto _ : state) {
+          found = search_max_batch(
+              [&](std::int64_t batch) { return probe_training_step(spec, batch); }, start,
+              16 * start, /*resolution=*/0.125);
+          state.SetIterationTime(found.seconds_per_sample * static_cast<double>(found.batch));
+        }
+        state.counters[kCounterMaxBatch] = static_cast<double>(found.batch);
+        state.counters[kCounterMaxBatchBudget] = static_cast<double>(spec.budget_bytes);
+        state.counters["probes"] = found.probes;
+      } catch (const std::exception& e) {
+        state.SkipWithError(e.what());
+      }
+    });
   }
 
   Options options_;
-  std::map<std::string, Baseline> baselines_;  // by Target::key()
-  int done_ = 0;
-  int total_ = 0;
+  std::vector<std::string> problems_;
 };
 
 std::string machine_description() {
@@ -343,5 +332,8 @@ int main(int argc, char** argv) {
   ComparisonReporter reporter(options.out, machine_description(), command);
   benchmark::RunSpecifiedBenchmarks(&reporter);
   benchmark::Shutdown();
-  return reporter.failures().empty() ? 0 : 1;
+  for (const std::string& problem : comparison.problems()) {
+    std::printf("FAILED %s\n", problem.c_str());
+  }
+  return reporter.failures().empty() && comparison.problems().empty() ? 0 : 1;
 }

@@ -40,9 +40,11 @@ MaxBatch search_max_batch(const std::function<Probe(std::int64_t batch)>& probe,
 Probe probe_training_step(RunSpec spec, std::int64_t batch) {
   spec.batch = batch;
   try {
+    // Each step from an empty cache, as the memory step of the row whose reserved bytes may be
+    // the budget: what fits does not depend on what other runs left cached.
     TrainingRun run(spec);
-    run.step();
-    return {true, run.step().seconds};
+    run.step(/*fresh_cache=*/true);
+    return {true, run.step(/*fresh_cache=*/true).seconds};
   } catch (const alloc::OutOfMemoryError&) {
     return {false, 0};
   }

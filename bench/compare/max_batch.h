@@ -28,8 +28,8 @@ MaxBatch search_max_batch(const std::function<Probe(std::int64_t batch)>& probe,
                           std::int64_t limit, double resolution = 0.0);
 
 // A probe that trains spec's model at the given batch under spec's policy and budget for two
-// steps (the first allocates gradients and momentum): fits unless the allocator ran out of memory.
-// Other errors propagate.
+// steps (the first allocates gradients and momentum), each from an empty allocator cache: fits
+// unless the allocator ran out of memory. Other errors propagate.
 Probe probe_training_step(RunSpec spec, std::int64_t batch);
 
 }  // namespace actmem::bench

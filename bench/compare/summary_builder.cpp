@@ -53,9 +53,14 @@ void SummaryBuilder::add_run(const std::string& name,
   if (parts[0] == "step") {
     row.budget_bytes = integer(counters, kCounterBudget);
     row.batch = integer(counters, kCounterBatch);
+    row.fits = counters.count(kCounterFits) == 0 || counter(counters, kCounterFits) != 0;
+    row.least_budget_bytes = integer(counters, kCounterLeastBudget);
     row.peak_bytes = integer(counters, kCounterPeak);
     row.reserved_bytes = integer(counters, kCounterReserved);
     row.step_seconds = counter(counters, kCounterStepSeconds);
+    row.step_seconds_min = counter(counters, kCounterStepSecondsMin);
+    row.step_seconds_max = counter(counters, kCounterStepSecondsMax);
+    row.measured_steps = integer(counters, kCounterMeasuredSteps);
     row.samples_per_second = counter(counters, kCounterSamplesPerSecond);
     row.offloaded_bytes = integer(counters, kCounterOffloaded);
     row.recomputed_bytes = integer(counters, kCounterRecomputed);
@@ -63,7 +68,6 @@ void SummaryBuilder::add_run(const std::string& name,
   } else {
     row.max_batch = integer(counters, kCounterMaxBatch);
     row.max_batch_budget_bytes = integer(counters, kCounterMaxBatchBudget);
-    row.max_batch_seconds_per_sample = counter(counters, kCounterMaxBatchSecondsPerSample);
   }
 }
 

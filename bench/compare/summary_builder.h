@@ -18,14 +18,18 @@ inline constexpr const char* kCounterBatch = "batch";
 inline constexpr const char* kCounterBudget = "budget_bytes";
 inline constexpr const char* kCounterPeak = "peak_bytes";
 inline constexpr const char* kCounterReserved = "reserved_bytes";
-inline constexpr const char* kCounterStepSeconds = "step_seconds";
+inline constexpr const char* kCounterFits = "fits";  // 1 or 0
+inline constexpr const char* kCounterLeastBudget = "least_budget_bytes";
+inline constexpr const char* kCounterStepSeconds = "step_seconds";  // the median
+inline constexpr const char* kCounterStepSecondsMin = "step_seconds_min";
+inline constexpr const char* kCounterStepSecondsMax = "step_seconds_max";
+inline constexpr const char* kCounterMeasuredSteps = "measured_steps";
 inline constexpr const char* kCounterSamplesPerSecond = "samples_per_second";
 inline constexpr const char* kCounterOffloaded = "offloaded_bytes";
 inline constexpr const char* kCounterRecomputed = "recomputed_bytes";
 inline constexpr const char* kCounterGradDiff = "grad_max_abs_diff_vs_keep";
 inline constexpr const char* kCounterMaxBatch = "max_batch";
 inline constexpr const char* kCounterMaxBatchBudget = "max_batch_budget_bytes";
-inline constexpr const char* kCounterMaxBatchSecondsPerSample = "max_batch_seconds_per_sample";
 
 // "step/resnet/small/auto@50%" for (step, resnet, small, auto, 50); percent 0 means none.
 std::string run_name(const std::string& kind, const std::string& model, const std::string& size,

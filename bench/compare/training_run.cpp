@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "hooks/install.h"
+#include "hooks/rng_state.h"
 #include "models/catalogue.h"
 #include "policy/policy.h"
 #include "policy/policy_config.h"
@@ -20,30 +21,68 @@ BudgetGuard::BudgetGuard(std::int64_t budget_bytes) : previous_(device_memory().
 
 BudgetGuard::~BudgetGuard() { device_memory().set_budget(previous_); }
 
-namespace {
-std::int64_t empty_cache_then(std::int64_t budget_bytes) {
-  device_memory().empty_cache();
-  return budget_bytes;
-}
-}  // namespace
+// One turn of a run on the device: its state back, its budget, RNG and scope in force; undone in
+// reverse, however the step ends.
+class TrainingRun::Turn {
+ public:
+  Turn(TrainingRun& run, bool fresh_cache) : run_(run), budget_(run.spec_.budget_bytes) {
+    run_.parked_.unpark();
+    if (fresh_cache) device_memory().empty_cache();
+    others_rng_ = RngState::capture();
+    run_.rng_state_.restore();
+    run_.paused_.reset();
+  }
+  ~Turn() {
+    run_.paused_.emplace(*run_.scope_);
+    run_.rng_state_ = RngState::capture();
+    others_rng_.restore();
+    run_.parked_.park(run_.device_state());
+  }
+  Turn(const Turn&) = delete;
+  Turn& operator=(const Turn&) = delete;
 
-TrainingRun::TrainingRun(const RunSpec& spec)
-    : spec_(spec), budget_(empty_cache_then(spec.budget_bytes)) {
+ private:
+  TrainingRun& run_;
+  BudgetGuard budget_;
+  RngState others_rng_;
+};
+
+TrainingRun::TrainingRun(const RunSpec& spec) : spec_(spec) {
+  install();  // before the first tensor: the model's bytes are device bytes
   if (spec_.batch <= 0) spec_.batch = models::default_batch(spec_.model, spec_.size);
-  model_ = models::make_model(spec_.model, spec_.size, spec_.seed);
+  const RngState others_rng = RngState::capture();
+  model_ = models::make_model(spec_.model, spec_.size, spec_.seed);  // seeds the CPU generator
   batch_ = model_->make_batch(spec_.batch, spec_.seed);
   optimizer_ = models::make_optimizer(*model_);
+  rng_state_ = RngState::capture();
+  others_rng.restore();
   const PolicyConfig config = PolicyConfig::from_environment();  // ACTMEM_LOG, min offload size
   ScopeOptions options;
   options.offload_min_bytes = config.offload_min_bytes;
   options.log = config.log;
   scope_ = std::make_unique<ActivationScope>(
       make_device_policy(spec_.policy, config.offload_min_bytes, config.log), options);
+  paused_.emplace(*scope_);
+  parked_.park(device_state());
 }
 
 TrainingRun::~TrainingRun() = default;
 
-StepCost TrainingRun::step() {
+std::vector<at::Tensor> TrainingRun::device_state() const {
+  std::vector<at::Tensor> state = {batch_.input, batch_.target};
+  for (const at::Tensor& p : model_->parameters()) {
+    state.push_back(p);
+    state.push_back(p.grad());
+  }
+  for (const at::Tensor& b : model_->buffers()) state.push_back(b);
+  for (const auto& [key, param_state] : optimizer_->state()) {
+    state.push_back(static_cast<const torch::optim::SGDParamState&>(*param_state).momentum_buffer());
+  }
+  return state;
+}
+
+StepCost TrainingRun::step(bool fresh_cache) {
+  Turn turn(*this, fresh_cache);
   alloc::CachingAllocator& memory = device_memory();
   const ActivationStats before = scope_->stats();
   StepCost cost;
@@ -64,7 +103,12 @@ StepCost TrainingRun::step() {
   return cost;
 }
 
-std::vector<std::vector<float>> TrainingRun::gradients() const { return gradients_of(*model_); }
+std::vector<std::vector<float>> TrainingRun::gradients() {
+  parked_.unpark();
+  std::vector<std::vector<float>> grads = gradients_of(*model_);
+  parked_.park(device_state());
+  return grads;
+}
 
 std::vector<std::vector<float>> gradients_of(const torch::nn::Module& module) {
   std::vector<std::vector<float>> grads;

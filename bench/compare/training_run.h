@@ -8,7 +8,9 @@
 #include <string>
 #include <vector>
 
+#include "bench/compare/parked_storages.h"
 #include "hooks/activation_scope.h"
+#include "hooks/rng_state.h"
 #include "models/model.h"
 #include "models/training.h"
 
@@ -44,29 +46,42 @@ class BudgetGuard {
   std::optional<std::size_t> previous_;
 };
 
+// A training run keeps to itself between its steps: its weights, gradients, optimizer state and
+// batch are parked in host memory, its scope is paused and its CPU RNG state is put aside. So
+// runs can take turns on one device (the main job interleaves its rows), each step seeing only
+// its own run's bytes under its own budget and drawing the random numbers it would draw alone.
 class TrainingRun {
  public:
-  // Empties the device allocator's cache (so that reserved bytes are this run's), sets the
-  // budget, and builds the model, its batch and optimizer, and the policy's scope. Throws
-  // std::invalid_argument for an unknown model or policy.
+  // Builds the model (weights from spec.seed), its batch and optimizer, and the policy's scope,
+  // and parks them. Leaves the CPU RNG as it found it. Throws std::invalid_argument for an
+  // unknown model or policy.
   explicit TrainingRun(const RunSpec& spec);
   ~TrainingRun();
+  TrainingRun(const TrainingRun&) = delete;
+  TrainingRun& operator=(const TrainingRun&) = delete;
 
-  // One training step, measured. An allocator::OutOfMemoryError propagates: the step did not fit.
-  StepCost step();
+  // One training step, measured. Outside the measured time: unparks the run, sets its budget, RNG
+  // state and scope (and, with `fresh_cache`, empties the allocator's cache first, so that the
+  // reserved bytes are this step's own), then parks it all again, however the step ends. An
+  // alloc::OutOfMemoryError propagates: the step did not fit.
+  StepCost step(bool fresh_cache = false);
 
-  // Each parameter's gradient after the last step, copied out of device memory (so that holding
-  // it does not count against a later run's budget).
-  std::vector<std::vector<float>> gradients() const;
+  // Each parameter's gradient after the last step, copied out of device memory.
+  std::vector<std::vector<float>> gradients();
   const RunSpec& spec() const { return spec_; }
 
  private:
+  class Turn;  // what step() sets up and undoes
+  std::vector<at::Tensor> device_state() const;
+
   RunSpec spec_;
-  BudgetGuard budget_;
   std::shared_ptr<models::Model> model_;
   models::Batch batch_;
   std::unique_ptr<torch::optim::SGD> optimizer_;
+  RngState rng_state_;  // the CPU generator's, between steps
   std::unique_ptr<ActivationScope> scope_;
+  std::optional<ActivationScope::Pause> paused_;  // after scope_: resumes it before it goes
+  ParkedStorages parked_;
 };
 
 // Each parameter's gradient, copied out of device memory.

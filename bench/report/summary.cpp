@@ -57,6 +57,13 @@ std::optional<double> seconds_per_sample(const SummaryRow& row) {
   return row.step_seconds / static_cast<double>(row.batch);
 }
 
+// "does not fit: needs ≥ 120 MiB", or without the bound when it is unknown.
+std::string does_not_fit(const SummaryRow& row) {
+  std::string text = "does not fit";
+  if (row.least_budget_bytes > 0) text += ": needs ≥ " + mib(row.least_budget_bytes) + " MiB";
+  return text;
+}
+
 std::string policy_label(const SummaryRow& row) {
   if (row.budget_bytes <= 0) return row.policy;
   return row.policy + " @ " + mib(row.budget_bytes) + " MiB";
@@ -175,8 +182,15 @@ std::string max_batch_cell(const SummaryRow& row) {
   if (row.max_batch < 0) return kDash;
   std::string cell = std::to_string(row.max_batch);
   if (row.max_batch_budget_bytes > 0) cell += " @ " + mib(row.max_batch_budget_bytes) + " MiB";
-  if (row.max_batch_seconds_per_sample > 0) {
-    cell += " (" + significant(row.max_batch_seconds_per_sample * 1e3) + " ms/sample)";
+  return cell;
+}
+
+// "533 (520–561)": the median step in ms, and the least and greatest measured.
+std::string step_cell(const SummaryRow& row) {
+  std::string cell = significant(row.step_seconds * 1e3);
+  if (row.measured_steps > 1) {
+    cell += " (" + significant(row.step_seconds_min * 1e3) + kDash +
+            significant(row.step_seconds_max * 1e3) + ")";
   }
   return cell;
 }
@@ -279,7 +293,7 @@ double draw_chart(SvgWriter& svg, const Group& group, const Metric& metric, doub
   const double bar_area = chart_width - label_width - kValueRoom;
   double largest = 0;
   for (const SummaryRow* row : group.rows) {
-    const std::optional<double> value = metric.value(*row);
+    const std::optional<double> value = row->fits ? metric.value(*row) : std::nullopt;
     if (value && std::isfinite(*value)) largest = std::max(largest, *value);
   }
   const std::optional<double> keep_value =
@@ -292,12 +306,14 @@ double draw_chart(SvgWriter& svg, const Group& group, const Metric& metric, doub
     const double row_top = rows_top + static_cast<double>(i) * kRowHeight;
     const double baseline = row_top + kRowHeight / 2 + 4;
     svg.text(bar_left - 6, baseline, policy_label(row), "text-anchor=\"end\"");
-    const std::optional<double> value = metric.value(row);
+    const std::optional<double> value = row.fits ? metric.value(row) : std::nullopt;
     const bool known = value && std::isfinite(*value);
     const double width = known && largest > 0 ? bar_area * std::max(*value, 0.0) / largest : 0;
     svg.rect(bar_left, row_top + (kRowHeight - kBarHeight) / 2, width, kBarHeight,
              std::string("bar ") + metric.css_class, policy_colour(row.policy));
-    std::string label = known ? significant(*value) + " " + metric.unit : "n/a";
+    std::string label = known ? significant(*value) + " " + metric.unit
+                        : row.fits ? "n/a"
+                                   : does_not_fit(row);
     if (known && &row != group.keep && keep_value) {
       if (const std::optional<double> r = ratio(*value, *keep_value)) {
         label += " (" + fixed(*r, 2) + "× keep)";
@@ -332,13 +348,18 @@ std::string to_json(const Summary& summary) {
     append_member(out, "policy", row.policy);
     append_member(out, "budget_bytes", row.budget_bytes);
     append_member(out, "batch", row.batch);
+    out += ",\"fits\":";
+    out += row.fits ? "true" : "false";
+    append_member(out, "least_budget_bytes", row.least_budget_bytes);
     append_member(out, "peak_bytes", row.peak_bytes);
     append_member(out, "reserved_bytes", row.reserved_bytes);
     append_member(out, "step_seconds", row.step_seconds);
+    append_member(out, "step_seconds_min", row.step_seconds_min);
+    append_member(out, "step_seconds_max", row.step_seconds_max);
+    append_member(out, "measured_steps", row.measured_steps);
     append_member(out, "samples_per_second", row.samples_per_second);
     append_member(out, "max_batch", row.max_batch);
     append_member(out, "max_batch_budget_bytes", row.max_batch_budget_bytes);
-    append_member(out, "max_batch_seconds_per_sample", row.max_batch_seconds_per_sample);
     append_member(out, "offloaded_bytes", row.offloaded_bytes);
     append_member(out, "recomputed_bytes", row.recomputed_bytes);
     append_member(out, "grad_max_abs_diff_vs_keep", row.grad_max_abs_diff_vs_keep);
@@ -356,8 +377,10 @@ std::string to_markdown(const Summary& summary) {
       "Peak: device bytes allocated during a training step above the step's start. Ratios are "
       "against the `keep` row of the same model and size (" +
       std::string(kDash) +
-      " where there is none). Max batch: the largest batch that fits the budget, with its time "
-      "per sample. Grad diff: the largest |grad - keep's grad| over every parameter.\n";
+      " where there is none). Step: the median of the measured steps in ms, with the least and "
+      "greatest in brackets. Max batch: the largest batch that fits the budget named. Grad diff: "
+      "the largest |grad - keep's grad| over every parameter. A row that ran out of memory within "
+      "its budget does not fit; the budget it needs is at least the one named.\n";
   const std::vector<Group> groups = group_rows(summary);
   if (groups.empty()) out += "\nNo rows.\n";
   for (const Group& group : groups) {
@@ -367,6 +390,15 @@ std::string to_markdown(const Summary& summary) {
         "| samples/s | max batch | offloaded (MiB) | recomputed (MiB) | grad diff |\n"
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n";
     for (const SummaryRow* row : group.rows) {
+      if (!row->fits) {
+        out += "| " + markdown_text(policy_label(*row)) + " | " + std::to_string(row->batch) +
+               " | " + markdown_text(does_not_fit(*row)) + " |";
+        for (int i = 0; i < 5; ++i) out += " " + std::string(kDash) + " |";
+        out += " " + max_batch_cell(*row) + " |";
+        for (int i = 0; i < 3; ++i) out += " " + std::string(kDash) + " |";
+        out += "\n";
+        continue;
+      }
       const std::optional<double> peak_ratio =
           group.keep ? ratio(static_cast<double>(row->peak_bytes),
                              static_cast<double>(group.keep->peak_bytes))
@@ -379,7 +411,7 @@ std::string to_markdown(const Summary& summary) {
           mib(row->peak_bytes),
           ratio_cell(peak_ratio),
           mib(row->reserved_bytes),
-          significant(row->step_seconds * 1e3),
+          step_cell(*row),
           ratio_cell(step_ratio),
           significant(row->samples_per_second),
           max_batch_cell(*row),

@@ -23,14 +23,20 @@ struct SummaryRow {
   std::string policy;             // "keep", "recompute", "offload", "auto"
   std::int64_t budget_bytes = 0;  // 0: no budget
   std::int64_t batch = 0;
+  // False when a step ran out of memory within the budget: the row has no figures but
+  // least_budget_bytes, a lower bound of the budget the step needs (0 when unknown).
+  bool fits = true;
+  std::int64_t least_budget_bytes = 0;
   // Peak device bytes allocated during the step, above the step's start.
   std::int64_t peak_bytes = 0;
   std::int64_t reserved_bytes = 0;  // peak bytes reserved by the allocator
-  double step_seconds = 0;
-  double samples_per_second = 0;
-  std::int64_t max_batch = -1;  // largest batch that fits the budget; -1 when not searched
+  double step_seconds = 0;          // the median of the measured steps
+  double step_seconds_min = 0;      // their spread
+  double step_seconds_max = 0;
+  std::int64_t measured_steps = 0;
+  double samples_per_second = 0;  // batch / the median step
+  std::int64_t max_batch = -1;    // largest batch that fits the budget; -1 when not searched
   std::int64_t max_batch_budget_bytes = 0;  // the budget max_batch was searched under
-  double max_batch_seconds_per_sample = 0;  // at max_batch; 0 when not searched
   std::int64_t offloaded_bytes = 0;
   std::int64_t recomputed_bytes = 0;
   double grad_max_abs_diff_vs_keep = 0;  // max |grad - keep's grad| over every parameter
@@ -49,16 +55,19 @@ struct Summary {
 std::string to_json(const Summary& summary);
 
 // A heading per model and size, then a table with a line per row: policy (with its budget, as in
-// "auto @ 512 MiB"), batch, peak and reserved MiB, step time, each of peak and step time as a ratio
-// of the keep row's ("–" when there is no keep row or its value is not positive), samples/s, max
-// batch with its time per sample, offloaded and recomputed MiB, and the gradient difference.
+// "auto @ 512 MiB"), batch, peak and reserved MiB, step time (the median, with the least and
+// greatest measured in brackets), each of peak and step time as a ratio of the keep row's ("–"
+// when there is no keep row or its value is not positive), samples/s, max batch and the budget it
+// was searched under, offloaded and recomputed MiB, and the gradient difference. A row that does
+// not fit says so ("does not fit: needs ≥ X MiB") in place of its figures.
 std::string to_markdown(const Summary& summary);
 
 // A self-contained SVG (no scripts, no external resources): per model and size, a bar chart of
 // peak memory and one of time per sample (step_seconds / batch), one bar per row in each, coloured
 // by policy, with the value and its ratio to the keep row written at the bar, axis labels and a
 // legend. Each bar is a <rect> of class "bar peak" or "bar time"; a value that is not finite, or a
-// time per sample with no batch, gets an empty bar labelled "n/a".
+// time per sample with no batch, gets an empty bar labelled "n/a", and a row that does not fit an
+// empty bar labelled "does not fit: needs ≥ X MiB".
 std::string to_svg(const Summary& summary);
 
 // Writes to_json, to_markdown and to_svg into `directory`/summary.{json,md,svg}, creating the

@@ -11,19 +11,22 @@ namespace actmem::testing {
 namespace {
 
 const char* const kRowFields[] = {
-    "model", "size", "policy", "budget_bytes", "batch", "peak_bytes", "reserved_bytes",
-    "step_seconds", "samples_per_second", "max_batch", "max_batch_budget_bytes",
-    "max_batch_seconds_per_sample", "offloaded_bytes", "recomputed_bytes",
-    "grad_max_abs_diff_vs_keep"};
+    "model", "size", "policy", "budget_bytes", "batch", "fits", "least_budget_bytes",
+    "peak_bytes", "reserved_bytes", "step_seconds", "step_seconds_min", "step_seconds_max",
+    "measured_steps", "samples_per_second", "max_batch", "max_batch_budget_bytes",
+    "offloaded_bytes", "recomputed_bytes", "grad_max_abs_diff_vs_keep"};
 
 TEST(CompareJob, WritesOneRecordPerModelAndPolicyWithEveryField) {
   const std::string out = temp_path("compare");
   const ProcessResult result = run_process(
       std::string(ACTMEM_COMPARE) +
-      " --size tiny --models lstm --policies keep,recompute,offload --steps 1 --out " + out);
+      " --size tiny --models lstm --policies keep,recompute,offload --steps 2 --out " + out);
   ASSERT_EQ(result.exit_code, 0) << result.output;
-  EXPECT_NE(result.output.find("[1/6] lstm (tiny) keep: steps"), std::string::npos)
-      << "a progress line per run";
+  EXPECT_NE(result.output.find("lstm (tiny) keep: 3 warm-up steps and a memory step"),
+            std::string::npos)
+      << "a progress line per phase";
+  EXPECT_NE(result.output.find("lstm (tiny): 3 rows take turns: a shared round, then 2 measured"),
+            std::string::npos);
   EXPECT_NE(result.output.find("## lstm (tiny)"), std::string::npos) << "the table on the terminal";
 
   const Json summary = parse_json(read_file(out + "/summary.json"));
@@ -38,6 +41,10 @@ TEST(CompareJob, WritesOneRecordPerModelAndPolicyWithEveryField) {
     EXPECT_GT(row.at("peak_bytes").number(), 0) << policy;
     EXPECT_GT(row.at("max_batch").number(), 0) << policy;
     EXPECT_EQ(row.at("grad_max_abs_diff_vs_keep").number(), 0.0) << policy;
+    EXPECT_TRUE(row.at("fits").boolean) << policy;
+    EXPECT_EQ(row.at("measured_steps").number(), 2) << policy;
+    EXPECT_LE(row.at("step_seconds_min").number(), row.at("step_seconds").number()) << policy;
+    EXPECT_GE(row.at("step_seconds_max").number(), row.at("step_seconds").number()) << policy;
     if (policy == "keep") keep_peak = static_cast<std::int64_t>(row.at("peak_bytes").number());
   }
   EXPECT_EQ(rows.items[0].at("policy").text, "keep");
@@ -46,6 +53,24 @@ TEST(CompareJob, WritesOneRecordPerModelAndPolicyWithEveryField) {
   EXPECT_GT(rows.items[2].at("offloaded_bytes").number(), 0);
   EXPECT_NE(read_file(out + "/summary.md").find("| recompute |"), std::string::npos);
   EXPECT_EQ(read_file(out + "/summary.svg").rfind("<svg", 0), 0u);
+}
+
+// A budget a step cannot fit is an outcome of its row, not a failure of the job.
+TEST(CompareJob, ARowThatDoesNotFitIsReportedAndTheJobSucceeds) {
+  const std::string out = temp_path("compare_tight");
+  const ProcessResult result =
+      run_process(std::string(ACTMEM_COMPARE) +
+                  " --size tiny --models lstm --policies auto --auto-budgets 5 --no-max-batch "
+                  "--warmup 1 --steps 1 --out " + out);
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  const Json rows = parse_json(read_file(out + "/summary.json")).at("rows");
+  ASSERT_EQ(rows.items.size(), 3u) << "keep, auto at 5 %, auto at keep's reserved bytes";
+  EXPECT_EQ(rows.items[0].at("policy").text, "keep") << "keep is always the reference";
+  const Json& tight = rows.items[1];
+  EXPECT_FALSE(tight.at("fits").boolean);
+  EXPECT_GT(tight.at("least_budget_bytes").number(), tight.at("budget_bytes").number());
+  EXPECT_TRUE(rows.items[2].at("fits").boolean);
+  EXPECT_NE(read_file(out + "/summary.md").find("does not fit: needs ≥"), std::string::npos);
 }
 
 TEST(CompareJob, RefusesBadOptionsNamingThem) {
@@ -60,6 +85,7 @@ TEST(CompareJob, RefusesBadOptionsNamingThem) {
       {"--budget lots", "--budget"},
       {"--frobnicate", "unknown option '--frobnicate' (see --help)"},
       {"--out", "--out needs a value"},
+      {"--benchmark_filter=lstm", "choose rows with --models and --policies"},
   };
   for (const Case& c : cases) {
     const ProcessResult result = run_process(compare + " " + c.args);

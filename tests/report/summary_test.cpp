@@ -56,7 +56,7 @@ SummaryRow make_row(const std::string& model, const std::string& size, const std
 // Two models, each under keep, recompute and offload, every field distinct from its neighbours'.
 Summary two_models_three_policies() {
   Summary summary;
-  summary.machine = "x86_64, 2 cores, CPU LibTorch 1.13";
+  summary.machine = "x86_64, 2 cores, CPU LibTorch 2.11";
   summary.command = "./run.sh --sizes small";
   const char* const policies[] = {"keep", "recompute", "offload"};
   std::int64_t n = 0;
@@ -70,7 +70,9 @@ Summary two_models_three_policies() {
       row.reserved_bytes = n * 11 * kMiB + 1;
       row.samples_per_second = 1000.5 + static_cast<double>(n);
       row.max_batch = 64 + n;
-      row.max_batch_seconds_per_sample = 0.001 * static_cast<double>(n);
+      row.step_seconds_min = row.step_seconds * 0.75;
+      row.step_seconds_max = row.step_seconds * 1.5;
+      row.measured_steps = 4 + n;
       row.offloaded_bytes = n * 3 + 1;
       row.recomputed_bytes = n * 5 + 2;
       row.grad_max_abs_diff_vs_keep = 1e-7 * static_cast<double>(n);
@@ -85,13 +87,17 @@ const char* const kRowFields[] = {"model",
                                   "policy",
                                   "budget_bytes",
                                   "batch",
+                                  "fits",
+                                  "least_budget_bytes",
                                   "peak_bytes",
                                   "reserved_bytes",
                                   "step_seconds",
+                                  "step_seconds_min",
+                                  "step_seconds_max",
+                                  "measured_steps",
                                   "samples_per_second",
                                   "max_batch",
                                   "max_batch_budget_bytes",
-                                  "max_batch_seconds_per_sample",
                                   "offloaded_bytes",
                                   "recomputed_bytes",
                                   "grad_max_abs_diff_vs_keep"};
@@ -130,12 +136,17 @@ TEST(SummaryJson, EveryFieldOfEveryRowByName) {
     EXPECT_EQ(got.at("reserved_bytes").text, as_text(want.reserved_bytes));
     EXPECT_EQ(got.at("max_batch").text, as_text(want.max_batch));
     EXPECT_EQ(got.at("max_batch_budget_bytes").text, as_text(want.max_batch_budget_bytes));
+    EXPECT_EQ(got.at("measured_steps").text, as_text(want.measured_steps));
+    EXPECT_EQ(got.at("least_budget_bytes").text, as_text(want.least_budget_bytes));
+    EXPECT_EQ(got.at("fits").type, Json::Type::kBool);
+    EXPECT_TRUE(got.at("fits").boolean);
     EXPECT_EQ(got.at("offloaded_bytes").text, as_text(want.offloaded_bytes));
     EXPECT_EQ(got.at("recomputed_bytes").text, as_text(want.recomputed_bytes));
     // Doubles round-trip exactly.
     EXPECT_EQ(got.at("step_seconds").number(), want.step_seconds);
     EXPECT_EQ(got.at("samples_per_second").number(), want.samples_per_second);
-    EXPECT_EQ(got.at("max_batch_seconds_per_sample").number(), want.max_batch_seconds_per_sample);
+    EXPECT_EQ(got.at("step_seconds_min").number(), want.step_seconds_min);
+    EXPECT_EQ(got.at("step_seconds_max").number(), want.step_seconds_max);
     EXPECT_EQ(got.at("grad_max_abs_diff_vs_keep").number(), want.grad_max_abs_diff_vs_keep);
   }
 }
@@ -179,14 +190,14 @@ TEST(SummaryJson, NonFiniteDoublesAreNull) {
   SummaryRow row = make_row("lstm", "tiny", "offload", kMiB, 1.0);
   row.step_seconds = std::numeric_limits<double>::quiet_NaN();
   row.samples_per_second = std::numeric_limits<double>::infinity();
-  row.max_batch_seconds_per_sample = -std::numeric_limits<double>::infinity();
+  row.step_seconds_max = -std::numeric_limits<double>::infinity();
   row.grad_max_abs_diff_vs_keep = std::numeric_limits<double>::quiet_NaN();
   summary.rows.push_back(row);
   const std::string json = to_json(summary);
   Json document;
   ASSERT_NO_THROW(document = parse_json(json)) << json;
   const Json& got = document.at("rows").items.at(0);
-  for (const char* field : {"step_seconds", "samples_per_second", "max_batch_seconds_per_sample",
+  for (const char* field : {"step_seconds", "samples_per_second", "step_seconds_max",
                             "grad_max_abs_diff_vs_keep"}) {
     EXPECT_EQ(got.at(field).type, Json::Type::kNull) << field;
   }
@@ -309,7 +320,7 @@ TEST(SummaryMarkdown, BudgetMaxBatchAndZeroKeepValuesReadably) {
   SummaryRow auto_row = make_row("lstm", "tiny", "auto", 3 * kMiB, 0.5);
   auto_row.budget_bytes = 512 * kMiB;
   auto_row.max_batch = 96;
-  auto_row.max_batch_seconds_per_sample = 0.00125;
+  auto_row.max_batch_budget_bytes = 256 * kMiB;
   auto_row.offloaded_bytes = 3 * kMiB / 2;
   auto_row.recomputed_bytes = 0;
   summary.rows.push_back(auto_row);
@@ -319,11 +330,49 @@ TEST(SummaryMarkdown, BudgetMaxBatchAndZeroKeepValuesReadably) {
   const auto& line = table.at("auto @ 512 MiB");
   EXPECT_EQ(line.at("peak vs keep"), "–") << "keep's peak is 0: no ratio";
   EXPECT_EQ(line.at("step vs keep"), "–") << "keep's step time is 0: no ratio";
-  EXPECT_EQ(line.at("max batch"), "96 (1.25 ms/sample)");
+  EXPECT_EQ(line.at("max batch"), "96 @ 256 MiB");
   EXPECT_EQ(line.at("offloaded (MiB)"), "1.50");
   EXPECT_EQ(line.at("recomputed (MiB)"), "0");
   EXPECT_EQ(line.at("step (ms)"), "500");
   EXPECT_EQ(table.at("keep").at("max batch"), "–") << "not searched";
+}
+
+TEST(SummaryMarkdown, TheStepIsTheMedianWithItsSpread) {
+  Summary summary;
+  SummaryRow keep = make_row("vnet", "small", "keep", 100 * kMiB, 0.5);
+  keep.step_seconds_min = 0.48;
+  keep.step_seconds_max = 0.61;
+  keep.measured_steps = 5;
+  summary.rows.push_back(keep);
+  SummaryRow single = make_row("vnet", "small", "recompute", 50 * kMiB, 0.75);
+  single.measured_steps = 1;
+  summary.rows.push_back(single);
+  const auto table = table_under(to_markdown(summary), "vnet (small)");
+  EXPECT_EQ(table.at("keep").at("step (ms)"), "500 (480–610)");
+  EXPECT_EQ(table.at("recompute").at("step (ms)"), "750") << "one step has no spread";
+}
+
+TEST(SummaryMarkdown, ARowThatDoesNotFitSaysWhatItNeeds) {
+  Summary summary;
+  summary.rows.push_back(make_row("lstm", "small", "keep", 100 * kMiB, 0.5));
+  SummaryRow tight = make_row("lstm", "small", "auto", 0, 0);
+  tight.budget_bytes = 30 * kMiB;
+  tight.fits = false;
+  tight.least_budget_bytes = 45 * kMiB;
+  summary.rows.push_back(tight);
+  SummaryRow unknown = tight;
+  unknown.budget_bytes = 20 * kMiB;
+  unknown.least_budget_bytes = 0;
+  summary.rows.push_back(unknown);
+  const std::string markdown = to_markdown(summary);
+  const auto table = table_under(markdown, "lstm (small)");  // throws on a ragged line
+  EXPECT_EQ(table.at("auto @ 30.0 MiB").at("peak (MiB)"), "does not fit: needs ≥ 45.0 MiB");
+  EXPECT_EQ(table.at("auto @ 30.0 MiB").at("step (ms)"), "–");
+  EXPECT_EQ(table.at("auto @ 30.0 MiB").at("grad diff"), "–");
+  EXPECT_EQ(table.at("auto @ 20.0 MiB").at("peak (MiB)"), "does not fit");
+  const Json row = parse_json(to_json(summary)).at("rows").items.at(1);
+  EXPECT_FALSE(row.at("fits").boolean);
+  EXPECT_EQ(row.at("least_budget_bytes").text, as_text(45 * kMiB));
 }
 
 TEST(SummaryMarkdown, MarkupInNamesIsEscaped) {
@@ -488,6 +537,20 @@ TEST(SummarySvg, NonFiniteAndMissingValuesGetEmptyBars) {
   EXPECT_EQ(count(svg, "class=\"bar time\""), 2u);
   EXPECT_EQ(count(svg, ">n/a<"), 2u) << svg;
   EXPECT_EQ(count(svg, "nan"), 0u) << svg;
+}
+
+TEST(SummarySvg, ARowThatDoesNotFitGetsEmptyBarsSayingSo) {
+  Summary summary;
+  summary.rows.push_back(make_row("lstm", "small", "keep", 100 * kMiB, 0.5));
+  SummaryRow tight = make_row("lstm", "small", "auto", 0, 0);
+  tight.budget_bytes = 30 * kMiB;
+  tight.fits = false;
+  tight.least_budget_bytes = 45 * kMiB;
+  summary.rows.push_back(tight);
+  const std::string svg = to_svg(summary);
+  EXPECT_EQ(xml_problem(svg), "") << svg;
+  EXPECT_EQ(count(svg, ">does not fit: needs ≥ 45.0 MiB<"), 2u) << "in both charts\n" << svg;
+  EXPECT_EQ(count(svg, "width=\"0.0\""), 2u) << svg;
 }
 
 TEST(SummarySvg, DeterministicAndEmptyIsValid) {
