@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <sstream>
+#include <stdexcept>
 
 #include "hooks/activation_scope.h"
 #include "hooks/engine.h"
@@ -50,6 +52,10 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
     SavedTensorInfo info;
     e.bytes = static_cast<std::int64_t>(tensor.numel()) * tensor.element_size();
     e.packed_at = std::chrono::steady_clock::now();
+    e.version_counter = tensor.unsafeGetTensorImpl()->version_counter();
+    e.version = e.version_counter.enabled() ? e.version_counter.current_version() : 0;
+    e.dtype = tensor.scalar_type();
+    e.device = tensor.device();
     info.bytes = e.bytes;
     info.segment = frame ? frame->name : "";
     info.shape.assign(tensor.sizes().begin(), tensor.sizes().end());
@@ -110,6 +116,8 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
     if (action == Action::kKeep) e.kept = tensor.detach();
     e.action = action;
     scope_->record_pack(entry_, info, tensor, segment_input, copy_ns);
+    e.sizes = std::move(info.shape);
+    e.segment = std::move(info.segment);
 
     const std::int64_t bytes = e.bytes;
     scope_->count([&](ActivationStats& s) {
@@ -135,6 +143,7 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
   }
 
   at::Tensor call_unpack_hook() override {
+    check_version();
     // Read the entry under its lock, but restore or rerun without it: either may allocate, and
     // an allocation may run the pressure handler, which looks at entries.
     Action action;
@@ -151,6 +160,7 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
       copy_ns = elapsed_ns(start);
     } else if (action == Action::kRecompute) {
       tensor = entry_->frame->take(entry_->index);
+      check_recomputed(tensor);
     }
     scope_->record_unpack(*entry_);
     const std::int64_t bytes = entry_->bytes;
@@ -165,6 +175,39 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
   }
 
  private:
+  // PyTorch's check, in PyTorch's words (it skips it for tensors saved through hooks): whatever
+  // the policy did with the tensor, backward must not use one changed in place since it was saved.
+  void check_version() const {
+    const SavedEntry& e = *entry_;
+    if (!e.version_counter.enabled()) return;
+    const std::uint32_t current = e.version_counter.current_version();
+    if (current == e.version) return;
+    std::ostringstream message;
+    message << "one of the variables needed for gradient computation has been modified by an "
+               "inplace operation: ["
+            << c10::DeviceTypeName(e.device.type()) << c10::toString(e.dtype) << "Type "
+            << c10::IntArrayRef(e.sizes) << "] is at version " << current
+            << "; expected version " << e.version << " instead.";
+    if (!e.segment.empty()) message << " (actmem: it was saved in segment '" << e.segment << "')";
+    message << " Hint: enable anomaly detection to find the operation that failed to compute "
+               "its gradient, with torch.autograd.set_detect_anomaly(True).";
+    TORCH_CHECK(false, message.str());
+  }
+
+  // A rerun that saved something else in this place (another shape or dtype: a module switched
+  // to eval mode, an input of another size) must fail here, not inside a backward kernel.
+  void check_recomputed(const at::Tensor& tensor) const {
+    const SavedEntry& e = *entry_;
+    if (tensor.sizes() == c10::IntArrayRef(e.sizes) && tensor.scalar_type() == e.dtype) return;
+    std::ostringstream message;
+    message << "actmem: segment '" << e.segment << "' saved a " << c10::toString(e.dtype) << " "
+            << c10::IntArrayRef(e.sizes) << " tensor in its forward, but a "
+            << c10::toString(tensor.scalar_type()) << " " << tensor.sizes()
+            << " one in its place when rerun: its function must do the same work given the same "
+               "inputs, RNG state and modules' training flags";
+    throw std::runtime_error(message.str());
+  }
+
   std::shared_ptr<ScopeState> scope_;
   std::shared_ptr<SavedEntry> entry_;
 };
@@ -215,14 +258,36 @@ std::unique_ptr<Policy> make_device_policy(const std::string& name, std::size_t 
 ActivationScope::ActivationScope(std::shared_ptr<Policy> policy, ScopeOptions options)
     : state_(std::make_shared<detail::ScopeState>(std::move(policy), options)),
       previous_(detail::t_active_scope) {
-  if (state_->policy().evicts_under_pressure()) {
-    std::weak_ptr<detail::ScopeState> weak = state_;
-    pressure_handler_ = device_memory().add_pressure_handler([weak](std::size_t bytes) {
-      const std::shared_ptr<detail::ScopeState> state = weak.lock();
-      return state ? state->evict(bytes) : 0;
-    });
-  }
+  add_pressure_handler();
   detail::t_active_scope = state_;
+}
+
+void ActivationScope::add_pressure_handler() {
+  if (!state_->policy().evicts_under_pressure()) return;
+  std::weak_ptr<detail::ScopeState> weak = state_;
+  pressure_handler_ = device_memory().add_pressure_handler([weak](std::size_t bytes) {
+    const std::shared_ptr<detail::ScopeState> state = weak.lock();
+    return state ? state->evict(bytes) : 0;
+  });
+}
+
+void ActivationScope::remove_pressure_handler() {
+  if (pressure_handler_) device_memory().remove_pressure_handler(*pressure_handler_);
+  pressure_handler_.reset();
+}
+
+ActivationScope::Pause::Pause(ActivationScope& scope) : scope_(scope) {
+  if (detail::t_active_scope != scope_.state_) {
+    throw std::logic_error(
+        "actmem: ActivationScope::Pause: the scope is not the one active on this thread");
+  }
+  scope_.remove_pressure_handler();
+  detail::t_active_scope = scope_.previous_;
+}
+
+ActivationScope::Pause::~Pause() {
+  detail::t_active_scope = scope_.state_;
+  scope_.add_pressure_handler();
 }
 
 std::unique_ptr<ActivationScope> ActivationScope::from_environment() {
@@ -235,7 +300,7 @@ std::unique_ptr<ActivationScope> ActivationScope::from_environment() {
 }
 
 ActivationScope::~ActivationScope() {
-  if (pressure_handler_) device_memory().remove_pressure_handler(*pressure_handler_);
+  remove_pressure_handler();
   detail::t_active_scope = std::move(previous_);
 }
 

@@ -479,6 +479,8 @@ std::size_t ScopeState::evict(std::size_t bytes_needed) {
   if (evicted == 0 && dropped == 0 && freed <= 0) {
     // Nothing left to send out: say what the step needs instead of a bare out-of-memory.
     const std::optional<std::size_t> budget = device.budget();
+    const std::int64_t least_budget = (budget ? static_cast<std::int64_t>(*budget) : 0) +
+                                      static_cast<std::int64_t>(bytes_needed);
     throw BudgetTooSmallError(
         "actmem: the budget of " +
             alloc::format_bytes(budget ? static_cast<std::int64_t>(*budget) : 0) +
@@ -491,10 +493,13 @@ std::size_t ScopeState::evict(std::size_t bytes_needed) {
                  ? ", the difference free but in segments that still hold live blocks"
                  : "") +
             ") and " + alloc::format_bytes(static_cast<std::int64_t>(bytes_needed)) +
-            " more than the budget must be reserved to go on; raise ACTMEM_BUDGET to at least " +
-            alloc::format_bytes((budget ? static_cast<std::int64_t>(*budget) : 0) +
-                                static_cast<std::int64_t>(bytes_needed)),
-        bytes_needed);
+            " more than the budget must be reserved to go on: ACTMEM_BUDGET must be at least " +
+            alloc::format_bytes(least_budget) +
+            ". That is a lower bound, what the step needs at this point: its later allocations "
+            "may need more, and the allocator reserves memory in segments (2 MiB for requests up "
+            "to 1 MiB, 20 MiB for those under 10 MiB), so the budget a step fits in can be up to a "
+            "segment above the bytes it allocates",
+        bytes_needed, static_cast<std::size_t>(least_budget));
   }
   count([&](ActivationStats& s) {
     s.evictions += evicted;

@@ -46,6 +46,15 @@ struct SavedEntry {
   std::shared_ptr<SegmentFrame> frame;
   std::int64_t index = -1;  // its pack index within the frame
   std::int64_t bytes = 0;
+  // The saved tensor's version counter (it holds no memory) and its version at pack time: an
+  // unpack after an in-place change is PyTorch's error, as without hooks (PyTorch checks versions
+  // only for tensors saved without hooks). Its type and sizes, for that error's message.
+  c10::VariableVersion version_counter;
+  std::uint32_t version = 0;
+  c10::ScalarType dtype = c10::ScalarType::Undefined;
+  c10::Device device = c10::Device(c10::DeviceType::CPU);
+  std::vector<std::int64_t> sizes;
+  std::string segment;  // its segment's name, "" outside segments
   std::chrono::steady_clock::time_point packed_at;
   std::uint64_t step = 0;           // the step it was packed in
   std::int64_t profile_index = -1;  // its row in that step's profile, -1 when not recorded

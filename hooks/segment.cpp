@@ -1,13 +1,13 @@
 #include "hooks/segment.h"
 
 #include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/GradMode.h>
 
 #include <algorithm>
 #include <chrono>
 #include <stdexcept>
 
+#include "hooks/rng_use.h"
 #include "hooks/segment_frame.h"
 
 namespace actmem {
@@ -24,53 +24,23 @@ thread_local SegmentFrame* t_taking_frame = nullptr;
 // Thrown by capture() once the rerun produced every tensor it must: stops the rerun early.
 struct StopRerun {};
 
-// The default CPU generator's state as bytes. (LibTorch 1.13's Generator::clone() leaks its
-// clone, a few KiB for every segment and every rerun: the state is copied out instead.)
-std::vector<std::uint8_t> cpu_rng_state() {
-  at::Generator generator = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(generator.mutex());
-  const at::Tensor state = generator.get_state();
-  const auto* bytes = state.data_ptr<std::uint8_t>();
-  return {bytes, bytes + state.numel()};
-}
-
-void set_cpu_rng_state(std::vector<std::uint8_t>& state) {
-  at::Generator generator = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(generator.mutex());
-  generator.set_state(
-      at::from_blob(state.data(), {static_cast<std::int64_t>(state.size())}, at::kByte));
-}
-
-// Restores the CPU generator and the module's buffers when a rerun ends, however it ends.
-class RerunGuard {
+// The rerun's thread-local state: hooks that capture what it saves, and no forward frame (a
+// segment called inside the rerun just runs). Undone however the rerun ends.
+class CapturingGuard {
  public:
-  RerunGuard(SegmentFrame& frame) : frame_(frame) {
-    rng_before_ = cpu_rng_state();
-    set_cpu_rng_state(frame.cpu_rng_state);
-    if (frame.module != nullptr) {
-      at::NoGradGuard no_grad;
-      for (const at::Tensor& buffer : frame.module->buffers()) buffers_.push_back(buffer.clone());
-    }
-    previous_capture_ = t_capturing_frame;
-    previous_forward_ = std::move(t_forward_frame);
+  explicit CapturingGuard(SegmentFrame& frame)
+      : previous_capture_(t_capturing_frame), previous_forward_(std::move(t_forward_frame)) {
     t_capturing_frame = &frame;
     t_forward_frame = nullptr;
   }
-  ~RerunGuard() {
+  ~CapturingGuard() {
     t_capturing_frame = previous_capture_;
     t_forward_frame = std::move(previous_forward_);
-    set_cpu_rng_state(rng_before_);
-    if (frame_.module != nullptr) {
-      at::NoGradGuard no_grad;
-      std::size_t i = 0;
-      for (at::Tensor buffer : frame_.module->buffers()) buffer.copy_(buffers_[i++]);
-    }
   }
+  CapturingGuard(const CapturingGuard&) = delete;
+  CapturingGuard& operator=(const CapturingGuard&) = delete;
 
  private:
-  SegmentFrame& frame_;
-  std::vector<std::uint8_t> rng_before_;
-  std::vector<at::Tensor> buffers_;
   SegmentFrame* previous_capture_;
   std::shared_ptr<SegmentFrame> previous_forward_;
 };
@@ -124,7 +94,9 @@ void SegmentFrame::capture(const at::Tensor& tensor) {
   if (index < static_cast<std::int64_t>(wanted_.size()) && wanted_[index]) {
     recomputed_[index] = tensor.detach();
   }
-  if (index >= last_wanted_) throw StopRerun{};
+  // Once the last tensor the rerun must produce is there, the rest of the segment need not run;
+  // unless it draws random numbers, when it runs to the end for the generator check.
+  if (index >= last_wanted_ && !context.drew()) throw StopRerun{};
 }
 
 TensorList SegmentFrame::rerun_inputs() {
@@ -166,12 +138,15 @@ void SegmentFrame::rerun() {
     if (wanted_[i]) last_wanted_ = i;
   }
   {
-    RerunGuard guard(*this);
-    at::AutoGradMode grad_mode(true);
+    ForwardContext::Rerun in_force(context);
+    CapturingGuard capturing(*this);
+    bool stopped = false;
     try {
       fn(args);
     } catch (const StopRerun&) {
+      stopped = true;
     }
+    if (!stopped) in_force.finish(name);
   }
   outstanding_ = 0;
   for (std::int64_t i = 0; i < packs; ++i) {
@@ -213,14 +188,17 @@ at::Tensor SegmentFrame::take(std::int64_t index) {
 TensorList segment(const std::string& name, const SegmentFn& fn, const TensorList& inputs,
                    torch::nn::Module* module) {
   const std::shared_ptr<detail::ScopeState>& scope = detail::active_scope();
-  // Outside a scope, inside another segment (flattened) or inside a rerun: just run it.
-  if (!scope || detail::forward_frame() || detail::capturing_frame() != nullptr) {
+  // Outside a scope or inside a rerun: just run it. Inside another segment's forward: flattened
+  // into it, which restores this one's module too when it reruns.
+  if (!scope || detail::capturing_frame() != nullptr) return fn(inputs);
+  if (const std::shared_ptr<detail::SegmentFrame>& outer = detail::forward_frame()) {
+    outer->context.add_module(module);
     return fn(inputs);
   }
   auto frame = std::make_shared<detail::SegmentFrame>();
   frame->name = name;
   frame->fn = fn;
-  frame->module = module;
+  frame->context.add_module(module);
   frame->scope = scope;
   for (const at::Tensor& input : inputs) {
     at::Tensor saved = input.detach();
@@ -229,7 +207,6 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
     frame->input_versions.push_back(input._version());
     frame->input_counters.push_back(input.unsafeGetTensorImpl()->version_counter());
   }
-  frame->cpu_rng_state = detail::cpu_rng_state();
   detail::t_forward_frame = frame;
   struct Reset {
     ~Reset() { detail::t_forward_frame = nullptr; }
@@ -239,11 +216,17 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
       c10::GradMode::is_enabled() ? scope->begin_segment(name) : std::nullopt;
   const auto start = std::chrono::steady_clock::now();
   TensorList outputs;
-  try {
-    outputs = fn(inputs);
-  } catch (...) {
-    if (bracket) scope->end_segment(*bracket);
-    throw;
+  {
+    // Only a rerun needs to know whether the forward drew random numbers.
+    const std::optional<RngUseWatch> watch =
+        scope->policy().may_recompute() ? std::make_optional<RngUseWatch>() : std::nullopt;
+    try {
+      outputs = fn(inputs);
+    } catch (...) {
+      if (bracket) scope->end_segment(*bracket);
+      throw;
+    }
+    frame->context.forward_ended(watch && watch->drew());
   }
   if (bracket) scope->end_segment(*bracket);
   frame->forward_ns = detail::elapsed_ns(start);

@@ -7,17 +7,31 @@
 // Contract:
 // - Outside an ActivationScope, segment() just calls fn.
 // - Inside one, every tensor saved while fn runs carries the segment's name to the policy. The
-//   segment keeps its inputs, the CPU RNG state, and (when the policy recomputes any of its
-//   tensors) reruns fn in backward, at the first unpack that needs it: with grad mode on, the
-//   saved RNG state, and `module`'s buffers restored afterwards, so BatchNorm running stats are
-//   updated once per step as without actmem. The rerun stops as soon as every tensor it must
-//   produce again has been produced, and each recomputed tensor is released when backward
-//   consumes it.
-// - Nested segments are flattened into the outermost one: one segment, one recompute.
-// - fn must be deterministic given its inputs and the RNG state, and `module` must outlive the
-//   backward pass. A second backward (retain_graph=true) recomputes again.
+//   segment keeps its inputs and what its forward ran under, and (when the policy recomputes any of
+//   its tensors) reruns fn in backward, at the first unpack that needs it, under that context
+//   again: grad mode; autocast's state for the CPU and CUDA (enabled, dtype); the training flag of
+//   `module` and its submodules; and, when the forward drew random numbers, the CPU generator's
+//   state. `module`'s buffers are put back after the rerun, so BatchNorm running stats move once
+//   per step as without actmem. The rerun stops as soon as every tensor it must produce again has
+//   been produced (it runs to the end when the forward drew random numbers), and each recomputed
+//   tensor is released when backward consumes it.
+// - A forward that drew no random numbers (no operator taking a Generator ran in it) leaves the
+//   generator alone in its rerun, so other threads' draws are never disturbed. One that drew is
+//   rerun from the generator's state of its forward, and that state is put back after: while
+//   that rerun runs, another thread drawing from the same default generator would get its numbers
+//   from the wrong place. actmem detects it (the rerun does not end where the forward did) and
+//   throws, naming the segment; such programs must keep or offload those segments, or give the
+//   other thread a generator of its own.
+// - Nested segments are flattened into the outermost one (one segment, one recompute); the modules
+//   the inner ones name are restored with it.
+// - A saved tensor changed in place after it was saved is PyTorch's error at unpack, under every
+//   policy, naming the segment. An input changed in place after the segment ran cannot be rerun:
+//   an error naming the segment, where plain LibTorch (if no op saved that input) would go on.
+// - fn must be deterministic given its inputs and that context, and `module` must outlive the
+//   backward pass. A second backward (retain_graph=true) recomputes again. A rerun that saves a
+//   tensor of another shape or dtype than the forward did is an error naming the segment.
 // - If fn throws, nothing is left active and the error propagates; if the rerun in backward
-//   throws, the RNG state and buffers are restored and the error surfaces from backward.
+//   throws, the context is restored and the error surfaces from backward.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "hooks/forward_context.h"
 #include "hooks/scope_state.h"
 #include "hooks/segment.h"
 
@@ -23,8 +24,9 @@ struct SegmentFrame {
   // a rerun on an input changed in place since would compute something else.
   std::vector<std::int64_t> input_versions;
   std::vector<c10::VariableVersion> input_counters;
-  std::vector<std::uint8_t> cpu_rng_state;  // the default CPU generator's, when it began
-  torch::nn::Module* module = nullptr;
+  // What the forward ran under (generator, autocast, grad mode, the modules' training flags): in
+  // force again while the segment is rerun. Written by the forward's thread while it runs.
+  ForwardContext context;
   std::shared_ptr<ScopeState> scope;
 
   // Filled during the forward, read by ScopeState::settle when it ends: the kept entries that may

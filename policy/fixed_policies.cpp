@@ -10,6 +10,7 @@ class KeepPolicy final : public Policy {
  public:
   const char* name() const override { return "keep"; }
   Action decide(const SavedTensorInfo&) override { return Action::kKeep; }
+  bool may_recompute() const override { return false; }
 };
 
 class RecomputePolicy final : public Policy {
@@ -24,6 +25,7 @@ class OffloadPolicy final : public Policy {
  public:
   const char* name() const override { return "offload"; }
   Action decide(const SavedTensorInfo&) override { return Action::kOffload; }
+  bool may_recompute() const override { return false; }
 };
 
 }  // namespace

@@ -44,6 +44,9 @@ class Policy {
   // each step and hand it to end_step after its backward; when evicts_under_pressure(), they
   // offload kept tensors when the device allocator runs short of its budget.
   virtual bool wants_profile() const { return false; }
+  // False for a policy that never has a segment rerun (its decisions are never kRecompute and it
+  // does not evict): the hooks then skip what only a rerun needs.
+  virtual bool may_recompute() const { return true; }
   virtual bool evicts_under_pressure() const { return false; }
   virtual void end_step(const StepProfile& /*profile*/) {}
 };

@@ -1,0 +1,111 @@
+#include "hooks/forward_context.h"
+
+#include <ATen/autocast_mode.h>
+#include <c10/core/GradMode.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <unordered_set>
+
+namespace actmem::detail {
+
+ForwardContext::Autocast ForwardContext::Autocast::of(c10::DeviceType device) {
+  return {at::autocast::is_autocast_enabled(device), at::autocast::get_autocast_dtype(device)};
+}
+
+void ForwardContext::Autocast::apply(c10::DeviceType device) const {
+  at::autocast::set_autocast_enabled(device, enabled);
+  at::autocast::set_autocast_dtype(device, dtype);
+}
+
+ForwardContext::ForwardContext()
+    : rng_start_(RngState::capture()),
+      cpu_(Autocast::of(c10::DeviceType::CPU)),
+      cuda_(Autocast::of(c10::DeviceType::CUDA)),
+      grad_(c10::GradMode::is_enabled()) {}
+
+void ForwardContext::add_module(torch::nn::Module* module) {
+  if (module == nullptr || std::find(modules_.begin(), modules_.end(), module) != modules_.end()) {
+    return;
+  }
+  modules_.push_back(module);
+  // Pre-order, each module after those above it: setting them in this order leaves each with its
+  // own flag, although train() recurses into submodules.
+  training_.emplace_back(module, module->is_training());
+  for (const std::shared_ptr<torch::nn::Module>& m : module->modules(/*include_self=*/false)) {
+    training_.emplace_back(m.get(), m->is_training());
+  }
+}
+
+void ForwardContext::forward_ended(bool drew) {
+  if (drew) rng_end_ = RngState::capture();
+}
+
+ForwardContext::Rerun::Rerun(const ForwardContext& context)
+    : context_(context),
+      cpu_before_(Autocast::of(c10::DeviceType::CPU)),
+      cuda_before_(Autocast::of(c10::DeviceType::CUDA)),
+      cache_before_(at::autocast::is_autocast_cache_enabled()),
+      grad_before_(c10::GradMode::is_enabled()) {
+  // Buffers as they are now, each once (nested modules share theirs), to put back afterwards.
+  {
+    at::NoGradGuard no_grad;
+    std::unordered_set<const c10::TensorImpl*> seen;
+    for (torch::nn::Module* module : context_.modules_) {
+      for (const at::Tensor& buffer : module->buffers()) {
+        if (seen.insert(buffer.unsafeGetTensorImpl()).second) buffers_before_.push_back(buffer);
+      }
+    }
+    for (at::Tensor& buffer : buffers_before_) buffer = std::move(buffer).clone();
+  }
+  for (const auto& [module, training] : context_.training_) {
+    training_before_.push_back(module->is_training());
+  }
+  for (const auto& [module, training] : context_.training_) module->train(training);
+  if (context_.rng_end_) {
+    rng_before_ = RngState::capture();
+    context_.rng_start_.restore();
+  }
+  context_.cpu_.apply(c10::DeviceType::CPU);
+  context_.cuda_.apply(c10::DeviceType::CUDA);
+  // No cached casts: what the rerun casts is freed with it, whatever the caller's cache holds.
+  at::autocast::set_autocast_cache_enabled(false);
+  c10::GradMode::set_enabled(context_.grad_);
+}
+
+void ForwardContext::Rerun::finish(const std::string& segment) const {
+  if (context_.rng_end_ && RngState::capture() != *context_.rng_end_) {
+    throw std::runtime_error(
+        "actmem: segment '" + segment +
+        "' draws random numbers from the default CPU generator, and its rerun did not end where "
+        "its forward did: another thread drew from the generator while the segment ran or was "
+        "recomputed (or the segment's function draws differently each time), so the rerun "
+        "cannot reproduce the forward's numbers. Keep or offload this segment's tensors, or draw "
+        "the other thread's numbers from a generator of its own");
+  }
+}
+
+ForwardContext::Rerun::~Rerun() {
+  c10::GradMode::set_enabled(grad_before_);
+  at::autocast::set_autocast_cache_enabled(cache_before_);
+  cuda_before_.apply(c10::DeviceType::CUDA);
+  cpu_before_.apply(c10::DeviceType::CPU);
+  if (rng_before_) rng_before_->restore();
+  std::size_t i = 0;
+  for (const auto& entry : context_.training_) entry.first->train(training_before_[i++]);
+  at::NoGradGuard no_grad;
+  std::unordered_set<const c10::TensorImpl*> seen;
+  i = 0;
+  for (torch::nn::Module* module : context_.modules_) {
+    for (at::Tensor buffer : module->buffers()) {
+      // Through variable_data(), which has a version counter of its own: the forward saved some
+      // buffers (BatchNorm's running stats) for backward, and putting back the values they had
+      // must not look like an in-place change to them.
+      if (seen.insert(buffer.unsafeGetTensorImpl()).second) {
+        buffer.variable_data().copy_(buffers_before_[i++]);
+      }
+    }
+  }
+}
+
+}  // namespace actmem::detail

@@ -1,0 +1,80 @@
+// Internal: what a segment's forward ran under besides its inputs, captured when it begins and in
+// force again while it is rerun in backward, so that the rerun computes what the forward did:
+// - the default CPU generator's state, when the forward drew random numbers (rng_use.h); a forward
+//   that drew none leaves the generator alone in its rerun;
+// - autocast's state for the CPU and CUDA (enabled, dtype);
+// - grad mode;
+// - the training flag of every module the segment and the segments nested in it named, and their
+//   submodules; their buffers (BatchNorm's running stats) are put back after the rerun, so that
+//   they move once per step.
+#pragma once
+
+#include <c10/core/ScalarType.h>
+#include <torch/nn/module.h>
+
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "hooks/rng_state.h"
+
+namespace actmem::detail {
+
+class ForwardContext {
+  struct Autocast {
+    bool enabled = false;
+    c10::ScalarType dtype = c10::ScalarType::Undefined;
+    static Autocast of(c10::DeviceType device);
+    void apply(c10::DeviceType device) const;
+  };
+
+ public:
+  // Captures autocast, grad mode and the generator's state now, as a segment begins.
+  ForwardContext();
+
+  // A module whose training flag (and its submodules') the rerun must see as now, and whose
+  // buffers it must leave as it finds them. Modules already added are skipped.
+  void add_module(torch::nn::Module* module);
+
+  // The forward has ended: `drew` says whether it drew random numbers. Captures the generator's
+  // state then, to check the rerun against.
+  void forward_ended(bool drew);
+  // Whether the forward drew random numbers: then a rerun must run to the segment's end, so that
+  // Rerun::finish can check where the generator ended.
+  bool drew() const { return rng_end_.has_value(); }
+
+  // While a Rerun lives, the forward's context is in force; it is undone when the Rerun ends,
+  // however it ends. finish() checks that the generator ended where the forward left it: when it
+  // did not, something else drew from it while the forward or the rerun ran (another thread),
+  // and the rerun cannot have reproduced the forward's numbers; throws std::runtime_error naming
+  // `segment`.
+  class Rerun {
+   public:
+    explicit Rerun(const ForwardContext& context);
+    ~Rerun();
+    Rerun(const Rerun&) = delete;
+    Rerun& operator=(const Rerun&) = delete;
+    void finish(const std::string& segment) const;
+
+   private:
+    const ForwardContext& context_;
+    std::optional<RngState> rng_before_;
+    Autocast cpu_before_, cuda_before_;
+    bool cache_before_;
+    bool grad_before_;
+    std::vector<bool> training_before_;
+    std::vector<at::Tensor> buffers_before_;
+  };
+
+ private:
+  RngState rng_start_;
+  std::optional<RngState> rng_end_;  // set when the forward drew
+  Autocast cpu_, cuda_;
+  bool grad_ = true;
+  std::vector<torch::nn::Module*> modules_;
+  // Each module and submodule of modules_, with its training flag when it was added.
+  std::vector<std::pair<torch::nn::Module*, bool>> training_;
+};
+
+}  // namespace actmem::detail

@@ -1,0 +1,31 @@
+// Whether the ops run on this thread draw random numbers: what a segment's forward must know to
+// leave the generators alone in its rerun when it drew none (another thread may be drawing from
+// them: setting and restoring a shared generator's state would undo its draws).
+//
+// It watches the ATen operators called on this thread while it lives, through a thread-local
+// RecordFunction callback, and counts a draw for every operator that takes a Generator (dropout's
+// bernoulli_, randn's normal_, randint, multinomial...): structural, so another thread's draws
+// never count. An operator given its own generator counts too (the answer errs on the side of
+// restoring).
+#pragma once
+
+#include <cstdint>
+
+namespace actmem {
+
+class RngUseWatch {
+ public:
+  RngUseWatch();
+  ~RngUseWatch();
+  RngUseWatch(const RngUseWatch&) = delete;
+  RngUseWatch& operator=(const RngUseWatch&) = delete;
+
+  // True once an operator that takes a Generator ran on this thread since the watch began
+  // (watches nest: an inner one's draws are the outer one's too).
+  bool drew() const;
+
+ private:
+  std::uint64_t draws_at_start_;
+};
+
+}  // namespace actmem

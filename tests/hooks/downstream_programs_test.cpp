@@ -1,0 +1,473 @@
+// Small LibTorch programs written as downstream users write them, not for actmem: each runs plain
+// (no scope: actmem's hooks return nothing and segment() only calls its function, which is what
+// LibTorch does without actmem) and under every policy, and must give plain's digest (losses,
+// gradients, buffers, to the bit) or plain's error. Categories: in-place changes, threads with
+// random numbers, nesting, autocast, train/eval switches, views and dtypes.
+#include <ATen/autocast_mode.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "allocator/errors.h"
+#include "hooks/actmem.h"
+
+namespace actmem {
+namespace {
+
+namespace nn = torch::nn;
+
+using Program = std::function<std::vector<torch::Tensor>()>;  // returns its digest
+
+struct Outcome {
+  std::vector<torch::Tensor> digest;
+  std::string error;  // empty when the program ran to its end
+};
+
+const char* const kPolicies[] = {"keep", "recompute", "offload", "auto"};
+
+std::string error_text(const std::exception& error) {
+  if (const auto* c10_error = dynamic_cast<const c10::Error*>(&error)) {
+    return c10_error->what_without_backtrace();
+  }
+  return error.what();
+}
+
+// Runs `program` plain ("plain") or under a policy, with every tensor eligible for offload.
+Outcome run(const std::string& mode, const Program& program) {
+  install();
+  std::unique_ptr<ActivationScope> scope;
+  if (mode != "plain") {
+    ScopeOptions options;
+    options.offload_min_bytes = 0;
+    scope = std::make_unique<ActivationScope>(make_device_policy(mode, 0), options);
+  }
+  Outcome outcome;
+  try {
+    outcome.digest = program();
+  } catch (const std::exception& error) {
+    outcome.error = error_text(error);
+  }
+  return outcome;
+}
+
+// What must match between two errors: for PyTorch's in-place check, the versions it names (its
+// wording about the op differs: actmem does not know which op saved the tensor); else the first
+// line.
+std::string error_kind(const std::string& error) {
+  // (No std::regex: GCC 12 warns inside it at -O2, and warnings are errors.)
+  const std::size_t inplace = error.find("modified by an inplace operation");
+  const std::size_t at = error.find("is at version ", inplace);
+  const std::size_t expected = error.find("; expected version ", at);
+  if (inplace != std::string::npos && at != std::string::npos && expected != std::string::npos) {
+    const std::size_t from = at + std::string("is at version ").size();
+    const std::size_t wanted = expected + std::string("; expected version ").size();
+    return "in-place: at version " + error.substr(from, expected - from) + ", expected " +
+           error.substr(wanted, error.find_first_not_of("0123456789", wanted) - wanted);
+  }
+  return error.substr(0, error.find('\n'));
+}
+
+void expect_same(const Outcome& plain, const Outcome& outcome, const std::string& policy) {
+  if (!plain.error.empty()) {
+    EXPECT_EQ(error_kind(outcome.error), error_kind(plain.error))
+        << policy << ": plain LibTorch's error was\n  " << plain.error << "\nactmem's is\n  "
+        << outcome.error;
+    return;
+  }
+  ASSERT_EQ(outcome.error, "") << policy;
+  ASSERT_EQ(outcome.digest.size(), plain.digest.size()) << policy;
+  for (std::size_t i = 0; i < plain.digest.size(); ++i) {
+    EXPECT_TRUE(torch::equal(outcome.digest[i], plain.digest[i]))
+        << policy << ": digest entry " << i << " differs";
+  }
+}
+
+// The program, plain and under each policy: plain's digest or plain's error every time.
+void expect_as_plain(const Program& program, bool plain_fails) {
+  const Outcome plain = run("plain", program);
+  ASSERT_EQ(!plain.error.empty(), plain_fails) << plain.error;
+  for (const char* policy : kPolicies) expect_same(plain, run(policy, program), policy);
+}
+
+std::vector<torch::Tensor> grads_of(const nn::Module& module) {
+  std::vector<torch::Tensor> grads;
+  for (const torch::Tensor& p : module.parameters()) grads.push_back(p.grad().clone());
+  return grads;
+}
+
+std::vector<torch::Tensor> digest_of(const torch::Tensor& loss, const nn::Module& module) {
+  std::vector<torch::Tensor> digest = {loss.detach().clone()};
+  for (const torch::Tensor& g : grads_of(module)) digest.push_back(g);
+  for (const torch::Tensor& b : module.buffers()) digest.push_back(b.clone());
+  return digest;
+}
+
+// --- 1. A saved tensor changed in place ---
+
+// Case A: ReLU saved its output; the caller then changes it in place.
+TEST(DownstreamInPlace, ASegmentOutputChangedAfterReLUSavedIt) {
+  expect_as_plain(
+      [] {
+        torch::manual_seed(1);
+        nn::Linear linear(8, 8);
+        const torch::Tensor x = torch::randn({4, 8});
+        torch::Tensor out = segment("relu", [&](const TensorList& in) -> TensorList {
+                              return {torch::relu(linear(in[0]))};
+                            }, {x})[0];
+        out.add_(1.0);
+        const torch::Tensor loss = (out * out).sum();
+        loss.backward();
+        return digest_of(loss, *linear);
+      },
+      /*plain_fails=*/true);
+}
+
+// Case B: an op inside the segment saved its input, which the caller changes after the segment.
+TEST(DownstreamInPlace, ASegmentInputChangedAfterAnOpInsideSavedIt) {
+  expect_as_plain(
+      [] {
+        torch::manual_seed(2);
+        nn::Linear linear(8, 8);
+        torch::Tensor hidden = linear(torch::randn({4, 8}));
+        const torch::Tensor y = segment("sin", [](const TensorList& in) -> TensorList {
+                                  return {in[0].sin()};
+                                }, {hidden})[0];
+        hidden.mul_(2.0);
+        const torch::Tensor loss = y.sum();
+        loss.backward();
+        return digest_of(loss, *linear);
+      },
+      /*plain_fails=*/true);
+}
+
+// A change in place through a view of the saved tensor.
+TEST(DownstreamInPlace, AViewOfASavedTensorChangedInPlace) {
+  expect_as_plain(
+      [] {
+        torch::manual_seed(3);
+        nn::Linear linear(8, 8);
+        const torch::Tensor x = torch::randn({4, 8});
+        torch::Tensor out = segment("exp", [&](const TensorList& in) -> TensorList {
+                              return {linear(in[0]).exp()};
+                            }, {x})[0];
+        out.narrow(0, 0, 2).mul_(3.0);
+        const torch::Tensor loss = out.sum();
+        loss.backward();
+        return digest_of(loss, *linear);
+      },
+      /*plain_fails=*/true);
+}
+
+// In-place changes that autograd allows: before anything saved the tensor, or on a tensor
+// nothing saved.
+TEST(DownstreamInPlace, ChangesNothingSavedAreFine) {
+  expect_as_plain(
+      [] {
+        torch::manual_seed(4);
+        nn::Linear first(8, 8), second(8, 8);
+        const torch::Tensor x = torch::randn({4, 8});
+        torch::Tensor out = segment("two", [&](const TensorList& in) -> TensorList {
+                              torch::Tensor h = first(in[0]);
+                              h.mul_(0.5);  // before anything saved h
+                              return {second(torch::relu(h))};
+                            }, {x})[0];
+        out.add_(1.0);  // the linear layer saves its input, not its output
+        const torch::Tensor loss = out.pow(2).sum();
+        loss.backward();
+        std::vector<torch::Tensor> digest = digest_of(loss, *first);
+        for (const torch::Tensor& g : grads_of(*second)) digest.push_back(g);
+        return digest;
+      },
+      /*plain_fails=*/false);
+}
+
+// --- 2. Two threads, one drawing random numbers ---
+
+// Thread A trains an MLP in segments and draws nothing; thread B draws from the default CPU
+// generator, in and out of segments, at the same time. Each has its own scope. B's numbers and
+// both threads' gradients must be those of the threads run without actmem: A's reruns must leave
+// the generator B draws from alone.
+struct TwoThreads {
+  std::vector<torch::Tensor> a, b;
+};
+
+TwoThreads two_threads(const std::string& mode) {
+  install();
+  torch::manual_seed(5);
+  nn::ModuleList mlp(nn::Linear(32, 64), nn::Linear(64, 64), nn::Linear(64, 1));
+  nn::Linear noisy(32, 32);
+  const torch::Tensor data = torch::randn({16, 32});
+  torch::manual_seed(6);  // what B draws from; A draws nothing
+  auto scope_for = [&]() -> std::unique_ptr<ActivationScope> {
+    if (mode == "plain") return nullptr;
+    ScopeOptions options;
+    options.offload_min_bytes = 0;
+    return std::make_unique<ActivationScope>(make_device_policy(mode, 0), options);
+  };
+  TwoThreads result;
+  std::string a_error, b_error;  // what a thread threw, reported by the test
+  std::thread a([&] {
+    try {
+    const auto scope = scope_for();
+    for (int step = 0; step < 20; ++step) {
+      mlp->zero_grad();
+      torch::Tensor h = data;
+      for (std::size_t i = 0; i < mlp->size(); ++i) {
+        h = segment("a" + std::to_string(i), [&, i](const TensorList& in) -> TensorList {
+              return {mlp->at<nn::LinearImpl>(i).forward(in[0]).tanh()};
+            }, {h})[0];
+      }
+      h.sum().backward();
+    }
+    result.a = grads_of(*mlp);
+    } catch (const std::exception& error) {
+      a_error = error_text(error);
+    }
+  });
+  std::thread b([&] {
+    try {
+    const auto scope = scope_for();
+    std::vector<torch::Tensor> drawn;
+    for (int step = 0; step < 20; ++step) {
+      noisy->zero_grad();
+      const torch::Tensor x = torch::randn({8, 32});
+      const torch::Tensor y = segment("b", [&](const TensorList& in) -> TensorList {
+                                return {torch::dropout(noisy(in[0]), 0.5, /*train=*/true)};
+                              }, {x})[0];
+      y.pow(2).sum().backward();
+      drawn.push_back(x);
+      drawn.push_back(noisy->weight.grad().clone());
+    }
+    result.b = drawn;
+    } catch (const std::exception& error) {
+      b_error = error_text(error);
+    }
+  });
+  a.join();
+  b.join();
+  EXPECT_EQ(a_error, "") << mode << ": thread A";
+  EXPECT_EQ(b_error, "") << mode << ": thread B";
+  return result;
+}
+
+TEST(DownstreamThreads, ASecondThreadsRandomNumbersAreItsOwnUnderEveryPolicy) {
+  const TwoThreads plain = two_threads("plain");
+  for (const char* policy : kPolicies) {
+    for (int attempt = 0; attempt < 5; ++attempt) {  // the threads interleave differently
+      const TwoThreads run = two_threads(policy);
+      ASSERT_EQ(run.b.size(), plain.b.size());
+      for (std::size_t i = 0; i < plain.b.size(); ++i) {
+        ASSERT_TRUE(torch::equal(run.b[i], plain.b[i]))
+            << policy << ", attempt " << attempt << ": thread B's draw or gradient " << i;
+      }
+      for (std::size_t i = 0; i < plain.a.size(); ++i) {
+        ASSERT_TRUE(torch::equal(run.a[i], plain.a[i])) << policy << ": thread A's gradient";
+      }
+    }
+  }
+}
+
+// --- 3. Nested segments that name their modules ---
+
+struct BatchNormBlock : nn::Module {
+  nn::Linear linear{nullptr};
+  nn::BatchNorm1d norm{nullptr};
+  BatchNormBlock() {
+    linear = register_module("linear", nn::Linear(16, 16));
+    norm = register_module("norm", nn::BatchNorm1d(16));
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return torch::relu(norm(linear(x))); }
+};
+
+TEST(DownstreamNesting, InnerSegmentsModulesAreRestoredWithTheOuterOne) {
+  expect_as_plain(
+      [] {
+        torch::manual_seed(7);
+        auto first = std::make_shared<BatchNormBlock>();
+        auto second = std::make_shared<BatchNormBlock>();
+        nn::Sequential both;
+        both->push_back(first);
+        both->push_back(second);
+        const torch::Tensor x = torch::randn({8, 16});
+        torch::Tensor loss;
+        for (int step = 0; step < 2; ++step) {
+          both->zero_grad();
+          const torch::Tensor y = segment("outer", [&](const TensorList& in) -> TensorList {
+                                    const torch::Tensor a = segment("inner0", *first,
+                                        [&](const torch::Tensor& t) { return first->forward(t); },
+                                        in[0]);
+                                    return {segment("inner1", *second,
+                                        [&](const torch::Tensor& t) { return second->forward(t); },
+                                        a)};
+                                  }, {x}, /*module=*/nullptr)[0];
+          loss = y.pow(2).mean();
+          loss.backward();
+        }
+        return digest_of(loss, *both);  // the buffers: BatchNorm's running stats
+      },
+      /*plain_fails=*/false);
+}
+
+// --- 4. Autocast ---
+
+struct ConvNet : nn::Module {
+  nn::Conv2d conv1{nullptr}, conv2{nullptr};
+  nn::BatchNorm2d norm{nullptr};
+  ConvNet() {
+    conv1 = register_module("conv1", nn::Conv2d(nn::Conv2dOptions(3, 8, 3).padding(1)));
+    norm = register_module("norm", nn::BatchNorm2d(8));
+    conv2 = register_module("conv2", nn::Conv2d(nn::Conv2dOptions(8, 8, 3).padding(1)));
+  }
+};
+
+// The usual mixed-precision pattern: forward under autocast, backward after it ends.
+TEST(DownstreamAutocast, ASegmentRerunsUnderTheAutocastOfItsForward) {
+  expect_as_plain(
+      [] {
+        torch::manual_seed(8);
+        auto net = std::make_shared<ConvNet>();
+        const torch::Tensor x = torch::randn({4, 3, 16, 16});
+        at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
+        at::autocast::set_autocast_enabled(at::kCPU, true);
+        torch::Tensor y;
+        try {
+          y = segment("conv", [&](const TensorList& in) -> TensorList {
+                return {net->conv2(torch::relu(net->norm(net->conv1(in[0]))))};
+              }, {x}, net.get())[0];
+        } catch (...) {
+          at::autocast::set_autocast_enabled(at::kCPU, false);
+          throw;
+        }
+        at::autocast::set_autocast_enabled(at::kCPU, false);
+        at::autocast::clear_cache();
+        EXPECT_EQ(y.scalar_type(), at::kBFloat16);
+        const torch::Tensor loss = y.to(torch::kFloat).pow(2).mean();
+        loss.backward();
+        return digest_of(loss, *net);
+      },
+      /*plain_fails=*/false);
+}
+
+// --- 5. eval() between forward and backward ---
+
+TEST(DownstreamTrainEval, EvalBetweenForwardAndBackwardWithBatchNorm) {
+  expect_as_plain(
+      [] {
+        torch::manual_seed(9);
+        auto block = std::make_shared<BatchNormBlock>();
+        block->train();
+        const torch::Tensor x = torch::randn({8, 16});
+        const torch::Tensor y = segment("block", *block,
+            [&](const torch::Tensor& t) { return block->forward(t); }, x);
+        block->eval();  // e.g. a validation pass's set-up, before this step's backward
+        const torch::Tensor loss = y.pow(2).mean();
+        loss.backward();
+        EXPECT_FALSE(block->is_training()) << "the rerun gives the caller's flag back";
+        return digest_of(loss, *block);
+      },
+      /*plain_fails=*/false);
+}
+
+TEST(DownstreamTrainEval, EvalBetweenForwardAndBackwardWithDropout) {
+  expect_as_plain(
+      [] {
+        torch::manual_seed(10);
+        nn::Sequential net(nn::Linear(16, 16), nn::Dropout(0.3), nn::Linear(16, 4));
+        net->train();
+        const torch::Tensor x = torch::randn({8, 16});
+        const torch::Tensor y = segment("net", *net,
+            [&](const torch::Tensor& t) { return net->forward(t); }, x);
+        net->eval();
+        const torch::Tensor loss = y.pow(2).mean();
+        loss.backward();
+        return digest_of(loss, *net);
+      },
+      /*plain_fails=*/false);
+}
+
+// --- 6. auto under a budget near keep's: its advice is a lower bound, and following it works ---
+
+// Three training steps of an MLP in segments under `policy` and `budget` (0: none), from an empty
+// cache; returns the reserved peak, or rethrows the step's error.
+std::int64_t mlp_steps(const std::string& policy, std::int64_t budget) {
+  install();
+  device_memory().empty_cache();
+  torch::manual_seed(12);
+  nn::ModuleList layers(nn::Linear(256, 512), nn::Linear(512, 512), nn::Linear(512, 512),
+                        nn::Linear(512, 256));
+  torch::optim::SGD optimizer(layers->parameters(), torch::optim::SGDOptions(0.01).momentum(0.9));
+  const torch::Tensor x = torch::randn({256, 256});
+  const std::optional<std::size_t> previous = device_memory().budget();
+  device_memory().set_budget(budget > 0 ? std::optional<std::size_t>(budget) : std::nullopt);
+  struct Restore {
+    std::optional<std::size_t> budget;
+    ~Restore() { device_memory().set_budget(budget); }
+  } restore{previous};
+  ActivationScope scope(make_device_policy(policy));
+  device_memory().reset_peak_stats();
+  for (int step = 0; step < 3; ++step) {
+    optimizer.zero_grad();
+    torch::Tensor h = x;
+    for (std::size_t i = 0; i < layers->size(); ++i) {
+      h = segment("layer" + std::to_string(i), [&, i](const TensorList& in) -> TensorList {
+            return {torch::relu(layers->at<nn::LinearImpl>(i).forward(in[0]))};
+          }, {h})[0];
+    }
+    h.pow(2).mean().backward();
+    optimizer.step();
+  }
+  return device_memory().stats().reserved_bytes.peak;
+}
+
+TEST(DownstreamAutoBudget, FollowingTheAdviceOfATooSmallBudgetReachesOneThatFits) {
+  const std::int64_t keep = mlp_steps("keep", 0);
+  std::int64_t budget = keep * 6 / 10;
+  bool fitted = false;
+  for (int attempt = 0; attempt < 12 && !fitted; ++attempt) {
+    try {
+      EXPECT_LE(mlp_steps("auto", budget), budget);
+      fitted = true;
+    } catch (const alloc::OutOfMemoryError& error) {
+      const std::string message = error.what();
+      if (dynamic_cast<const BudgetTooSmallError*>(&error) != nullptr) {
+        EXPECT_NE(message.find("That is a lower bound"), std::string::npos) << message;
+      }
+      const auto least = static_cast<std::int64_t>(error.least_budget_bytes());
+      ASSERT_GT(least, budget) << "the advice moves forward\n" << message;
+      EXPECT_LE(least, keep) << "a lower bound: keep's reserved bytes fit\n" << message;
+      std::printf("refused at %lld, advice %lld (keep %lld)\n", (long long)budget, (long long)least, (long long)keep);
+      budget = least;
+    }
+  }
+  EXPECT_TRUE(fitted) << "still refused at " << budget << " bytes; keep reserved " << keep;
+  EXPECT_LE(budget, keep);
+}
+
+// --- views and dtypes ---
+
+TEST(DownstreamDtypes, DoublePrecisionAndIntegerIndices) {
+  expect_as_plain(
+      [] {
+        torch::manual_seed(11);
+        nn::Embedding embedding(50, 12);
+        nn::Linear linear(12, 3);
+        embedding->to(torch::kDouble);
+        linear->to(torch::kDouble);
+        const torch::Tensor words = torch::randint(50, {6, 5}, torch::kLong);
+        const torch::Tensor y = segment("embed", [&](const TensorList& in) -> TensorList {
+                                  return {linear(embedding(in[0]).tanh()).transpose(0, 1)};
+                                }, {words})[0];
+        const torch::Tensor loss = y.select(0, 1).pow(3).sum();  // a view of a view
+        loss.backward();
+        std::vector<torch::Tensor> digest = digest_of(loss, *embedding);
+        for (const torch::Tensor& g : grads_of(*linear)) digest.push_back(g);
+        return digest;
+      },
+      /*plain_fails=*/false);
+}
+
+}  // namespace
+}  // namespace actmem
