@@ -17,6 +17,7 @@
 #include "allocator/errors.h"
 #include "hooks/host_store.h"
 #include "policy/policy.h"
+#include "policy/policy_config.h"
 
 namespace actmem {
 
@@ -30,8 +31,7 @@ struct ActivationStats {
   std::int64_t offload_fallbacks = 0;  // offloads kept instead: the host pool could not grow
   std::int64_t recomputations = 0;     // segment forwards rerun in backward
   std::int64_t recompute_ns = 0;
-  std::int64_t copy_bytes = 0;  // device->host and host->device together
-  std::int64_t copy_ns = 0;
+  TransferStats transfers;  // the host store's copies (hooks/host_store.h)
   std::int64_t evictions = 0;  // kept tensors offloaded because the device budget ran short
   std::int64_t bytes_evicted = 0;
   std::int64_t drops = 0;  // kept tensors dropped for their segment's rerun, for the same reason
@@ -41,8 +41,14 @@ struct ActivationStats {
 
 struct ScopeOptions {
   std::size_t offload_min_bytes = 64 * 1024;  // smaller tensors are kept
-  std::optional<std::size_t> host_capacity;   // cap on the host pool; none by default
-  LogLevel log = LogLevel::kOff;              // what the hooks say on stderr (ACTMEM_LOG)
+  std::optional<std::size_t> host_capacity;   // cap on the host pool (0: no offload); none
+  // Device bytes copied back ahead of the unpacks that need them (Note [Offload pipeline]); the
+  // device's default when empty (HostStoreOptions).
+  std::optional<std::size_t> prefetch_window;
+  LogLevel log = LogLevel::kOff;  // what the hooks say on stderr (ACTMEM_LOG)
+
+  // The options the policy's environment variables name (policy/policy_config.h).
+  static ScopeOptions from(const PolicyConfig& config);
 };
 
 // A training step does not fit the device budget even with every activation that can go out,

@@ -1,53 +1,271 @@
 #include "hooks/host_store.h"
 
 #include <ATen/ATen.h>
-#include <torch/csrc/autograd/generated/variable_factories.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+
+#include <algorithm>
+#include <map>
+#include <string>
+#include <mutex>
+#include <vector>
 
 #include "allocator/errors.h"
-#include "allocator/host_backend.h"
+#include "copy/factory.h"
+#include "hooks/install.h"
 
 namespace actmem {
 namespace {
 
-alloc::AllocatorOptions host_options(std::optional<std::size_t> capacity) {
+alloc::AllocatorOptions pool_options(std::optional<std::size_t> capacity) {
   alloc::AllocatorOptions options;
   options.budget_bytes = capacity;
   options.pressure_rounds = 0;
   return options;
 }
 
+// The stream work on `device` is queued on now: what copies to and from it are ordered after.
+alloc::Stream current_stream(c10::Device device) {
+  if (device.is_cpu()) return alloc::kDefaultStream;
+  return c10::impl::getDeviceGuardImpl(device.type())->getStream(device).native_handle();
+}
+
+std::int64_t byte_size(const at::Tensor& tensor) {
+  return static_cast<std::int64_t>(tensor.numel()) * static_cast<std::int64_t>(tensor.element_size());
+}
+
 }  // namespace
 
-HostStore::HostStore(std::optional<std::size_t> capacity)
-    : pool_(std::make_unique<alloc::HostBackend>(), host_options(capacity)) {}
+class HostStore::Item {
+ public:
+  Item(std::shared_ptr<Core> core, std::uint64_t sequence) : core(std::move(core)), sequence(sequence) {}
+  ~Item();
+  Item(const Item&) = delete;
+  Item& operator=(const Item&) = delete;
 
-std::optional<at::Tensor> HostStore::offload(const at::Tensor& tensor) {
-  at::NoGradGuard no_grad;
-  const at::Tensor source = tensor.detach();
-  const bool dense = source.is_non_overlapping_and_dense();
-  const auto bytes = static_cast<std::size_t>(source.numel()) * source.element_size();
-  void* ptr = nullptr;
-  try {
-    ptr = pool_.allocate(bytes == 0 ? 1 : bytes);
-  } catch (const alloc::OutOfMemoryError&) {
-    return std::nullopt;
+  std::shared_ptr<Core> core;
+  const std::uint64_t sequence;  // the order it was sent out in
+  at::Tensor host;               // its bytes in the pool, with the device tensor's layout
+  c10::Device device = c10::Device(c10::DeviceType::CPU);
+  copy::CopyEngine::Ticket out = 0;  // the copy to the host
+  at::Tensor source;                 // the device tensor, until that copy has finished
+  at::Tensor fetched;                // a copy back queued ahead, until taken
+  copy::CopyEngine::Ticket in = 0;   // that copy
+  bool fetching = false;             // chosen for a prefetch whose copy is being queued
+};
+
+class HostStore::Core {
+ public:
+  Core(HostStoreOptions store_options, std::unique_ptr<copy::CopyEngine> copy_engine,
+       std::unique_ptr<alloc::Backend> pool_backend)
+      : options(store_options),
+        window(store_options.prefetch_window.value_or(
+            std::string(copy_engine->name()) == "cuda" ? HostStoreOptions::kCudaPrefetchWindow
+                                                       : 0)),
+        engine(std::move(copy_engine)),
+        pool(std::move(pool_backend), pool_options(store_options.capacity)) {}
+
+  // Lets go of the sources whose copy has finished, and forgets items that are gone.
+  void reap() {  // mutex held
+    sending.erase(std::remove_if(sending.begin(), sending.end(),
+                                 [this](const std::weak_ptr<Item>& weak) {
+                                   const std::shared_ptr<Item> item = weak.lock();
+                                   if (!item) return true;
+                                   if (!engine->finished(item->out)) return false;
+                                   item->source = at::Tensor();
+                                   return true;
+                                 }),
+                  sending.end());
+    for (auto it = waiting.begin(); it != waiting.end();) {
+      it = it->second.expired() ? waiting.erase(it) : std::next(it);
+    }
   }
-  alloc::CachingAllocator* pool = &pool_;
-  const auto options = source.options().device(at::kCPU).requires_grad(false);
-  at::Tensor host =
-      dense ? torch::from_blob(ptr, source.sizes(), source.strides(),
-                               [pool](void* p) { pool->deallocate(p); }, options)
-            : torch::from_blob(ptr, source.sizes(), [pool](void* p) { pool->deallocate(p); },
-                               options);
-  host.copy_(source);
-  return host;
+
+  // Device bytes fetched ahead and not yet taken.
+  std::int64_t ahead_bytes() {  // mutex held
+    std::int64_t bytes = 0;
+    ahead.erase(std::remove_if(ahead.begin(), ahead.end(),
+                               [&](const std::weak_ptr<Item>& weak) {
+                                 const std::shared_ptr<Item> item = weak.lock();
+                                 if (!item || (!item->fetched.defined() && !item->fetching)) {
+                                   return true;
+                                 }
+                                 bytes += byte_size(item->host);
+                                 return false;
+                               }),
+                ahead.end());
+    return bytes;
+  }
+
+  // A device tensor for the item's bytes, laid out as its host copy. Allocates: called without
+  // the mutex (an allocation may ask the pressure handler, which may offload).
+  static at::Tensor device_tensor_for(const Item& item) {
+    return at::empty_strided(item.host.sizes(), item.host.strides(),
+                             item.host.options().device(item.device));
+  }
+
+  // Queues the copy back into `destination`. (mutex held)
+  copy::CopyEngine::Ticket queue_in(const Item& item, const at::Tensor& destination) {
+    const std::int64_t bytes = byte_size(item.host);
+    ++stats.copies_to_device;
+    stats.bytes_to_device += bytes;
+    if (bytes == 0) return 0;
+    return engine->copy(destination.data_ptr(), item.host.data_ptr(), static_cast<std::size_t>(bytes),
+                        current_stream(item.device));
+  }
+
+  std::mutex mutex;  // everything below but the engine and the pool, which lock themselves
+  const HostStoreOptions options;
+  const std::size_t window;  // the prefetch window in force
+  const std::unique_ptr<copy::CopyEngine> engine;
+  alloc::CachingAllocator pool;
+  TransferStats stats;
+  std::uint64_t next_sequence = 0;
+  std::vector<std::weak_ptr<Item>> sending;             // holding a source: copy in flight
+  std::map<std::uint64_t, std::weak_ptr<Item>> waiting;  // sent out, not taken yet
+  std::vector<std::weak_ptr<Item>> ahead;                // fetched ahead, not taken yet
+};
+
+HostStore::Item::~Item() {
+  // A copy still reading the source or writing the host block, or writing a block fetched ahead:
+  // let it finish before those blocks go back to their allocators.
+  if (source.defined() && out != 0) core->engine->wait(out);
+  if (fetched.defined() && in != 0) core->engine->wait(in);
 }
 
-at::Tensor HostStore::restore(const at::Tensor& host) {
-  at::NoGradGuard no_grad;
-  at::Tensor device = at::empty_strided(host.sizes(), host.strides(), host.options());
-  device.copy_(host);
-  return device;
+HostStore::HostStore(HostStoreOptions options) {
+  const bool cuda = managed_device() == c10::DeviceType::CUDA;
+  const int device =
+      cuda ? c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getDevice().index() : 0;
+  if (!options.capacity || *options.capacity > 0) {
+    core_ = std::make_shared<Core>(options, copy::make_copy_engine(cuda, device),
+                                   copy::make_host_backend(cuda));
+  } else {  // no room at all: nothing will be copied, no engine is started
+    core_ = std::make_shared<Core>(options, copy::make_copy_engine(false, 0),
+                                   copy::make_host_backend(false));
+  }
 }
+
+HostStore::HostStore(HostStoreOptions options, std::unique_ptr<copy::CopyEngine> engine,
+                     std::unique_ptr<alloc::Backend> pool_backend)
+    : core_(std::make_shared<Core>(options, std::move(engine), std::move(pool_backend))) {}
+
+HostStore::~HostStore() = default;
+
+std::shared_ptr<HostStore::Item> HostStore::offload(const at::Tensor& tensor, bool now) {
+  at::NoGradGuard no_grad;
+  at::Tensor source = tensor.detach();
+  // A raw copy needs the elements to fill their span: a tensor with gaps is made dense first.
+  if (!source.is_non_overlapping_and_dense()) source = source.contiguous();
+  const std::int64_t bytes = byte_size(source);
+  std::shared_ptr<Item> item;
+  {
+    std::lock_guard<std::mutex> lock(core_->mutex);
+    core_->reap();
+    void* block = nullptr;
+    if (bytes > 0) {
+      try {
+        block = core_->pool.allocate(static_cast<std::size_t>(bytes));
+      } catch (const alloc::OutOfMemoryError&) {
+        ++core_->stats.refused;
+        return nullptr;
+      }
+    }
+    item = std::make_shared<Item>(core_, core_->next_sequence++);
+    item->device = source.device();
+    const std::shared_ptr<Core> core = core_;
+    item->host = at::from_blob(
+        block, source.sizes(), source.strides(),
+        [core](void* ptr) {
+          if (ptr != nullptr) core->pool.deallocate(ptr);
+        },
+        source.options().device(c10::DeviceType::CPU).requires_grad(false));
+    if (bytes > 0) {
+      item->out = core_->engine->copy(block, source.data_ptr(), static_cast<std::size_t>(bytes),
+                                      current_stream(item->device));
+      item->source = source;
+      core_->sending.push_back(item);
+    }
+    core_->waiting.emplace(item->sequence, item);
+    ++core_->stats.copies_to_host;
+    core_->stats.bytes_to_host += bytes;
+  }
+  if (now && item->out != 0) {
+    core_->engine->wait(item->out);
+    std::lock_guard<std::mutex> lock(core_->mutex);
+    item->source = at::Tensor();
+  }
+  return item;
+}
+
+at::Tensor HostStore::take(const std::shared_ptr<Item>& item) {
+  at::Tensor destination;
+  copy::CopyEngine::Ticket ticket = 0;
+  {
+    std::lock_guard<std::mutex> lock(core_->mutex);
+    core_->reap();
+    core_->waiting.erase(item->sequence);
+    if (item->fetched.defined()) {  // a prefetch queued it
+      destination = std::move(item->fetched);
+      item->fetched = at::Tensor();
+      ticket = item->in;
+    }
+  }
+  if (!destination.defined()) {
+    destination = Core::device_tensor_for(*item);
+    std::lock_guard<std::mutex> lock(core_->mutex);
+    ticket = item->in = core_->queue_in(*item, destination);
+  }
+  const bool hidden = ticket == 0 || core_->engine->finished(ticket);
+  const std::int64_t waited =
+      ticket == 0 ? 0 : core_->engine->order_after(ticket, current_stream(item->device));
+  std::vector<std::shared_ptr<Item>> chosen;
+  {
+    std::lock_guard<std::mutex> lock(core_->mutex);
+    core_->stats.hidden += hidden;
+    core_->stats.wait_ns += waited;
+    // The items sent out before this one, the most recent first, within the window.
+    std::int64_t ahead = core_->ahead_bytes();
+    for (auto it = core_->waiting.lower_bound(item->sequence); it != core_->waiting.begin();) {
+      --it;
+      const std::shared_ptr<Item> candidate = it->second.lock();
+      if (!candidate || candidate->fetched.defined() || candidate->fetching) continue;
+      const std::int64_t bytes = byte_size(candidate->host);
+      if (ahead + bytes > static_cast<std::int64_t>(core_->window)) break;
+      ahead += bytes;
+      candidate->fetching = true;
+      core_->ahead.push_back(candidate);
+      chosen.push_back(candidate);
+    }
+  }
+  for (const std::shared_ptr<Item>& candidate : chosen) {
+    at::Tensor ahead_copy = Core::device_tensor_for(*candidate);
+    std::lock_guard<std::mutex> lock(core_->mutex);
+    candidate->in = core_->queue_in(*candidate, ahead_copy);
+    candidate->fetched = std::move(ahead_copy);
+    candidate->fetching = false;
+    ++core_->stats.prefetched;
+  }
+  return destination;
+}
+
+at::Tensor HostStore::copy_back(const Item& item) {
+  at::Tensor destination = Core::device_tensor_for(item);
+  copy::CopyEngine::Ticket ticket;
+  {
+    std::lock_guard<std::mutex> lock(core_->mutex);
+    ticket = core_->queue_in(item, destination);
+  }
+  if (ticket != 0) core_->engine->order_after(ticket, current_stream(item.device));
+  return destination;
+}
+
+TransferStats HostStore::stats() const {
+  std::lock_guard<std::mutex> lock(core_->mutex);
+  return core_->stats;
+}
+
+alloc::CachingAllocator& HostStore::pool() { return core_->pool; }
+
+copy::CopyEngine& HostStore::engine() { return *core_->engine; }
 
 }  // namespace actmem

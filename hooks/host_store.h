@@ -1,36 +1,91 @@
-// Where offloaded activations live: a host pool whose bytes are not device bytes.
+// Where offloaded activations live, and how they go out and come back.
 //
-// On the CPU build the pool is a caching allocator of its own over host memory, so its bytes are
-// counted apart from the device allocator's. (The pinned pool with side-stream copies and
-// prefetch is the GPU issue's.)
+// Note [Offload pipeline]
+// An offloaded activation leaves the device at pack and is back before backward needs it, with as
+// little of the copy time on the step's path as the copy engine (copy/copy_engine.h) allows:
+// - offload (at pack): a block of the host pool (pinned on CUDA; it grows in slabs, capped by
+//   ACTMEM_HOST_BUDGET) and a device-to-host copy queued after the work queued so far on the
+//   tensor's current stream. The device tensor is held until that copy has finished and released
+//   at a later call of the store, never before: its block goes back to the allocator only when
+//   nothing reads it any more, and nothing waits for it on the host.
+// - take (at unpack): backward unpacks in about the reverse of pack order. The item's copy back is
+//   queued now unless a prefetch queued it; the current stream is ordered after it (on CUDA an
+//   event wait, on the CPU engine a host wait: the stall). Then the items sent out before it are
+//   fetched ahead, the most recent first, while the device bytes fetched ahead and not yet taken
+//   stay within the prefetch window: each gets a device block and a host-to-device copy queued
+//   after the current stream's work so far.
+// - Whatever dies with copies in flight (a graph dropped without backward) waits for them first,
+//   so that no copy writes a block given to something else.
+// Counted: bytes and copies each way, copies queued ahead, copies that had finished when needed
+// (hidden), host time waited, offloads refused for lack of room.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <cstddef>
+#include <cstdint>
+#include <memory>
 #include <optional>
 
 #include "allocator/caching_allocator.h"
+#include "copy/copy_engine.h"
 
 namespace actmem {
 
+// What the store's copies did since it began. All counts are cumulative.
+struct TransferStats {
+  std::int64_t bytes_to_host = 0, bytes_to_device = 0;
+  std::int64_t copies_to_host = 0, copies_to_device = 0;
+  std::int64_t prefetched = 0;  // copies back queued ahead of the unpack that needed them
+  std::int64_t hidden = 0;      // copies back that had finished by the time they were needed
+  std::int64_t wait_ns = 0;     // host time unpacks waited for their copy (0 on CUDA: streams wait)
+  std::int64_t refused = 0;     // offloads refused: the pool could not grow within its cap
+};
+
+struct HostStoreOptions {
+  std::optional<std::size_t> capacity;  // cap on the pool's bytes (0: no room)
+  // Device bytes fetched ahead and not yet taken. By default none on the CPU (the thread engine's
+  // memcpy competes with compute for the same cores, and every byte fetched early is peak memory)
+  // and 256 MiB on CUDA, where the copies overlap compute.
+  std::optional<std::size_t> prefetch_window;
+  static constexpr std::size_t kCudaPrefetchWindow = std::size_t{256} << 20;
+};
+
 class HostStore {
  public:
-  // `capacity`: the most bytes the pool may reserve; no limit when empty.
-  explicit HostStore(std::optional<std::size_t> capacity = std::nullopt);
+  // The store for the device actmem manages: on CUDA the pinned pool and the CUDA copy engine of
+  // the current device, else plain host memory and the thread engine.
+  explicit HostStore(HostStoreOptions options = {});
+  // Any engine and pool backend (tests drive the pipeline through engines of their own).
+  HostStore(HostStoreOptions options, std::unique_ptr<copy::CopyEngine> engine,
+            std::unique_ptr<alloc::Backend> pool_backend);
+  ~HostStore();
+  HostStore(const HostStore&) = delete;
+  HostStore& operator=(const HostStore&) = delete;
 
-  // A host copy of `tensor` (same sizes and dtype; same strides when they are dense, contiguous
-  // otherwise), or nullopt when the pool cannot grow. Its memory returns to the pool when the last
-  // reference to it goes.
-  std::optional<at::Tensor> offload(const at::Tensor& tensor);
+  class Item;  // one tensor sent out; shared by its owner and the store's queues
 
-  // A new device tensor with the data, sizes, strides and dtype of `host`.
-  static at::Tensor restore(const at::Tensor& host);
+  // Sends `tensor` out (see the Note); nullptr when the pool cannot grow (nothing is queued, the
+  // caller keeps the tensor). `now`: waits for the copy and lets go of the tensor before returning
+  // (the pressure handler, which needs the memory back at once).
+  std::shared_ptr<Item> offload(const at::Tensor& tensor, bool now = false);
 
-  alloc::CachingAllocator& pool() { return pool_; }
+  // The item's tensor on its device again (same sizes, strides and dtype), ordered before the work
+  // queued next on the current stream; fetches ahead the items sent out before it (see the Note).
+  // An item can be taken again (retain_graph): a new copy each time.
+  at::Tensor take(const std::shared_ptr<Item>& item);
+
+  // A copy of the item's tensor on its device, outside the prefetch order (a segment's rerun
+  // reading an input through it); waits for it.
+  at::Tensor copy_back(const Item& item);
+
+  TransferStats stats() const;
+  alloc::CachingAllocator& pool();
+  copy::CopyEngine& engine();
 
  private:
-  alloc::CachingAllocator pool_;
+  class Core;  // what items and host blocks share, so that they may outlive the store
+  std::shared_ptr<Core> core_;
 };
 
 }  // namespace actmem

@@ -1,30 +1,53 @@
 #include "hooks/rng_state.h"
 
-#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Context.h>
+#include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/from_blob.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <mutex>
 
-namespace actmem {
+#include "hooks/install.h"
 
-RngState RngState::capture() {
-  at::Generator generator = at::detail::getDefaultCPUGenerator();
+namespace actmem {
+namespace {
+
+std::vector<std::uint8_t> state_of(at::Generator generator) {
   std::lock_guard<std::mutex> lock(generator.mutex());
   const at::Tensor state = generator.get_state();
   const auto* bytes = state.data_ptr<std::uint8_t>();
+  return {bytes, bytes + state.numel()};
+}
+
+void set_state(at::Generator generator, const std::vector<std::uint8_t>& state) {
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  // set_state copies out of the tensor; from_blob over a copy of our bytes is only read.
+  std::vector<std::uint8_t> bytes = state;
+  generator.set_state(
+      at::from_blob(bytes.data(), {static_cast<std::int64_t>(bytes.size())}, at::kByte));
+}
+
+const at::Generator& cuda_generator(int device) {
+  return at::globalContext().defaultGenerator(c10::Device(c10::DeviceType::CUDA, device));
+}
+
+}  // namespace
+
+RngState RngState::capture() {
   RngState captured;
-  captured.cpu_.assign(bytes, bytes + state.numel());
+  captured.cpu_ = state_of(at::globalContext().defaultGenerator(c10::DeviceType::CPU));
+  if (installed() && managed_device() == c10::DeviceType::CUDA) {
+    const int device = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getDevice().index();
+    captured.cuda_device_ = device;
+    captured.cuda_ = state_of(cuda_generator(device));
+  }
   return captured;
 }
 
 void RngState::restore() const {
-  at::Generator generator = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(generator.mutex());
-  // set_state copies out of the tensor; from_blob over our bytes is only read.
-  std::vector<std::uint8_t> bytes = cpu_;
-  generator.set_state(
-      at::from_blob(bytes.data(), {static_cast<std::int64_t>(bytes.size())}, at::kByte));
+  set_state(at::globalContext().defaultGenerator(c10::DeviceType::CPU), cpu_);
+  if (cuda_device_) set_state(cuda_generator(*cuda_device_), cuda_);
 }
 
 }  // namespace actmem

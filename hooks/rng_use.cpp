@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <optional>
+#include <string_view>
 #include <unordered_map>
 
 namespace actmem {
@@ -22,14 +23,33 @@ bool is_generator(const c10::TypePtr& type) {
   return optional && is_generator(optional->getElementType());
 }
 
-// Whether an operator of this name takes a Generator in any overload; names are strings the
-// dispatcher owns for the life of the process, so their addresses key the cache.
+// Operators that draw from the default generator without taking one: CUDA's fused dropout and the
+// attention kernels with a dropout probability (counted whatever the probability: they err on the
+// side of restoring).
+bool draws_without_a_generator_argument(std::string_view name) {
+  static const std::string_view kNames[] = {
+      "aten::native_dropout",
+      "aten::_scaled_dot_product_flash_attention",
+      "aten::_scaled_dot_product_efficient_attention",
+      "aten::_scaled_dot_product_cudnn_attention",
+      "aten::_flash_attention_forward",
+      "aten::_efficient_attention_forward",
+  };
+  for (std::string_view known : kNames) {
+    if (name == known) return true;
+  }
+  return false;
+}
+
+// Whether an operator of this name draws random numbers: it takes a Generator in its schema, or
+// is one of the above. Names are strings the dispatcher owns for the life of the process, so
+// their addresses key the cache.
 bool takes_generator(const at::RecordFunction& fn) {
   thread_local std::unordered_map<const char*, bool> known;
   const char* name = fn.name();
   const auto found = known.find(name);
   if (found != known.end()) return found->second;
-  bool takes = false;
+  bool takes = draws_without_a_generator_argument(name);
   if (const std::optional<c10::FunctionSchema> schema = fn.operator_schema()) {
     for (const c10::Argument& argument : schema->arguments()) takes |= is_generator(argument.type());
   }

@@ -4,9 +4,10 @@
 //
 // It watches the ATen operators called on this thread while it lives, through a thread-local
 // RecordFunction callback, and counts a draw for every operator that takes a Generator (dropout's
-// bernoulli_, randn's normal_, randint, multinomial...): structural, so another thread's draws
-// never count. An operator given its own generator counts too (the answer errs on the side of
-// restoring).
+// bernoulli_, randn's normal_, randint, multinomial...) and the few that draw from the default one
+// without taking it (CUDA's fused dropout, attention with dropout): structural, so another
+// thread's draws never count. An operator given its own generator counts too (the answer errs on
+// the side of restoring).
 #pragma once
 
 #include <cstdint>

@@ -89,10 +89,10 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
     std::int64_t copy_ns = 0;
     if (action == Action::kOffload) {
       const auto start = std::chrono::steady_clock::now();
-      std::optional<at::Tensor> host = scope_->host().offload(tensor);
+      std::shared_ptr<HostStore::Item> item = scope_->host().offload(tensor);
       copy_ns = elapsed_ns(start);
-      if (host) {
-        e.host = std::move(*host);
+      if (item) {
+        e.offloaded = std::move(item);
       } else {
         fell_back = true;  // the host pool is full: keep it, lose nothing
         action = Action::kKeep;
@@ -131,8 +131,6 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
         case Action::kOffload:
           ++s.tensors_offloaded;
           s.bytes_offloaded += bytes;
-          s.copy_bytes += bytes;
-          s.copy_ns += copy_ns;
           break;
         case Action::kRecompute:
           ++s.tensors_recomputed;
@@ -148,29 +146,21 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
     // an allocation may run the pressure handler, which looks at entries.
     Action action;
     at::Tensor tensor;
+    std::shared_ptr<HostStore::Item> offloaded;
     {
       std::lock_guard<std::mutex> lock(entry_->mutex);
       action = entry_->action;
-      tensor = action == Action::kKeep ? entry_->kept : entry_->host;
+      tensor = entry_->kept;
+      offloaded = entry_->offloaded;
     }
-    std::int64_t copy_ns = 0;
     if (action == Action::kOffload) {
-      const auto start = std::chrono::steady_clock::now();
-      tensor = HostStore::restore(tensor);
-      copy_ns = elapsed_ns(start);
+      tensor = scope_->host().take(offloaded);
     } else if (action == Action::kRecompute) {
       tensor = entry_->frame->take(entry_->index);
       check_recomputed(tensor);
     }
     scope_->record_unpack(*entry_);
-    const std::int64_t bytes = entry_->bytes;
-    scope_->count([&](ActivationStats& s) {
-      ++s.unpacked;
-      if (action == Action::kOffload) {
-        s.copy_bytes += bytes;
-        s.copy_ns += copy_ns;
-      }
-    });
+    scope_->count([](ActivationStats& s) { ++s.unpacked; });
     return tensor;
   }
 
@@ -290,13 +280,20 @@ ActivationScope::Pause::~Pause() {
   scope_.add_pressure_handler();
 }
 
-std::unique_ptr<ActivationScope> ActivationScope::from_environment() {
-  const PolicyConfig config = PolicyConfig::from_environment();
+ScopeOptions ScopeOptions::from(const PolicyConfig& config) {
   ScopeOptions options;
   options.offload_min_bytes = config.offload_min_bytes;
+  options.host_capacity = config.host_budget;
+  options.prefetch_window = config.prefetch_window;
   options.log = config.log;
+  return options;
+}
+
+std::unique_ptr<ActivationScope> ActivationScope::from_environment() {
+  const PolicyConfig config = PolicyConfig::from_environment();
   return std::make_unique<ActivationScope>(
-      make_device_policy(config.policy, config.offload_min_bytes, config.log), options);
+      make_device_policy(config.policy, config.offload_min_bytes, config.log),
+      ScopeOptions::from(config));
 }
 
 ActivationScope::~ActivationScope() {

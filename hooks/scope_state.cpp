@@ -35,7 +35,9 @@ std::unique_ptr<SegmentTimer> make_segment_timer(LogLevel log) {
 constexpr std::size_t kEvictMinBytes = 16 * 1024;
 
 ScopeState::ScopeState(std::shared_ptr<Policy> policy, ScopeOptions options)
-    : policy_(std::move(policy)), options_(options), host_(options.host_capacity) {
+    : policy_(std::move(policy)),
+      options_(options),
+      host_(HostStoreOptions{options.host_capacity, options.prefetch_window}) {
   if (policy_->wants_profile()) {
     timer_ = make_segment_timer(options_.log);
     timer_sees_copies_ = std::string(timer_->name()) != "clock";
@@ -50,8 +52,13 @@ ScopeState::~ScopeState() {
 }
 
 ActivationStats ScopeState::stats() {
-  std::lock_guard<std::mutex> lock(stats_mutex_);
-  return stats_;
+  ActivationStats stats;
+  {
+    std::lock_guard<std::mutex> lock(stats_mutex_);
+    stats = stats_;
+  }
+  stats.transfers = host_.stats();
+  return stats;
 }
 
 std::int64_t ScopeState::begin_pack(const std::shared_ptr<SavedEntry>& entry) {
@@ -291,9 +298,10 @@ Action ScopeState::send_out(SavedEntry& entry, bool drop_first) {
     return true;
   };
   auto offload = [&] {
-    std::optional<at::Tensor> host = host_.offload(entry.kept);
-    if (!host) return false;  // the host pool is full
-    entry.host = std::move(*host);
+    // At once: the allocator waits for this memory.
+    std::shared_ptr<HostStore::Item> item = host_.offload(entry.kept, /*now=*/true);
+    if (!item) return false;  // the host pool is full
+    entry.offloaded = std::move(item);
     entry.kept = at::Tensor();
     entry.action = Action::kOffload;
     entry.frame.reset();  // an offloaded tensor needs no rerun
@@ -352,9 +360,9 @@ double ScopeState::copy_bytes_per_second() {
     const at::Tensor probe = at::zeros({kElements}, at::kFloat);
     const auto start = std::chrono::steady_clock::now();
     for (int i = 0; i < kRoundTrips; ++i) {
-      std::optional<at::Tensor> host = host_.offload(probe);
-      if (!host) return 0;
-      HostStore::restore(*host);
+      const std::shared_ptr<HostStore::Item> item = host_.offload(probe, /*now=*/true);
+      if (!item) return 0;
+      host_.copy_back(*item);
     }
     const double seconds = std::max<double>(static_cast<double>(elapsed_ns(start)) * 1e-9, 1e-9);
     copy_bytes_per_second_ = 2.0 * kRoundTrips * kElements * 4 / seconds;

@@ -35,13 +35,13 @@ inline std::int64_t elapsed_ns(std::chrono::steady_clock::time_point start) {
 }
 
 // One saved tensor under a scope, shared by its hooks object and, while kept, the eviction list.
-// The mutex guards action, kept and host: eviction may turn a kept tensor into an offloaded one
+// The mutex guards action, kept and offloaded: eviction may turn a kept tensor into an offloaded one
 // while autograd still holds it.
 struct SavedEntry {
   std::mutex mutex;
   Action action = Action::kKeep;
   at::Tensor kept;
-  at::Tensor host;
+  std::shared_ptr<HostStore::Item> offloaded;
   // While the segment may be rerun for it: recomputed, or kept and droppable under pressure.
   std::shared_ptr<SegmentFrame> frame;
   std::int64_t index = -1;  // its pack index within the frame

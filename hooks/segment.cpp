@@ -112,16 +112,18 @@ TensorList SegmentFrame::rerun_inputs() {
     if (!input_entries_[i]) continue;
     Action action;
     at::Tensor value;
+    std::shared_ptr<HostStore::Item> offloaded;
     {
       std::lock_guard<std::mutex> lock(input_entries_[i]->mutex);
       action = input_entries_[i]->action;
-      value = action == Action::kOffload ? input_entries_[i]->host : input_entries_[i]->kept;
+      value = input_entries_[i]->kept;
+      offloaded = input_entries_[i]->offloaded;
     }
-    if (!value.defined()) {
+    if (action == Action::kOffload ? !offloaded : !value.defined()) {
       throw std::logic_error("actmem: segment '" + name + "': input " + std::to_string(i) +
                              " is gone from the saved tensor it was read through");
     }
-    args[i] = (action == Action::kOffload ? HostStore::restore(value) : value).detach();
+    args[i] = (action == Action::kOffload ? scope->host().copy_back(*offloaded) : value).detach();
     if (input_requires_grad_[i]) args[i].requires_grad_(true);
   }
   return args;

@@ -30,6 +30,17 @@ PolicyConfig PolicyConfig::from_environment(
       throw std::invalid_argument(error.what());
     }
   }
+  for (const auto& [name, field] :
+       {std::pair{"ACTMEM_HOST_BUDGET", &config.host_budget},
+        std::pair{"ACTMEM_PREFETCH_WINDOW", &config.prefetch_window}}) {
+    if (const char* value = get(name)) {
+      try {
+        *field = alloc::parse_bytes(value, name);
+      } catch (const alloc::ConfigError& error) {
+        throw std::invalid_argument(error.what());
+      }
+    }
+  }
   if (const char* log = get("ACTMEM_LOG")) {
     const std::string level = log;
     if (level == "off") {

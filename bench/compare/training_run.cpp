@@ -56,12 +56,11 @@ TrainingRun::TrainingRun(const RunSpec& spec) : spec_(spec) {
   optimizer_ = models::make_optimizer(*model_);
   rng_state_ = RngState::capture();
   others_rng.restore();
-  const PolicyConfig config = PolicyConfig::from_environment();  // ACTMEM_LOG, min offload size
-  ScopeOptions options;
-  options.offload_min_bytes = config.offload_min_bytes;
-  options.log = config.log;
+  // ACTMEM_LOG, the least offloaded size, the host pool's cap, the prefetch window.
+  const PolicyConfig config = PolicyConfig::from_environment();
   scope_ = std::make_unique<ActivationScope>(
-      make_device_policy(spec_.policy, config.offload_min_bytes, config.log), options);
+      make_device_policy(spec_.policy, config.offload_min_bytes, config.log),
+      ScopeOptions::from(config));
   paused_.emplace(*scope_);
   parked_.park(device_state());
 }

@@ -1,0 +1,49 @@
+// Copies between device and host memory that run in the background, in the order they were asked
+// for: what the host store's offload pipeline (hooks/host_store.h) issues its device-to-host and
+// host-to-device copies through.
+//
+// Two implementations behind this interface:
+// - ThreadCopyEngine: a worker thread that memcpy's; the CPU build's, so that the pipeline's
+//   ordering, window and stall accounting run in every CI run;
+// - CudaCopyEngine: cudaMemcpyAsync on a side stream, ordered against the compute stream by events;
+//   the host never waits for a copy unless asked to.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "allocator/stream_events.h"
+
+namespace actmem::copy {
+
+class CopyEngine {
+ public:
+  using Ticket = std::uint64_t;  // 1, 2, 3... in the order copies were queued; 0 is none
+
+  virtual ~CopyEngine() = default;
+
+  // Queues a copy of `bytes` from `src` to `dst`, to start once the work queued on `after` so far
+  // and every copy queued before it have finished. Never waits for the copy. Both buffers must
+  // stay valid, and unused by anything else, until it has finished. Throws std::runtime_error
+  // when the copy cannot be queued.
+  virtual Ticket copy(void* dst, const void* src, std::size_t bytes, alloc::Stream after) = 0;
+
+  // True once copy `ticket` has finished (its destination holds the bytes). Never blocks.
+  virtual bool finished(Ticket ticket) = 0;
+
+  // Work queued on `stream` from now on runs after copy `ticket`. The CUDA engine makes the stream
+  // wait for the copy's event and the host goes on; the thread engine waits on the host. Returns
+  // the nanoseconds the host waited: the stall it caused.
+  virtual std::int64_t order_after(Ticket ticket, alloc::Stream stream) = 0;
+
+  // Waits on the host until copy `ticket` has finished.
+  virtual void wait(Ticket ticket) = 0;
+
+  // The stream the copies run on (kDefaultStream for the thread engine): a buffer a copy reads or
+  // writes is in use on it.
+  virtual alloc::Stream stream() const = 0;
+
+  virtual const char* name() const = 0;
+};
+
+}  // namespace actmem::copy

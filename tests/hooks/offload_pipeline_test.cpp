@@ -1,0 +1,226 @@
+// The offload pipeline (Note [Offload pipeline] in hooks/host_store.h), driven on CPU tensors
+// through an engine whose copies finish only when the test says so: when a device block goes
+// back, what is fetched ahead and in which order, what an unpack waits for and what counts as
+// hidden. The same pipeline runs over the CUDA engine on a GPU.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <vector>
+
+#include "allocator/host_backend.h"
+#include "hooks/actmem.h"
+#include "hooks/host_store.h"
+
+namespace actmem {
+namespace {
+
+// Copies wait in a queue until finish() runs them, in order. Ordering a stream after a copy that
+// has not run runs it and everything before it, and reports a stall of 1 µs per copy so run.
+class ManualCopyEngine final : public copy::CopyEngine {
+ public:
+  Ticket copy(void* dst, const void* src, std::size_t bytes, alloc::Stream) override {
+    queued_.push_back({dst, src, bytes});
+    return ++issued_;
+  }
+  bool finished(Ticket ticket) override { return ticket <= done_; }
+  std::int64_t order_after(Ticket ticket, alloc::Stream) override {
+    const Ticket before = done_;
+    finish(ticket);
+    return static_cast<std::int64_t>(done_ - before) * 1000;
+  }
+  void wait(Ticket ticket) override { finish(ticket); }
+  alloc::Stream stream() const override { return alloc::kDefaultStream; }
+  const char* name() const override { return "manual"; }
+
+  // Runs the queued copies up to `ticket`.
+  void finish(Ticket ticket) {
+    while (done_ < ticket && !queued_.empty()) {
+      const Job job = queued_.front();
+      queued_.pop_front();
+      std::memcpy(job.dst, job.src, job.bytes);
+      ++done_;
+    }
+  }
+  void finish_all() { finish(issued_); }
+  Ticket issued() const { return issued_; }
+
+ private:
+  struct Job {
+    void* dst;
+    const void* src;
+    std::size_t bytes;
+  };
+  std::deque<Job> queued_;
+  Ticket issued_ = 0, done_ = 0;
+};
+
+constexpr std::int64_t kElements = 64 * 1024;  // 256 KiB of floats
+constexpr std::int64_t kBytes = kElements * 4;
+
+struct Pipeline {
+  ManualCopyEngine* engine;
+  std::unique_ptr<HostStore> store;
+};
+
+Pipeline pipeline(std::size_t window, std::optional<std::size_t> capacity = std::nullopt) {
+  install();
+  auto engine = std::make_unique<ManualCopyEngine>();
+  ManualCopyEngine* raw = engine.get();
+  HostStoreOptions options;
+  options.capacity = capacity;
+  options.prefetch_window = window;
+  return {raw, std::make_unique<HostStore>(options, std::move(engine),
+                                           std::make_unique<alloc::HostBackend>())};
+}
+
+std::int64_t device_bytes() { return device_memory().stats().allocated_bytes.current; }
+
+TEST(OffloadPipeline, TheDeviceBlockGoesBackOnlyOnceItsCopyHasFinished) {
+  Pipeline p = pipeline(0);
+  torch::Tensor tensor = torch::randn({kElements});
+  const torch::Tensor expected = tensor.clone();
+  const torch::Tensor small = torch::zeros({16});
+  const std::int64_t with_it = device_bytes();
+  auto item = p.store->offload(tensor);
+  ASSERT_TRUE(item);
+  tensor = torch::Tensor();
+  EXPECT_EQ(device_bytes(), with_it) << "held while its copy is queued";
+  p.engine->finish_all();
+  EXPECT_EQ(device_bytes(), with_it) << "released at the store's next call, not by the engine";
+  auto other = p.store->offload(small);
+  EXPECT_EQ(with_it - device_bytes(), kBytes) << "reaped: the block is back";
+  const torch::Tensor back = p.store->take(item);
+  EXPECT_TRUE(torch::equal(back, expected));
+  const TransferStats stats = p.store->stats();
+  EXPECT_EQ(stats.copies_to_host, 2);
+  EXPECT_EQ(stats.bytes_to_host, kBytes + 16 * 4);
+  EXPECT_EQ(stats.copies_to_device, 1);
+  EXPECT_EQ(stats.bytes_to_device, kBytes);
+}
+
+TEST(OffloadPipeline, NowWaitsAndLetsGoAtOnce) {
+  Pipeline p = pipeline(0);
+  torch::Tensor tensor = torch::randn({kElements});
+  const std::int64_t with_it = device_bytes();
+  auto item = p.store->offload(tensor, /*now=*/true);
+  tensor = torch::Tensor();
+  EXPECT_EQ(with_it - device_bytes(), kBytes);
+}
+
+// Five items sent out in order 0..4; a window of two items. Taking 4 fetches 3 and 2 ahead (the
+// most recent first), not 1 or 0; taking 3 finds its copy finished (hidden) and fetches 1; ...
+TEST(OffloadPipeline, PrefetchRunsAheadInReversePackOrderWithinTheWindow) {
+  Pipeline p = pipeline(2 * kBytes);
+  std::vector<torch::Tensor> originals;
+  std::vector<std::shared_ptr<HostStore::Item>> items;
+  for (int i = 0; i < 5; ++i) {
+    originals.push_back(torch::full({kElements}, static_cast<float>(i)));
+    items.push_back(p.store->offload(originals.back()));
+  }
+  p.engine->finish_all();
+  const std::int64_t before = device_bytes();
+
+  torch::Tensor four = p.store->take(items[4]);
+  TransferStats stats = p.store->stats();
+  EXPECT_EQ(stats.copies_to_device, 3) << "4 itself, then 3 and 2 ahead";
+  EXPECT_EQ(stats.prefetched, 2);
+  EXPECT_EQ(stats.hidden, 0) << "4's copy was queued when it was needed";
+  EXPECT_EQ(stats.wait_ns, 1000) << "one copy run while waiting: 4's";
+  EXPECT_EQ(device_bytes() - before, 3 * kBytes) << "4, and the window's two";
+
+  p.engine->finish_all();  // the copies ahead finish while backward computes
+  torch::Tensor three = p.store->take(items[3]);
+  stats = p.store->stats();
+  EXPECT_EQ(stats.hidden, 1) << "3 was there already";
+  EXPECT_EQ(stats.wait_ns, 1000) << "nothing more waited";
+  EXPECT_EQ(stats.prefetched, 3) << "1 joins the window, 2 is still in it";
+  torch::Tensor two = p.store->take(items[2]);
+  torch::Tensor one = p.store->take(items[1]);
+  torch::Tensor zero = p.store->take(items[0]);
+  p.engine->finish_all();
+  stats = p.store->stats();
+  EXPECT_EQ(stats.prefetched, 4);
+  EXPECT_EQ(stats.copies_to_device, 5) << "each item came back once";
+  const torch::Tensor* back[] = {&zero, &one, &two, &three, &four};
+  for (int i = 0; i < 5; ++i) EXPECT_TRUE(torch::equal(*back[i], originals[i])) << i;
+}
+
+TEST(OffloadPipeline, NoWindowMeansEachItemComesBackWhenTaken) {
+  Pipeline p = pipeline(0);
+  std::vector<std::shared_ptr<HostStore::Item>> items;
+  for (int i = 0; i < 3; ++i) items.push_back(p.store->offload(torch::randn({kElements})));
+  for (int i = 2; i >= 0; --i) p.store->take(items[i]);
+  EXPECT_EQ(p.store->stats().prefetched, 0);
+  EXPECT_EQ(p.store->stats().copies_to_device, 3);
+}
+
+TEST(OffloadPipeline, LayoutsComeBackAsTheyWent) {
+  Pipeline p = pipeline(0);
+  const torch::Tensor base = torch::randn({8, 16, 4});
+  const torch::Tensor channels_last = base.permute({2, 0, 1});  // dense, other strides
+  const torch::Tensor gappy = base.slice(1, 0, 16, 3);           // not dense: made contiguous
+  const torch::Tensor empty = torch::zeros({0, 5});
+  const torch::Tensor scalar = torch::tensor(3.5, torch::kDouble);
+  for (const torch::Tensor& t : {channels_last, gappy, empty, scalar, base.to(torch::kInt64)}) {
+    auto item = p.store->offload(t);
+    const torch::Tensor back = p.store->take(item);
+    EXPECT_EQ(back.sizes(), t.sizes());
+    EXPECT_EQ(back.dtype(), t.dtype());
+    EXPECT_TRUE(torch::equal(back, t));
+    if (t.is_non_overlapping_and_dense()) EXPECT_EQ(back.strides(), t.strides());
+  }
+}
+
+TEST(OffloadPipeline, AnItemGoneWithItsCopiesInFlightLetsThemFinishFirst) {
+  Pipeline p = pipeline(4 * kBytes);
+  auto first = p.store->offload(torch::randn({kElements}));
+  auto second = p.store->offload(torch::randn({kElements}));
+  p.store->take(second);  // fetches first ahead; neither copy back has run
+  ASSERT_FALSE(p.engine->finished(p.engine->issued()));
+  first.reset();  // a graph dropped without its backward
+  EXPECT_TRUE(p.engine->finished(p.engine->issued())) << "its destructor waited for the copy";
+}
+
+TEST(OffloadPipeline, APoolAtItsCapRefusesAndCounts) {
+  Pipeline p = pipeline(0, /*capacity=*/0);
+  EXPECT_EQ(p.store->offload(torch::randn({kElements})), nullptr);
+  EXPECT_EQ(p.store->stats().refused, 1);
+  EXPECT_EQ(p.engine->issued(), 0u) << "nothing was queued";
+}
+
+// The pipeline under a scope, through the thread engine that the CPU build uses: offload with a
+// prefetch window trains to the same bits as keep.
+TEST(OffloadPipeline, WithAWindowAScopeTrainsLikeKeep) {
+  install();
+  auto train = [](const char* policy, std::optional<std::size_t> window) {
+    torch::manual_seed(3);
+    torch::nn::Sequential net(torch::nn::Linear(64, 256), torch::nn::ReLU(),
+                              torch::nn::Linear(256, 256), torch::nn::ReLU(),
+                              torch::nn::Linear(256, 8));
+    ScopeOptions options;
+    options.offload_min_bytes = 0;
+    options.prefetch_window = window;
+    ActivationScope scope(make_policy(policy), options);
+    const torch::Tensor x = torch::randn({128, 64});
+    for (int step = 0; step < 2; ++step) {
+      net->zero_grad();
+      net->forward(x).pow(2).mean().backward();
+    }
+    std::vector<torch::Tensor> grads;
+    for (const torch::Tensor& p : net->parameters()) grads.push_back(p.grad().clone());
+    return std::make_pair(grads, scope.stats());
+  };
+  const auto keep = train("keep", std::nullopt);
+  const auto offload = train("offload", std::size_t{1} << 20);
+  for (std::size_t i = 0; i < keep.first.size(); ++i) {
+    EXPECT_TRUE(torch::equal(offload.first[i], keep.first[i])) << i;
+  }
+  EXPECT_GT(offload.second.transfers.prefetched, 0);
+  EXPECT_EQ(offload.second.transfers.copies_to_device, offload.second.transfers.copies_to_host);
+}
+
+}  // namespace
+}  // namespace actmem
