@@ -61,6 +61,7 @@ void SummaryBuilder::add_run(const std::string& name,
     row.step_seconds_min = counter(counters, kCounterStepSecondsMin);
     row.step_seconds_max = counter(counters, kCounterStepSecondsMax);
     row.measured_steps = integer(counters, kCounterMeasuredSteps);
+    row.step_vs_keep = counter(counters, kCounterStepVsKeep);
     row.samples_per_second = counter(counters, kCounterSamplesPerSecond);
     row.offloaded_bytes = integer(counters, kCounterOffloaded);
     row.recomputed_bytes = integer(counters, kCounterRecomputed);

@@ -24,6 +24,7 @@ inline constexpr const char* kCounterStepSeconds = "step_seconds";  // the media
 inline constexpr const char* kCounterStepSecondsMin = "step_seconds_min";
 inline constexpr const char* kCounterStepSecondsMax = "step_seconds_max";
 inline constexpr const char* kCounterMeasuredSteps = "measured_steps";
+inline constexpr const char* kCounterStepVsKeep = "step_vs_keep";  // paired, per round
 inline constexpr const char* kCounterSamplesPerSecond = "samples_per_second";
 inline constexpr const char* kCounterOffloaded = "offloaded_bytes";
 inline constexpr const char* kCounterRecomputed = "recomputed_bytes";

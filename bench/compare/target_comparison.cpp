@@ -35,6 +35,7 @@ RunSpec TargetComparison::run_spec(const RowSpec& row) const {
   spec.model = model_;
   spec.size = size_;
   spec.policy = row.policy;
+  spec.device = options_.device;
   spec.batch = models::default_batch(model_, size_);
   if (row.budget_percent > 0) spec.budget_bytes = budget_at(*keep_memory_, row.budget_percent);
   if (row.at_max_batch_budget) {
@@ -110,6 +111,20 @@ const std::vector<RowResult>& TargetComparison::results() {
     result.time = time_spread(taken.measured);
     result.measured_steps = static_cast<int>(taken.measured.size());
     result.grads = fitting[k]->gradients();
+  }
+  if (results[0].fits) {
+    const std::vector<StepCost>& keep = turns[0].measured;  // keep is the first of the fitting rows
+    for (std::size_t k = 0; k < fitting.size(); ++k) {
+      RowResult& result = results[index_of[k]];
+      if (!result.fits) continue;
+      std::vector<StepCost> ratios;  // a TimeSpread over "seconds" that are ratios
+      for (std::size_t r = 0; r < turns[k].measured.size() && r < keep.size(); ++r) {
+        StepCost ratio;
+        ratio.seconds = turns[k].measured[r].seconds / keep[r].seconds;
+        ratios.push_back(ratio);
+      }
+      result.time_vs_keep = time_spread(ratios).median;
+    }
   }
   for (RowResult& result : results) {
     if (result.fits && results[0].fits) {

@@ -11,7 +11,8 @@
 //   3. All rows that fit then take turns (round_robin.h): one shared unmeasured round, then
 //      `rounds` measured ones, the order rotating by one each round. Between its steps each run is
 //      parked (training_run.h), so every step sees only its own bytes under its own budget.
-// Every row has taken the same number of steps when its gradients are compared with keep's. The
+// Every row has taken the same number of steps when its gradients are compared with keep's. Its
+// time against keep's is the median of the per-round ratios (rows of a round run back to back). The
 // peak is the largest over the memory step and the measured ones (each measured against its own
 // start); reserved bytes come from the memory step, where nothing else was cached; bytes sent out
 // are the most of any of those steps.
@@ -45,6 +46,9 @@ struct RowResult {
   std::int64_t offloaded_bytes = 0;     // the most of any of those steps
   std::int64_t recomputed_bytes = 0;
   TimeSpread time;  // of the measured steps
+  // The median over the measured rounds of this row's step time over keep's in the same round:
+  // paired, so that what drifts over a run (other tenants of the machine) cancels out.
+  double time_vs_keep = 0;
   int measured_steps = 0;
   std::vector<std::vector<float>> grads;  // after the last step
   double grad_max_abs_diff_vs_keep = 0;
@@ -53,6 +57,7 @@ struct RowResult {
 class TargetComparison {
  public:
   struct Options {
+    c10::DeviceType device = c10::DeviceType::CPU;
     int warmup = 3;
     int rounds = 7;
     // The max-batch budget for auto's row; 0: what keep reserved.

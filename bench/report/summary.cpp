@@ -357,6 +357,7 @@ std::string to_json(const Summary& summary) {
     append_member(out, "step_seconds_min", row.step_seconds_min);
     append_member(out, "step_seconds_max", row.step_seconds_max);
     append_member(out, "measured_steps", row.measured_steps);
+    append_member(out, "step_vs_keep", row.step_vs_keep);
     append_member(out, "samples_per_second", row.samples_per_second);
     append_member(out, "max_batch", row.max_batch);
     append_member(out, "max_batch_budget_bytes", row.max_batch_budget_bytes);
@@ -378,7 +379,8 @@ std::string to_markdown(const Summary& summary) {
       "against the `keep` row of the same model and size (" +
       std::string(kDash) +
       " where there is none). Step: the median of the measured steps in ms, with the least and "
-      "greatest in brackets. Max batch: the largest batch that fits the budget named. Grad diff: "
+      "greatest in brackets; step vs keep: the median of the ratios of the steps taken in the same "
+      "round, where the rows took turns. Max batch: the largest batch that fits the budget named. Grad diff: "
       "the largest |grad - keep's grad| over every parameter. A row that ran out of memory within "
       "its budget does not fit; the budget it needs is at least the one named.\n";
   const std::vector<Group> groups = group_rows(summary);
@@ -404,7 +406,9 @@ std::string to_markdown(const Summary& summary) {
                              static_cast<double>(group.keep->peak_bytes))
                      : std::nullopt;
       const std::optional<double> step_ratio =
-          group.keep ? ratio(row->step_seconds, group.keep->step_seconds) : std::nullopt;
+          row->step_vs_keep > 0 ? std::optional<double>(row->step_vs_keep)
+          : group.keep          ? ratio(row->step_seconds, group.keep->step_seconds)
+                                : std::nullopt;
       const std::string cells[] = {
           markdown_text(policy_label(*row)),
           std::to_string(row->batch),

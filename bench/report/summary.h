@@ -34,6 +34,9 @@ struct SummaryRow {
   double step_seconds_min = 0;      // their spread
   double step_seconds_max = 0;
   std::int64_t measured_steps = 0;
+  // The step time against the keep row's, measured paired (the median of per-round ratios); 0
+  // when not measured so, and the report then divides the medians.
+  double step_vs_keep = 0;
   double samples_per_second = 0;  // batch / the median step
   std::int64_t max_batch = -1;    // largest batch that fits the budget; -1 when not searched
   std::int64_t max_batch_budget_bytes = 0;  // the budget max_batch was searched under

@@ -13,7 +13,7 @@ namespace {
 const char* const kRowFields[] = {
     "model", "size", "policy", "budget_bytes", "batch", "fits", "least_budget_bytes",
     "peak_bytes", "reserved_bytes", "step_seconds", "step_seconds_min", "step_seconds_max",
-    "measured_steps", "samples_per_second", "max_batch", "max_batch_budget_bytes",
+    "measured_steps", "step_vs_keep", "samples_per_second", "max_batch", "max_batch_budget_bytes",
     "offloaded_bytes", "recomputed_bytes", "grad_max_abs_diff_vs_keep"};
 
 TEST(CompareJob, WritesOneRecordPerModelAndPolicyWithEveryField) {
@@ -45,9 +45,11 @@ TEST(CompareJob, WritesOneRecordPerModelAndPolicyWithEveryField) {
     EXPECT_EQ(row.at("measured_steps").number(), 2) << policy;
     EXPECT_LE(row.at("step_seconds_min").number(), row.at("step_seconds").number()) << policy;
     EXPECT_GE(row.at("step_seconds_max").number(), row.at("step_seconds").number()) << policy;
+    EXPECT_GT(row.at("step_vs_keep").number(), 0) << policy;
     if (policy == "keep") keep_peak = static_cast<std::int64_t>(row.at("peak_bytes").number());
   }
   EXPECT_EQ(rows.items[0].at("policy").text, "keep");
+  EXPECT_EQ(rows.items[0].at("step_vs_keep").number(), 1.0) << "keep against itself, per round";
   EXPECT_LT(rows.items[1].at("peak_bytes").number(), keep_peak) << "recompute saves memory";
   EXPECT_GT(rows.items[1].at("recomputed_bytes").number(), 0);
   EXPECT_GT(rows.items[2].at("offloaded_bytes").number(), 0);
@@ -85,6 +87,9 @@ TEST(CompareJob, RefusesBadOptionsNamingThem) {
       {"--budget lots", "--budget"},
       {"--frobnicate", "unknown option '--frobnicate' (see --help)"},
       {"--out", "--out needs a value"},
+      {"--device tpu", "--device: unknown 'tpu'; valid: cpu, cuda"},
+      {"--preset fast", "--preset: unknown 'fast'; valid: gpu-check"},
+      {"--device cuda", "--device cuda: actmem manages CPU in this process"},
       {"--benchmark_filter=lstm", "choose rows with --models and --policies"},
   };
   for (const Case& c : cases) {

@@ -95,6 +95,7 @@ const char* const kRowFields[] = {"model",
                                   "step_seconds_min",
                                   "step_seconds_max",
                                   "measured_steps",
+                                  "step_vs_keep",
                                   "samples_per_second",
                                   "max_batch",
                                   "max_batch_budget_bytes",
@@ -347,9 +348,14 @@ TEST(SummaryMarkdown, TheStepIsTheMedianWithItsSpread) {
   SummaryRow single = make_row("vnet", "small", "recompute", 50 * kMiB, 0.75);
   single.measured_steps = 1;
   summary.rows.push_back(single);
+  SummaryRow paired = make_row("vnet", "small", "offload", 40 * kMiB, 0.6);
+  paired.step_vs_keep = 1.42;  // the median of per-round ratios, not 0.6 / 0.5
+  summary.rows.push_back(paired);
   const auto table = table_under(to_markdown(summary), "vnet (small)");
   EXPECT_EQ(table.at("keep").at("step (ms)"), "500 (480–610)");
   EXPECT_EQ(table.at("recompute").at("step (ms)"), "750") << "one step has no spread";
+  EXPECT_EQ(table.at("recompute").at("step vs keep"), "1.50") << "not paired: medians divided";
+  EXPECT_EQ(table.at("offload").at("step vs keep"), "1.42") << "paired, as measured";
 }
 
 TEST(SummaryMarkdown, ARowThatDoesNotFitSaysWhatItNeeds) {
