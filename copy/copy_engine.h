@@ -2,9 +2,11 @@
 // for: what the host store's offload pipeline (hooks/host_store.h) issues its device-to-host and
 // host-to-device copies through.
 //
-// Two implementations behind this interface:
-// - ThreadCopyEngine: a worker thread that memcpy's; the CPU build's, so that the pipeline's
-//   ordering, window and stall accounting run in every CI run;
+// Three implementations behind this interface:
+// - ThreadCopyEngine: a worker thread that memcpy's in the background, as the CUDA engine copies
+//   beside compute: the pipeline's ordering, window and stall accounting run over it (and over a
+//   test engine) in every CI run;
+// - InlineCopyEngine: memcpy on the calling thread, the CPU build's default (see why there);
 // - CudaCopyEngine: cudaMemcpyAsync on a side stream, ordered against the compute stream by events;
 //   the host never waits for a copy unless asked to.
 #pragma once

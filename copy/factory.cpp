@@ -3,7 +3,7 @@
 #include <stdexcept>
 
 #include "allocator/host_backend.h"
-#include "copy/thread_copy_engine.h"
+#include "copy/inline_copy_engine.h"
 #if defined(ACTMEM_HAVE_CUDA)
 #include "copy/cuda_copy_engine.h"
 #include "copy/pinned_backend.h"
@@ -19,7 +19,7 @@ namespace {
 #endif
 
 std::unique_ptr<CopyEngine> make_copy_engine(bool cuda, int device) {
-  if (!cuda) return std::make_unique<ThreadCopyEngine>();
+  if (!cuda) return std::make_unique<InlineCopyEngine>();
 #if defined(ACTMEM_HAVE_CUDA)
   return std::make_unique<CudaCopyEngine>(device);
 #else

@@ -9,8 +9,9 @@
 
 namespace actmem::copy {
 
-// CudaCopyEngine on `device` when `cuda`, else ThreadCopyEngine. Throws std::runtime_error when
-// CUDA is asked of a build without the CUDA toolkit, or the engine cannot start.
+// CudaCopyEngine on `device` when `cuda`, else InlineCopyEngine (see why there). Throws
+// std::runtime_error when CUDA is asked of a build without the CUDA toolkit, or the engine cannot
+// start.
 std::unique_ptr<CopyEngine> make_copy_engine(bool cuda, int device);
 
 // PinnedBackend when `cuda` (page-locked: copies overlap compute), else HostBackend.

@@ -182,8 +182,10 @@ std::shared_ptr<HostStore::Item> HostStore::offload(const at::Tensor& tensor, bo
     if (bytes > 0) {
       item->out = core_->engine->copy(block, source.data_ptr(), static_cast<std::size_t>(bytes),
                                       current_stream(item->device));
-      item->source = source;
-      core_->sending.push_back(item);
+      if (!core_->engine->finished(item->out)) {  // else (the inline engine) nothing to hold
+        item->source = source;
+        core_->sending.push_back(item);
+      }
     }
     core_->waiting.emplace(item->sequence, item);
     ++core_->stats.copies_to_host;

@@ -10,7 +10,7 @@
 //   nothing reads it any more, and nothing waits for it on the host.
 // - take (at unpack): backward unpacks in about the reverse of pack order. The item's copy back is
 //   queued now unless a prefetch queued it; the current stream is ordered after it (on CUDA an
-//   event wait, on the CPU engine a host wait: the stall). Then the items sent out before it are
+//   event wait, on the thread engine a host wait: the stall). Then the items sent out before it are
 //   fetched ahead, the most recent first, while the device bytes fetched ahead and not yet taken
 //   stay within the prefetch window: each gets a device block and a host-to-device copy queued
 //   after the current stream's work so far.
@@ -44,9 +44,9 @@ struct TransferStats {
 
 struct HostStoreOptions {
   std::optional<std::size_t> capacity;  // cap on the pool's bytes (0: no room)
-  // Device bytes fetched ahead and not yet taken. By default none on the CPU (the thread engine's
-  // memcpy competes with compute for the same cores, and every byte fetched early is peak memory)
-  // and 256 MiB on CUDA, where the copies overlap compute.
+  // Device bytes fetched ahead and not yet taken. By default none on the CPU (a copy there is a
+  // memcpy that competes with compute for the same cores, and every byte fetched early is peak
+  // memory) and 256 MiB on CUDA, where the copies overlap compute.
   std::optional<std::size_t> prefetch_window;
   static constexpr std::size_t kCudaPrefetchWindow = std::size_t{256} << 20;
 };
@@ -54,7 +54,7 @@ struct HostStoreOptions {
 class HostStore {
  public:
   // The store for the device actmem manages: on CUDA the pinned pool and the CUDA copy engine of
-  // the current device, else plain host memory and the thread engine.
+  // the current device, else plain host memory and the inline engine.
   explicit HostStore(HostStoreOptions options = {});
   // Any engine and pool backend (tests drive the pipeline through engines of their own).
   HostStore(HostStoreOptions options, std::unique_ptr<copy::CopyEngine> engine,

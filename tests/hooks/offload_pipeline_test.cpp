@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "allocator/host_backend.h"
+#include "copy/thread_copy_engine.h"
 #include "hooks/actmem.h"
 #include "hooks/host_store.h"
 
@@ -191,7 +192,29 @@ TEST(OffloadPipeline, APoolAtItsCapRefusesAndCounts) {
   EXPECT_EQ(p.engine->issued(), 0u) << "nothing was queued";
 }
 
-// The pipeline under a scope, through the thread engine that the CPU build uses: offload with a
+// The pipeline over the asynchronous thread engine, with copies really beside the caller: every
+// item comes back bit for bit, prefetched or not, and nothing is lost at the end.
+TEST(OffloadPipeline, OverTheThreadEngineEveryItemComesBackExactly) {
+  install();
+  HostStoreOptions options;
+  options.prefetch_window = 3 * kBytes;
+  HostStore store(options, std::make_unique<copy::ThreadCopyEngine>(),
+                  std::make_unique<alloc::HostBackend>());
+  std::vector<torch::Tensor> originals;
+  std::vector<std::shared_ptr<HostStore::Item>> items;
+  for (int i = 0; i < 32; ++i) {
+    originals.push_back(torch::randn({kElements}));
+    items.push_back(store.offload(originals.back()));
+  }
+  for (int i = 31; i >= 0; --i) EXPECT_TRUE(torch::equal(store.take(items[i]), originals[i])) << i;
+  const TransferStats stats = store.stats();
+  EXPECT_EQ(stats.copies_to_device, 32);
+  EXPECT_GT(stats.prefetched, 0);
+  items.clear();
+  EXPECT_EQ(store.pool().stats().allocated_bytes.current, 0) << "every host block went back";
+}
+
+// The pipeline under a scope, through the inline engine that the CPU build uses: offload with a
 // prefetch window trains to the same bits as keep.
 TEST(OffloadPipeline, WithAWindowAScopeTrainsLikeKeep) {
   install();
