@@ -34,7 +34,7 @@ Entry entry(const std::string& name, Size size) {
     switch (size) {
       case Size::kTiny: return {[] { return make_densenet({{2, 4, 4, 2}, 12, 4, 0.5, 24, 64, 10}); }, 8};
       case Size::kSmall: return {[] { return make_densenet({{6, 12, 24, 16}, 12, 4, 0.5, 24, 64, 10}); }, 16};
-      case Size::kFull: return {[] { return make_densenet(DenseNetConfig{}); }, 64};
+      case Size::kFull: return {[] { return make_densenet(densenet264()); }, 16};
     }
   }
   if (name == "lstm") {
@@ -48,7 +48,7 @@ Entry entry(const std::string& name, Size size) {
     switch (size) {
       case Size::kTiny: return {[] { return make_vnet({2, {32, 32, 32}, 5, 2}); }, 2};
       case Size::kSmall: return {[] { return make_vnet({4, {64, 64, 32}, 5, 2}); }, 2};
-      case Size::kFull: return {[] { return make_vnet(VNetConfig{}); }, 4};
+      case Size::kFull: return {[] { return make_vnet(VNetConfig{}); }, 2};
     }
   }
   std::string valid;
@@ -79,10 +79,13 @@ const std::vector<std::string>& model_names() {
   return names;
 }
 
-std::shared_ptr<Model> make_model(const std::string& name, Size size, std::uint64_t seed) {
+std::shared_ptr<Model> make_model(const std::string& name, Size size, std::uint64_t seed,
+                                  c10::Device device) {
   const Entry e = entry(name, size);
-  torch::manual_seed(seed);  // the initial weights
-  return e.make();
+  torch::manual_seed(seed);  // the initial weights, drawn on the CPU whatever the device
+  std::shared_ptr<Model> model = e.make();
+  if (!device.is_cpu()) model->to(device);
+  return model;
 }
 
 std::int64_t default_batch(const std::string& name, Size size) { return entry(name, size).batch; }

@@ -25,4 +25,11 @@ struct DenseNetConfig {
 
 std::shared_ptr<Model> make_densenet(const DenseNetConfig& config);
 
+// DenseNet-264 (BC, k = 32): the `full` size, the largest of the seed's table.
+inline DenseNetConfig densenet264() {
+  DenseNetConfig config;
+  config.block_layers = {6, 12, 64, 48};
+  return config;
+}
+
 }  // namespace actmem::models

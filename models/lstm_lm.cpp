@@ -63,8 +63,9 @@ class LstmLm : public Model {
   // hidden state starts at zero and flows from chunk to chunk.
   torch::Tensor recurrent(const torch::Tensor& input) {
     const std::int64_t batch = input.size(1);
-    torch::Tensor h = torch::zeros({config_.layers, batch, config_.hidden});
-    torch::Tensor c = torch::zeros({config_.layers, batch, config_.hidden});
+    const auto options = torch::TensorOptions().device(input.device());
+    torch::Tensor h = torch::zeros({config_.layers, batch, config_.hidden}, options);
+    torch::Tensor c = torch::zeros({config_.layers, batch, config_.hidden}, options);
     std::vector<torch::Tensor> outputs;
     const auto chunks = input.chunk(config_.time_chunks, 0);
     for (std::size_t k = 0; k < chunks.size(); ++k) {

@@ -24,6 +24,9 @@ struct Batch {
   torch::Tensor input;
   torch::Tensor target;
   std::int64_t samples = 0;  // images, volumes or sequences
+
+  // The same batch on `device` (made on the CPU: the same bits on every device).
+  Batch to(c10::Device device) const { return {input.to(device), target.to(device), samples}; }
 };
 
 class Model : public torch::nn::Module {

@@ -10,12 +10,14 @@
 #   configure  build/gpu against torch's LibTorch, Release           OUTDIR/configure.log
 #   build      every target, -j$(nproc), going on past errors        OUTDIR/build.log
 #   test       ctest: the GPU tests run instead of skipping          OUTDIR/test.log, test-junit.xml
-#   compare    build/gpu/bench/actmem_compare --size SIZE            OUTDIR/compare.log, results/
+#   compare    build/gpu/bench/actmem_compare --preset gpu-check     OUTDIR/compare.log, results/
+#              (the four models at full size on CUDA, max batch under 8 GiB)
 #   pluggable  tests/gpu/pluggable_allocator.py (PyTorch + libactmem_alloc.so)
 #                                                                    OUTDIR/pluggable.log
 #   preload    tests/gpu/preload_training.py under LD_PRELOAD=libactmem_preload.so
 #                                                                    OUTDIR/preload.log, preload_stats.json
-#   torch      tests/gpu/pytorch_side_by_side.py (torch checkpoint, save_on_cpu)
+#   torch      tests/gpu/pytorch_side_by_side.py: the four models at full size, plain,
+#              torch.utils.checkpoint and save_on_cpu, max batch under 8 GiB
 #                                                                    OUTDIR/side_by_side.log, torch_side_by_side.json
 # Then OUTDIR/summary.txt: pass/fail per step and where each result went. Exit status 0 when every
 # step passed, 1 when one failed or was skipped, 2 on a usage error.
@@ -26,11 +28,9 @@
 # build has no bench/ and the compare step is not run (the summary says so).
 #
 # Environment: PYTHON (default python3), ACTMEM_GPU_CHECK_BUDGET_S (the whole run's time, default
-# 470 s: every step's timeout is cut to fit), ACTMEM_CTEST_JOBS (default 8), ACTMEM_COMPARE_ARGS
-# (more arguments for actmem_compare, default --steps 5), ACTMEM_COMPARE_SIZE (default small: the models still train
-# on the CPU, since the hooks' CUDA side is not built yet, and `full` on a CPU would not finish;
-# set it to full once it is), ACTMEM_TORCH_DEPTHS (ResNet depths for the torch step, default
-# 164,1001).
+# 540 s: every step's timeout is cut to fit), ACTMEM_CTEST_JOBS (default 8), ACTMEM_COMPARE_ARGS
+# (actmem_compare's arguments, default --preset gpu-check), ACTMEM_TORCH_ARGS (the torch step's,
+# default --max-batch-budget 8GiB; e.g. --models resnet,lstm to fit a shorter run).
 set -uo pipefail
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
@@ -63,7 +63,7 @@ fi
 build=$root/build/gpu
 third_party=$root/third_party
 PY=${PYTHON:-python3}
-budget=${ACTMEM_GPU_CHECK_BUDGET_S:-470}
+budget=${ACTMEM_GPU_CHECK_BUDGET_S:-540}
 deadline=$((SECONDS + budget))
 jobs=$(nproc 2>/dev/null || echo 4)
 ctest_jobs=${ACTMEM_CTEST_JOBS:-8}
@@ -75,8 +75,8 @@ order=(probe configure build test compare pluggable preload torch)
 # Most seconds a step may take, and the least it is worth starting with. The time of the steps
 # still to come (their floors) is held back from each step's timeout, so a slow build cannot
 # leave no time for the Python steps.
-declare -A cap=([probe]=90 [configure]=150 [build]=330 [test]=180 [compare]=240
-  [pluggable]=90 [preload]=90 [torch]=150)
+declare -A cap=([probe]=90 [configure]=150 [build]=330 [test]=180 [compare]=270
+  [pluggable]=90 [preload]=90 [torch]=240)
 declare -A floor=([probe]=20 [configure]=40 [build]=90 [test]=45 [compare]=60
   [pluggable]=30 [preload]=30 [torch]=45)
 declare -A result=() note=() took=()
@@ -342,11 +342,9 @@ if [[ -n $bench_off ]]; then
 elif [[ ! -x $compare_bin ]]; then
   skip compare "$compare_bin was not built (see build.log)"
 else
-  # The models train on CPU tensors (the hooks' CUDA side is the GPU issue's): the host backend
-  # makes their bytes the device's, as on the build machines.
   # shellcheck disable=SC2086  # ACTMEM_COMPARE_ARGS is a list of words
-  run compare "$compare_log" env ACTMEM_BACKEND=host "$compare_bin" \
-    --size "${ACTMEM_COMPARE_SIZE:-small}" --out "$out/results" ${ACTMEM_COMPARE_ARGS:---steps 5}
+  run compare "$compare_log" "$compare_bin" --out "$out/results" \
+    ${ACTMEM_COMPARE_ARGS:---preset gpu-check}
   finish compare "$rc" "results in results/" "$compare_log"
 fi
 
@@ -390,8 +388,9 @@ fi
 if [[ $torch_rc != 0 ]]; then
   skip torch "torch is not importable (probe)"
 else
+  # shellcheck disable=SC2086  # ACTMEM_TORCH_ARGS is a list of words
   TEE=1 run torch "$out/side_by_side.log" "$PY" tests/gpu/pytorch_side_by_side.py \
-    --out "$out/torch_side_by_side.json" --depths "${ACTMEM_TORCH_DEPTHS:-164,1001}"
+    --out "$out/torch_side_by_side.json" ${ACTMEM_TORCH_ARGS:---max-batch-budget 8GiB}
   if ((rc == 0)); then
     finish torch 0 "records in torch_side_by_side.json" ""
   else

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -38,6 +39,11 @@ batch that fits a budget; prints the table and writes <out>/summary.{md,json,svg
   --policies LIST      from keep,recompute,offload,auto (default: all; keep is always measured:
                        it is the reference)
   --size LIST          from tiny,small,full (default: small)
+  --device DEVICE      cpu or cuda (default: the device actmem manages: cuda where a GPU answers
+                       and ACTMEM_BACKEND allows it, else cpu)
+  --preset gpu-check   what scripts/gpu-check.sh runs in the minutes it has: full size on cuda,
+                       auto at 50%, 2 warm-up steps, 5 measured, the max batch under 8GiB (options
+                       after it override it)
   --auto-budgets LIST  auto's budgets, as percentages of what keep reserved above the bytes
                        allocated at the step's start (default: 75,50,30)
   --budget BYTES       the budget for the max-batch search and auto's row at it, e.g. 512MiB
@@ -68,7 +74,18 @@ struct Options {
   int warmup = 3;
   int steps = 7;
   std::string out = "results";
+  std::optional<c10::DeviceType> device;  // none: the device actmem manages
 };
+
+// --preset gpu-check: the main job at full size on the GPU machine, in the minutes it has.
+void apply_gpu_check_preset(Options& options) {
+  options.sizes = {models::Size::kFull};
+  options.device = c10::DeviceType::CUDA;
+  options.auto_budgets = {50};
+  options.warmup = 2;
+  options.steps = 5;
+  options.max_batch_budget = std::int64_t{8} << 30;
+}
 
 std::vector<std::string> split_list(const std::string& text) {
   std::vector<std::string> items;
@@ -134,6 +151,18 @@ Options parse_options(int argc, char** argv, std::vector<char*>& rest) {
         options.sizes.push_back(models::parse_size(item));
       }
       if (options.sizes.empty()) throw std::invalid_argument(arg + " needs at least one value");
+    } else if (arg == "--device") {
+      const std::string device = value();
+      if (device != "cpu" && device != "cuda") {
+        throw std::invalid_argument("--device: unknown '" + device + "'; valid: cpu, cuda");
+      }
+      options.device = device == "cuda" ? c10::DeviceType::CUDA : c10::DeviceType::CPU;
+    } else if (arg == "--preset") {
+      const std::string preset = value();
+      if (preset != "gpu-check") {
+        throw std::invalid_argument("--preset: unknown '" + preset + "'; valid: gpu-check");
+      }
+      apply_gpu_check_preset(options);
     } else if (arg == "--auto-budgets") {
       options.auto_budgets.clear();
       for (const std::string& item : split_list(value())) {
@@ -190,6 +219,7 @@ class Comparison {
           }
         }
         TargetComparison::Options target_options;
+        target_options.device = *options_.device;
         target_options.warmup = options_.warmup;
         target_options.rounds = options_.steps;
         target_options.max_batch_budget_bytes = options_.max_batch_budget;
@@ -245,7 +275,7 @@ class Comparison {
         state.counters[kCounterGradDiff] = r.grad_max_abs_diff_vs_keep;
         state.counters["peak_vs_keep"] =
             static_cast<double>(r.peak_bytes) / static_cast<double>(keep.peak_bytes);
-        state.counters["time_vs_keep"] = r.time.median / keep.time.median;
+        state.counters[kCounterStepVsKeep] = r.time_vs_keep;
         state.SetItemsProcessed(r.spec.batch);
         check(name, r);
       } catch (const std::exception& e) {
@@ -278,6 +308,7 @@ class Comparison {
         spec.model = target.model;
         spec.size = target.size;
         spec.policy = policy;
+        spec.device = *options_.device;
         spec.budget_bytes = comparison->max_batch_budget();
         const std::int64_t start = models::default_batch(target.model, target.size);
         MaxBatch found;
@@ -300,10 +331,15 @@ class Comparison {
   std::vector<std::string> problems_;
 };
 
-std::string machine_description() {
-  return std::to_string(std::thread::hardware_concurrency()) + " CPU threads, LibTorch " +
-         TORCH_VERSION +
-         " on CPU (device memory = actmem's allocator for CPU tensors; times are CPU times)";
+std::string machine_description(c10::DeviceType device) {
+  const std::string machine =
+      std::to_string(std::thread::hardware_concurrency()) + " CPU threads, LibTorch " + TORCH_VERSION;
+  if (device == c10::DeviceType::CUDA) {
+    return machine + " on CUDA (device memory = actmem's allocator as LibTorch's CUDA allocator; a "
+                     "step's time ends when its loss is on the host)";
+  }
+  return machine + " on CPU (device memory = actmem's allocator for CPU tensors; times are CPU "
+                   "times)";
 }
 
 }  // namespace
@@ -322,14 +358,28 @@ int main(int argc, char** argv) {
   std::string command;
   for (int i = 0; i < argc; ++i) command += (i ? " " : "") + std::string(argv[i]);
 
-  actmem::install();
+  try {
+    actmem::install();
+    const c10::DeviceType managed = actmem::managed_device();
+    if (!options.device) options.device = managed;
+    if (*options.device != managed) {
+      throw std::invalid_argument(std::string("--device ") +
+                                  (*options.device == c10::DeviceType::CUDA ? "cuda" : "cpu") +
+                                  ": actmem manages " + c10::DeviceTypeName(managed) +
+                                  " in this process (ACTMEM_BACKEND=host for the CPU; cuda, or "
+                                  "auto with a GPU, for CUDA)");
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "actmem_compare: %s\n", e.what());
+    return 2;
+  }
   int bench_argc = static_cast<int>(rest.size());
   benchmark::Initialize(&bench_argc, rest.data());
   if (benchmark::ReportUnrecognizedArguments(bench_argc, rest.data())) return 2;
 
   Comparison comparison(options);
   comparison.register_benchmarks();
-  ComparisonReporter reporter(options.out, machine_description(), command);
+  ComparisonReporter reporter(options.out, machine_description(*options.device), command);
   benchmark::RunSpecifiedBenchmarks(&reporter);
   benchmark::Shutdown();
   for (const std::string& problem : comparison.problems()) {

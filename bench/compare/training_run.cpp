@@ -51,8 +51,16 @@ TrainingRun::TrainingRun(const RunSpec& spec) : spec_(spec) {
   install();  // before the first tensor: the model's bytes are device bytes
   if (spec_.batch <= 0) spec_.batch = models::default_batch(spec_.model, spec_.size);
   const RngState others_rng = RngState::capture();
-  model_ = models::make_model(spec_.model, spec_.size, spec_.seed);  // seeds the CPU generator
-  batch_ = model_->make_batch(spec_.batch, spec_.seed);
+  if (spec_.device != managed_device()) {
+    throw std::invalid_argument(std::string("a run on ") + c10::DeviceTypeName(spec_.device) +
+                                " needs actmem to manage that device; it manages " +
+                                c10::DeviceTypeName(managed_device()) +
+                                " (ACTMEM_BACKEND: host for the CPU, cuda or auto on a GPU "
+                                "machine for CUDA)");
+  }
+  const c10::Device device(spec_.device);
+  model_ = models::make_model(spec_.model, spec_.size, spec_.seed, device);  // seeds the CPU RNG
+  batch_ = model_->make_batch(spec_.batch, spec_.seed).to(device);
   optimizer_ = models::make_optimizer(*model_);
   rng_state_ = RngState::capture();
   others_rng.restore();

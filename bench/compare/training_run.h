@@ -23,6 +23,9 @@ struct RunSpec {
   std::int64_t batch = 0;         // 0: the size's default batch
   std::int64_t budget_bytes = 0;  // device bytes the allocator may reserve; 0: no budget
   std::uint64_t seed = 1;         // weights and batch
+  // Where the model trains: the CPU, or CUDA where actmem manages it (its bytes are then the CUDA
+  // allocator's).
+  c10::DeviceType device = c10::DeviceType::CPU;
 };
 
 struct StepCost {

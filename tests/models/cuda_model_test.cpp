@@ -1,0 +1,87 @@
+// The reference models on a CUDA device (where one answers; else every test skips, saying so):
+// actmem is LibTorch's CUDA allocator, and recompute and offload train each model at `tiny` size to
+// the same bits as keep (deterministic cuDNN), in fewer device bytes, with the offload pipeline's
+// copies going through the CUDA copy engine.
+#include <gtest/gtest.h>
+#include <torch/cuda.h>
+#include <torch/torch.h>
+
+#include <string>
+
+#include "bench/compare/training_run.h"
+#include "hooks/actmem.h"
+#include "models/catalogue.h"
+
+namespace actmem::bench {
+namespace {
+
+bool cuda_managed() {
+  if (!torch::cuda::is_available()) return false;
+  install();
+  return managed_device() == c10::DeviceType::CUDA;
+}
+
+constexpr const char* kNoDevice =
+    "needs a CUDA device that actmem manages (none here, or ACTMEM_BACKEND=host)";
+
+struct Trained {
+  std::vector<std::vector<float>> grads;
+  StepCost last;
+  ActivationStats stats;
+};
+
+Trained train(const std::string& model, const std::string& policy) {
+  at::globalContext().setDeterministicCuDNN(true);
+  at::globalContext().setBenchmarkCuDNN(false);
+  RunSpec spec;
+  spec.model = model;
+  spec.size = models::Size::kTiny;
+  spec.policy = policy;
+  spec.device = c10::DeviceType::CUDA;
+  TrainingRun run(spec);
+  Trained trained;
+  for (int step = 0; step < 3; ++step) trained.last = run.step(/*fresh_cache=*/step == 0);
+  trained.grads = run.gradients();
+  return trained;
+}
+
+class CudaModels : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CudaModels, RecomputeAndOffloadTrainExactlyLikeKeepInFewerBytes) {
+  if (!cuda_managed()) GTEST_SKIP() << kNoDevice;
+  const std::string& model = GetParam();
+  const Trained keep = train(model, "keep");
+  for (const char* policy : {"recompute", "offload"}) {
+    const Trained trained = train(model, policy);
+    EXPECT_EQ(trained.grads, keep.grads) << model << " under " << policy;
+    EXPECT_LT(trained.last.peak_bytes, keep.last.peak_bytes) << model << " under " << policy;
+    std::printf("%s/%s on CUDA: peak %.2f MiB, keep %.2f MiB\n", model.c_str(), policy,
+                trained.last.peak_bytes / 1048576.0, keep.last.peak_bytes / 1048576.0);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Tiny, CudaModels, ::testing::ValuesIn(models::model_names()),
+                         [](const auto& info) { return info.param; });
+
+TEST(CudaOffload, CopiesGoThroughTheCudaEngineAndUnpacksNeedNoHostWait) {
+  if (!cuda_managed()) GTEST_SKIP() << kNoDevice;
+  ScopeOptions options;
+  options.offload_min_bytes = 0;
+  ActivationScope scope(make_policy("offload"), options);
+  EXPECT_STREQ(scope.host_store().engine().name(), "cuda");
+  EXPECT_STREQ(scope.host_store().pool().backend().name(), "pinned");
+  torch::nn::Linear linear(256, 256);
+  linear->to(torch::kCUDA);
+  const torch::Tensor x = torch::randn({512, 256}, torch::kCUDA);
+  for (int step = 0; step < 2; ++step) {
+    linear->zero_grad();
+    torch::relu(linear(torch::relu(linear(x)))).pow(2).mean().backward();
+  }
+  const TransferStats transfers = scope.stats().transfers;
+  EXPECT_GT(transfers.copies_to_host, 0);
+  EXPECT_EQ(transfers.copies_to_device, transfers.copies_to_host);
+  EXPECT_EQ(transfers.wait_ns, 0) << "the stream waits on the copy's event, not the host";
+}
+
+}  // namespace
+}  // namespace actmem::bench
