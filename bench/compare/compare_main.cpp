@@ -52,7 +52,7 @@ batch that fits a budget; prints the table and writes <out>/summary.{md,json,svg
   --warmup N           steps each row takes before its memory is measured (default: 3: auto
                        profiles its first step and refines its plan over the next ones)
   --steps N            measured steps per row, taken in turns with the other rows of the model
-                       (default: 7, so that each of up to 7 rows starts a round once)
+                       (default: 10)
   --out DIR            where the summary goes (default: results)
   --help               this text
 
@@ -72,7 +72,7 @@ struct Options {
   std::int64_t max_batch_budget = 0;
   bool max_batch = true;
   int warmup = 3;
-  int steps = 7;
+  int steps = 10;
   std::string out = "results";
   std::optional<c10::DeviceType> device;  // none: the device actmem manages
 };

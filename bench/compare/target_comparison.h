@@ -59,7 +59,7 @@ class TargetComparison {
   struct Options {
     c10::DeviceType device = c10::DeviceType::CPU;
     int warmup = 3;
-    int rounds = 7;
+    int rounds = 10;
     // The max-batch budget for auto's row; 0: what keep reserved.
     std::int64_t max_batch_budget_bytes = 0;
   };

@@ -66,7 +66,8 @@ class TrainingRun {
   // One training step, measured. Outside the measured time: unparks the run, sets its budget, RNG
   // state and scope (and, with `fresh_cache`, empties the allocator's cache first, so that the
   // reserved bytes are this step's own), then parks it all again, however the step ends. An
-  // alloc::OutOfMemoryError propagates: the step did not fit.
+  // alloc::OutOfMemoryError propagates: the step did not fit (and leaves nothing allocated: see
+  // release_failed_backward).
   StepCost step(bool fresh_cache = false);
 
   // Each parameter's gradient after the last step, copied out of device memory.
@@ -86,6 +87,12 @@ class TrainingRun {
   std::optional<ActivationScope::Pause> paused_;  // after scope_: resumes it before it goes
   ParkedStorages parked_;
 };
+
+// LibTorch's engine leaves the tasks of a backward that threw (an out-of-memory error in a backward
+// kernel, say) in its thread's ready queue, holding their part of the graph and the tensors it
+// saved until the next backward there pops and drops them. A tiny backward on `device` now does
+// that at once, so that a failed step leaves nothing allocated to whatever runs next.
+void release_failed_backward(c10::Device device);
 
 // Each parameter's gradient, copied out of device memory.
 std::vector<std::vector<float>> gradients_of(const torch::nn::Module& module);

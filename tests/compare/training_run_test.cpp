@@ -6,6 +6,7 @@
 #include "bench/compare/parked_storages.h"
 #include "bench/compare/round_robin.h"
 #include "bench/compare/training_run.h"
+#include "allocator/errors.h"
 #include "hooks/actmem.h"
 
 namespace actmem::bench {
@@ -81,6 +82,37 @@ TEST(TrainingRun, AStepThatDoesNotFitEndsItsRunsTurnsOnly) {
   EXPECT_TRUE(turns[0].measured.empty());
   EXPECT_FALSE(turns[1].out_of_memory);
   EXPECT_EQ(turns[1].measured.size(), 3u);
+}
+
+// LibTorch's engine leaves the tasks of a backward that threw (out of memory in a backward kernel)
+// in its thread's ready queue, holding their part of the graph and its saved tensors until the
+// next backward there: a run whose step ran out of memory must not leave them to the next run.
+TEST(TrainingRun, AStepOutOfMemoryInBackwardLeavesNothingAllocated) {
+  RunSpec spec = tiny("resnet", "recompute");
+  spec.batch = 64;
+  std::int64_t fits = 0;
+  {
+    TrainingRun run(spec);
+    run.step(/*fresh_cache=*/true);
+    fits = run.step(/*fresh_cache=*/true).reserved_bytes;
+  }
+  const std::int64_t before = device_memory().stats().allocated_bytes.current;
+  int failed = 0;
+  // Budgets a little under what the step needs fail in backward, where the rerun allocates.
+  for (int percent : {70, 78, 86, 94}) {
+    spec.budget_bytes = fits * percent / 100;
+    {
+      TrainingRun run(spec);
+      try {
+        run.step(/*fresh_cache=*/true);
+        run.step(/*fresh_cache=*/true);
+      } catch (const alloc::OutOfMemoryError&) {
+        ++failed;
+      }
+    }
+    EXPECT_EQ(device_memory().stats().allocated_bytes.current, before) << percent << "%";
+  }
+  EXPECT_GT(failed, 1) << "the budgets were meant to fail";
 }
 
 TEST(TimeSpread, TheMedianAndTheExtremes) {

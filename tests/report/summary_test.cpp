@@ -358,7 +358,8 @@ TEST(SummaryMarkdown, TheStepIsTheMedianWithItsSpread) {
   EXPECT_EQ(table.at("offload").at("step vs keep"), "1.42") << "paired, as measured";
 }
 
-TEST(SummaryMarkdown, ARowThatDoesNotFitSaysWhatItNeeds) {
+// keep, and auto at 30 MiB that does not fit, needing at least 45 MiB.
+Summary keep_and_a_row_that_does_not_fit() {
   Summary summary;
   summary.rows.push_back(make_row("lstm", "small", "keep", 100 * kMiB, 0.5));
   SummaryRow tight = make_row("lstm", "small", "auto", 0, 0);
@@ -366,7 +367,12 @@ TEST(SummaryMarkdown, ARowThatDoesNotFitSaysWhatItNeeds) {
   tight.fits = false;
   tight.least_budget_bytes = 45 * kMiB;
   summary.rows.push_back(tight);
-  SummaryRow unknown = tight;
+  return summary;
+}
+
+TEST(SummaryMarkdown, ARowThatDoesNotFitSaysWhatItNeeds) {
+  Summary summary = keep_and_a_row_that_does_not_fit();
+  SummaryRow unknown = summary.rows[1];
   unknown.budget_bytes = 20 * kMiB;
   unknown.least_budget_bytes = 0;
   summary.rows.push_back(unknown);
@@ -546,14 +552,7 @@ TEST(SummarySvg, NonFiniteAndMissingValuesGetEmptyBars) {
 }
 
 TEST(SummarySvg, ARowThatDoesNotFitGetsEmptyBarsSayingSo) {
-  Summary summary;
-  summary.rows.push_back(make_row("lstm", "small", "keep", 100 * kMiB, 0.5));
-  SummaryRow tight = make_row("lstm", "small", "auto", 0, 0);
-  tight.budget_bytes = 30 * kMiB;
-  tight.fits = false;
-  tight.least_budget_bytes = 45 * kMiB;
-  summary.rows.push_back(tight);
-  const std::string svg = to_svg(summary);
+  const std::string svg = to_svg(keep_and_a_row_that_does_not_fit());
   EXPECT_EQ(xml_problem(svg), "") << svg;
   EXPECT_EQ(count(svg, ">does not fit: needs ≥ 45.0 MiB<"), 2u) << "in both charts\n" << svg;
   EXPECT_EQ(count(svg, "width=\"0.0\""), 2u) << svg;
