@@ -37,7 +37,7 @@ std::int64_t byte_size(const at::Tensor& tensor) {
 
 class HostStore::Item {
  public:
-  Item(std::shared_ptr<Core> core, std::uint64_t sequence) : core(std::move(core)), sequence(sequence) {}
+  Item(std::shared_ptr<Core> owner, std::uint64_t order) : core(std::move(owner)), sequence(order) {}
   ~Item();
   Item(const Item&) = delete;
   Item& operator=(const Item&) = delete;

@@ -171,7 +171,9 @@ TEST(OffloadPipeline, LayoutsComeBackAsTheyWent) {
     EXPECT_EQ(back.sizes(), t.sizes());
     EXPECT_EQ(back.dtype(), t.dtype());
     EXPECT_TRUE(torch::equal(back, t));
-    if (t.is_non_overlapping_and_dense()) EXPECT_EQ(back.strides(), t.strides());
+    if (t.is_non_overlapping_and_dense()) {
+      EXPECT_EQ(back.strides(), t.strides());
+    }
   }
 }
 
