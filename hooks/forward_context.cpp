@@ -19,8 +19,7 @@ void ForwardContext::Autocast::apply(c10::DeviceType device) const {
 }
 
 ForwardContext::ForwardContext()
-    : rng_start_(RngState::capture()),
-      cpu_(Autocast::of(c10::DeviceType::CPU)),
+    : cpu_(Autocast::of(c10::DeviceType::CPU)),
       cuda_(Autocast::of(c10::DeviceType::CUDA)),
       grad_(c10::GradMode::is_enabled()) {}
 
@@ -37,8 +36,10 @@ void ForwardContext::add_module(torch::nn::Module* module) {
   }
 }
 
+void ForwardContext::capture_generator() { rng_start_ = RngState::capture(); }
+
 void ForwardContext::forward_ended(bool drew) {
-  if (drew) rng_end_ = RngState::capture();
+  if (drew && rng_start_) rng_end_ = RngState::capture();
 }
 
 ForwardContext::Rerun::Rerun(const ForwardContext& context)
@@ -47,16 +48,16 @@ ForwardContext::Rerun::Rerun(const ForwardContext& context)
       cuda_before_(Autocast::of(c10::DeviceType::CUDA)),
       cache_before_(at::autocast::is_autocast_cache_enabled()),
       grad_before_(c10::GradMode::is_enabled()) {
-  // Buffers as they are now, each once (nested modules share theirs), to put back afterwards.
   {
     at::NoGradGuard no_grad;
     std::unordered_set<const c10::TensorImpl*> seen;
     for (torch::nn::Module* module : context_.modules_) {
       for (const at::Tensor& buffer : module->buffers()) {
-        if (seen.insert(buffer.unsafeGetTensorImpl()).second) buffers_before_.push_back(buffer);
+        if (seen.insert(buffer.unsafeGetTensorImpl()).second) {
+          buffers_before_.emplace_back(buffer, buffer.clone());
+        }
       }
     }
-    for (at::Tensor& buffer : buffers_before_) buffer = std::move(buffer).clone();
   }
   for (const auto& [module, training] : context_.training_) {
     training_before_.push_back(module->is_training());
@@ -64,7 +65,7 @@ ForwardContext::Rerun::Rerun(const ForwardContext& context)
   for (const auto& [module, training] : context_.training_) module->train(training);
   if (context_.rng_end_) {
     rng_before_ = RngState::capture();
-    context_.rng_start_.restore();
+    context_.rng_start_->restore();
   }
   context_.cpu_.apply(c10::DeviceType::CPU);
   context_.cuda_.apply(c10::DeviceType::CUDA);
@@ -94,18 +95,10 @@ ForwardContext::Rerun::~Rerun() {
   std::size_t i = 0;
   for (const auto& entry : context_.training_) entry.first->train(training_before_[i++]);
   at::NoGradGuard no_grad;
-  std::unordered_set<const c10::TensorImpl*> seen;
-  i = 0;
-  for (torch::nn::Module* module : context_.modules_) {
-    for (at::Tensor buffer : module->buffers()) {
-      // Through variable_data(), which has a version counter of its own: the forward saved some
-      // buffers (BatchNorm's running stats) for backward, and putting back the values they had
-      // must not look like an in-place change to them.
-      if (seen.insert(buffer.unsafeGetTensorImpl()).second) {
-        buffer.variable_data().copy_(buffers_before_[i++]);
-      }
-    }
-  }
+  // Through variable_data(), which has a version counter of its own: the forward saved some
+  // buffers (BatchNorm's running stats) for backward, and putting back the values they had must
+  // not look like an in-place change to them.
+  for (const auto& [buffer, value] : buffers_before_) buffer.variable_data().copy_(value);
 }
 
 }  // namespace actmem::detail

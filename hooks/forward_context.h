@@ -30,15 +30,19 @@ class ForwardContext {
   };
 
  public:
-  // Captures autocast, grad mode and the generator's state now, as a segment begins.
+  // Captures autocast and grad mode now, as a segment begins.
   ForwardContext();
+
+  // The forward about to run may be rerun: captures the generator's state, for forward_ended and
+  // the rerun. (Segments that are never rerun, under keep or offload, skip the copy.)
+  void capture_generator();
 
   // A module whose training flag (and its submodules') the rerun must see as now, and whose
   // buffers it must leave as it finds them. Modules already added are skipped.
   void add_module(torch::nn::Module* module);
 
-  // The forward has ended: `drew` says whether it drew random numbers. Captures the generator's
-  // state then, to check the rerun against.
+  // The forward has ended: `drew` says whether it drew random numbers. When it did, captures the
+  // generator's state then, to check the rerun against (capture_generator must have run).
   void forward_ended(bool drew);
   // Whether the forward drew random numbers: then a rerun must run to the segment's end, so that
   // Rerun::finish can check where the generator ended.
@@ -64,12 +68,13 @@ class ForwardContext {
     bool cache_before_;
     bool grad_before_;
     std::vector<bool> training_before_;
-    std::vector<at::Tensor> buffers_before_;
+    // Each buffer of the modules, once (nested modules share theirs), with its value now.
+    std::vector<std::pair<at::Tensor, at::Tensor>> buffers_before_;
   };
 
  private:
-  RngState rng_start_;
-  std::optional<RngState> rng_end_;  // set when the forward drew
+  std::optional<RngState> rng_start_;  // set by capture_generator
+  std::optional<RngState> rng_end_;    // set when the forward drew
   Autocast cpu_, cuda_;
   bool grad_ = true;
   std::vector<torch::nn::Module*> modules_;

@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <map>
-#include <string>
 #include <mutex>
 #include <vector>
 
@@ -57,10 +56,7 @@ class HostStore::Core {
  public:
   Core(HostStoreOptions store_options, std::unique_ptr<copy::CopyEngine> copy_engine,
        std::unique_ptr<alloc::Backend> pool_backend)
-      : options(store_options),
-        window(store_options.prefetch_window.value_or(
-            std::string(copy_engine->name()) == "cuda" ? HostStoreOptions::kCudaPrefetchWindow
-                                                       : 0)),
+      : window(store_options.prefetch_window.value_or(0)),
         engine(std::move(copy_engine)),
         pool(std::move(pool_backend), pool_options(store_options.capacity)) {}
 
@@ -114,7 +110,6 @@ class HostStore::Core {
   }
 
   std::mutex mutex;  // everything below but the engine and the pool, which lock themselves
-  const HostStoreOptions options;
   const std::size_t window;  // the prefetch window in force
   const std::unique_ptr<copy::CopyEngine> engine;
   alloc::CachingAllocator pool;
@@ -133,16 +128,16 @@ HostStore::Item::~Item() {
 }
 
 HostStore::HostStore(HostStoreOptions options) {
-  const bool cuda = managed_device() == c10::DeviceType::CUDA;
+  // A store without room copies nothing: it needs no CUDA stream and no pinned slab.
+  const bool cuda = managed_device() == c10::DeviceType::CUDA &&
+                    (!options.capacity || *options.capacity > 0);
   const int device =
       cuda ? c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getDevice().index() : 0;
-  if (!options.capacity || *options.capacity > 0) {
-    core_ = std::make_shared<Core>(options, copy::make_copy_engine(cuda, device),
-                                   copy::make_host_backend(cuda));
-  } else {  // no room at all: nothing will be copied, no engine is started
-    core_ = std::make_shared<Core>(options, copy::make_copy_engine(false, 0),
-                                   copy::make_host_backend(false));
+  if (!options.prefetch_window) {
+    options.prefetch_window = cuda ? HostStoreOptions::kCudaPrefetchWindow : 0;
   }
+  core_ = std::make_shared<Core>(options, copy::make_copy_engine(cuda, device),
+                                 copy::make_host_backend(cuda));
 }
 
 HostStore::HostStore(HostStoreOptions options, std::unique_ptr<copy::CopyEngine> engine,

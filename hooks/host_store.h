@@ -44,9 +44,10 @@ struct TransferStats {
 
 struct HostStoreOptions {
   std::optional<std::size_t> capacity;  // cap on the pool's bytes (0: no room)
-  // Device bytes fetched ahead and not yet taken. By default none on the CPU (a copy there is a
-  // memcpy that competes with compute for the same cores, and every byte fetched early is peak
-  // memory) and 256 MiB on CUDA, where the copies overlap compute.
+  // Device bytes fetched ahead and not yet taken. When empty, the store for the managed device
+  // takes none on the CPU (a copy there is a memcpy that competes with compute for the same cores,
+  // and every byte fetched early is peak memory) and 256 MiB on CUDA, where the copies overlap
+  // compute; a store over an engine of the caller's takes none.
   std::optional<std::size_t> prefetch_window;
   static constexpr std::size_t kCudaPrefetchWindow = std::size_t{256} << 20;
 };

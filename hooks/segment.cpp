@@ -219,9 +219,12 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
   const auto start = std::chrono::steady_clock::now();
   TensorList outputs;
   {
-    // Only a rerun needs to know whether the forward drew random numbers.
-    const std::optional<RngUseWatch> watch =
-        scope->policy().may_recompute() ? std::make_optional<RngUseWatch>() : std::nullopt;
+    // Only a rerun needs the generator's state and whether the forward drew random numbers.
+    std::optional<RngUseWatch> watch;
+    if (scope->policy().may_recompute()) {
+      frame->context.capture_generator();
+      watch.emplace();
+    }
     try {
       outputs = fn(inputs);
     } catch (...) {
