@@ -29,14 +29,16 @@ alloc::Stream current_stream(c10::Device device) {
 }
 
 std::int64_t byte_size(const at::Tensor& tensor) {
-  return static_cast<std::int64_t>(tensor.numel()) * static_cast<std::int64_t>(tensor.element_size());
+  return static_cast<std::int64_t>(tensor.numel()) *
+         static_cast<std::int64_t>(tensor.element_size());
 }
 
 }  // namespace
 
 class HostStore::Item {
  public:
-  Item(std::shared_ptr<Core> owner, std::uint64_t order) : core(std::move(owner)), sequence(order) {}
+  Item(std::shared_ptr<Core> owner, std::uint64_t order)
+      : core(std::move(owner)), sequence(order) {}
   ~Item();
   Item(const Item&) = delete;
   Item& operator=(const Item&) = delete;
@@ -105,17 +107,17 @@ class HostStore::Core {
     ++stats.copies_to_device;
     stats.bytes_to_device += bytes;
     if (bytes == 0) return 0;
-    return engine->copy(destination.data_ptr(), item.host.data_ptr(), static_cast<std::size_t>(bytes),
-                        current_stream(item.device));
+    return engine->copy(destination.data_ptr(), item.host.data_ptr(),
+                        static_cast<std::size_t>(bytes), current_stream(item.device));
   }
 
-  std::mutex mutex;  // everything below but the engine and the pool, which lock themselves
+  std::mutex mutex;          // everything below but the engine and the pool, which lock themselves
   const std::size_t window;  // the prefetch window in force
   const std::unique_ptr<copy::CopyEngine> engine;
   alloc::CachingAllocator pool;
   TransferStats stats;
   std::uint64_t next_sequence = 0;
-  std::vector<std::weak_ptr<Item>> sending;             // holding a source: copy in flight
+  std::vector<std::weak_ptr<Item>> sending;              // holding a source: copy in flight
   std::map<std::uint64_t, std::weak_ptr<Item>> waiting;  // sent out, not taken yet
   std::vector<std::weak_ptr<Item>> ahead;                // fetched ahead, not taken yet
 };
@@ -129,8 +131,8 @@ HostStore::Item::~Item() {
 
 HostStore::HostStore(HostStoreOptions options) {
   // A store without room copies nothing: it needs no CUDA stream and no pinned slab.
-  const bool cuda = managed_device() == c10::DeviceType::CUDA &&
-                    (!options.capacity || *options.capacity > 0);
+  const bool cuda =
+      managed_device() == c10::DeviceType::CUDA && (!options.capacity || *options.capacity > 0);
   const int device =
       cuda ? c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getDevice().index() : 0;
   if (!options.prefetch_window) {

@@ -254,12 +254,13 @@ class Comparison {
       try {
         const RowResult& r = comparison->results()[index];
         const RowResult& keep = comparison->results()[0];
-        for (auto _ : state) state.SetIterationTime(r.fits ? r.time.median : 0);
+        for (auto _ : state) state.SetIterationTime(r.fits() ? r.time.median : 0);
         state.counters[kCounterBatch] = static_cast<double>(r.spec.batch);
         state.counters[kCounterBudget] = static_cast<double>(r.spec.budget_bytes);
-        state.counters[kCounterFits] = r.fits ? 1 : 0;
-        if (!r.fits) {
-          state.counters[kCounterLeastBudget] = static_cast<double>(r.least_budget_bytes);
+        state.counters[kCounterFits] = r.fits() ? 1 : 0;
+        if (!r.fits()) {
+          state.counters[kCounterLeastBudget] =
+              static_cast<double>(r.did_not_fit->least_budget_bytes);
           return;
         }
         state.counters[kCounterPeak] = static_cast<double>(r.peak_bytes);

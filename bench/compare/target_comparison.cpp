@@ -11,8 +11,8 @@
 
 namespace actmem::bench {
 
-TargetComparison::TargetComparison(std::string model, models::Size size,
-                                   std::vector<RowSpec> rows, Options options)
+TargetComparison::TargetComparison(std::string model, models::Size size, std::vector<RowSpec> rows,
+                                   Options options)
     : model_(std::move(model)), size_(size), rows_(std::move(rows)), options_(options) {
   if (rows_.empty() || rows_.front().policy != "keep" || rows_.front().budget_percent != 0 ||
       rows_.front().at_max_batch_budget) {
@@ -25,9 +25,13 @@ std::int64_t TargetComparison::budget_at(const StepCost& keep, int percent) {
 }
 
 std::int64_t TargetComparison::max_batch_budget() {
-  if (options_.max_batch_budget_bytes > 0) return options_.max_batch_budget_bytes;
-  results();
-  return keep_memory_ ? keep_memory_->reserved_bytes : 0;
+  results();  // keep's memory step (results() throws when keep does not fit)
+  return max_batch_budget_given(*keep_memory_);
+}
+
+std::int64_t TargetComparison::max_batch_budget_given(const StepCost& keep) const {
+  return options_.max_batch_budget_bytes > 0 ? options_.max_batch_budget_bytes
+                                             : keep.reserved_bytes;
 }
 
 RunSpec TargetComparison::run_spec(const RowSpec& row) const {
@@ -38,10 +42,7 @@ RunSpec TargetComparison::run_spec(const RowSpec& row) const {
   spec.device = options_.device;
   spec.batch = models::default_batch(model_, size_);
   if (row.budget_percent > 0) spec.budget_bytes = budget_at(*keep_memory_, row.budget_percent);
-  if (row.at_max_batch_budget) {
-    spec.budget_bytes = options_.max_batch_budget_bytes > 0 ? options_.max_batch_budget_bytes
-                                                            : keep_memory_->reserved_bytes;
-  }
+  if (row.at_max_batch_budget) spec.budget_bytes = max_batch_budget_given(*keep_memory_);
   return spec;
 }
 
@@ -49,13 +50,11 @@ void TargetComparison::warm_up_and_measure_memory(TrainingRun& run, RowResult& r
   try {
     for (int i = 0; i < options_.warmup; ++i) run.step();
     result.memory = run.step(/*fresh_cache=*/true);
-    result.fits = true;
     result.peak_bytes = result.memory.peak_bytes;
     result.offloaded_bytes = result.memory.offloaded_bytes;
     result.recomputed_bytes = result.memory.recomputed_bytes;
   } catch (const alloc::OutOfMemoryError& error) {
-    result.out_of_memory = error.what();
-    result.least_budget_bytes = static_cast<std::int64_t>(error.least_budget_bytes());
+    result.did_not_fit = DidNotFit::from(error);
   }
 }
 
@@ -67,18 +66,17 @@ const std::vector<RowResult>& TargetComparison::results() {
   for (std::size_t i = 0; i < rows_.size(); ++i) {
     results[i].spec = run_spec(rows_[i]);
     const RunSpec& spec = results[i].spec;
-    std::fprintf(stderr, "%s %s%s: %d warm-up steps and a memory step\n", target.c_str(),
-                 spec.policy.c_str(),
-                 spec.budget_bytes > 0
-                     ? (" within " + alloc::format_bytes(spec.budget_bytes)).c_str()
-                     : "",
-                 options_.warmup);
+    std::fprintf(
+        stderr, "%s %s%s: %d warm-up steps and a memory step\n", target.c_str(),
+        spec.policy.c_str(),
+        spec.budget_bytes > 0 ? (" within " + alloc::format_bytes(spec.budget_bytes)).c_str() : "",
+        options_.warmup);
     runs[i] = std::make_unique<TrainingRun>(spec);
     warm_up_and_measure_memory(*runs[i], results[i]);
     if (i == 0) {
-      if (!results[0].fits) {  // without a budget: the machine itself is out of memory
+      if (!results[0].fits()) {  // without a budget: the machine itself is out of memory
         throw std::runtime_error(target + " does not fit even under keep, without a budget: " +
-                                 results[0].out_of_memory);
+                                 results[0].did_not_fit->message);
       }
       keep_memory_ = results[0].memory;
     }
@@ -87,7 +85,7 @@ const std::vector<RowResult>& TargetComparison::results() {
   std::vector<TrainingRun*> fitting;
   std::vector<std::size_t> index_of;
   for (std::size_t i = 0; i < runs.size(); ++i) {
-    if (!results[i].fits) continue;
+    if (!results[i].fits()) continue;
     fitting.push_back(runs[i].get());
     index_of.push_back(i);
   }
@@ -97,10 +95,8 @@ const std::vector<RowResult>& TargetComparison::results() {
   for (std::size_t k = 0; k < fitting.size(); ++k) {
     RowResult& result = results[index_of[k]];
     const TurnsTaken& taken = turns[k];
-    if (taken.out_of_memory) {  // fitted once, not every time: it does not fit
-      result.fits = false;
-      result.out_of_memory = *taken.out_of_memory;
-      result.least_budget_bytes = taken.least_budget_bytes;
+    if (taken.did_not_fit) {  // fitted once, not every time: it does not fit
+      result.did_not_fit = taken.did_not_fit;
       continue;
     }
     for (const StepCost& step : taken.measured) {
@@ -112,22 +108,20 @@ const std::vector<RowResult>& TargetComparison::results() {
     result.measured_steps = static_cast<int>(taken.measured.size());
     result.grads = fitting[k]->gradients();
   }
-  if (results[0].fits) {
+  if (results[0].fits()) {
     const std::vector<StepCost>& keep = turns[0].measured;  // keep is the first of the fitting rows
     for (std::size_t k = 0; k < fitting.size(); ++k) {
       RowResult& result = results[index_of[k]];
-      if (!result.fits) continue;
-      std::vector<StepCost> ratios;  // a TimeSpread over "seconds" that are ratios
+      if (!result.fits()) continue;
+      std::vector<double> ratios;
       for (std::size_t r = 0; r < turns[k].measured.size() && r < keep.size(); ++r) {
-        StepCost ratio;
-        ratio.seconds = turns[k].measured[r].seconds / keep[r].seconds;
-        ratios.push_back(ratio);
+        ratios.push_back(turns[k].measured[r].seconds / keep[r].seconds);
       }
-      result.time_vs_keep = time_spread(ratios).median;
+      result.time_vs_keep = spread_of(std::move(ratios)).median;
     }
   }
   for (RowResult& result : results) {
-    if (result.fits && results[0].fits) {
+    if (result.fits() && results[0].fits()) {
       result.grad_max_abs_diff_vs_keep = max_abs_difference(result.grads, results[0].grads);
     }
   }

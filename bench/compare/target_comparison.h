@@ -32,18 +32,17 @@ namespace actmem::bench {
 // One row to measure: a policy, with its budget when it has one.
 struct RowSpec {
   std::string policy;
-  int budget_percent = 0;           // auto at P% of keep's room (see TargetComparison)
+  int budget_percent = 0;            // auto at P% of keep's room (see TargetComparison)
   bool at_max_batch_budget = false;  // auto at the max-batch budget
 };
 
 struct RowResult {
-  RunSpec spec;  // with its batch and budget filled in
-  bool fits = false;
-  std::string out_of_memory;            // why it does not fit
-  std::int64_t least_budget_bytes = 0;  // a lower bound of what it needs, when it does not fit
-  StepCost memory;                      // the memory step
-  std::int64_t peak_bytes = 0;          // the most over the memory step and the measured ones
-  std::int64_t offloaded_bytes = 0;     // the most of any of those steps
+  RunSpec spec;                          // with its batch and budget filled in
+  std::optional<DidNotFit> did_not_fit;  // set when a step ran out of memory within the budget
+  bool fits() const { return !did_not_fit; }
+  StepCost memory;                   // the memory step
+  std::int64_t peak_bytes = 0;       // the most over the memory step and the measured ones
+  std::int64_t offloaded_bytes = 0;  // the most of any of those steps
   std::int64_t recomputed_bytes = 0;
   TimeSpread time;  // of the measured steps
   // The median over the measured rounds of this row's step time over keep's in the same round:
@@ -78,6 +77,7 @@ class TargetComparison {
   std::int64_t max_batch_budget();
 
  private:
+  std::int64_t max_batch_budget_given(const StepCost& keep) const;
   RunSpec run_spec(const RowSpec& row) const;
   void warm_up_and_measure_memory(TrainingRun& run, RowResult& result);
 

@@ -57,7 +57,7 @@ TEST(TrainingRun, RunsTakingTurnsTrainExactlyAsAlone) {
   const std::vector<TurnsTaken> turns =
       take_turns({&keep, &recompute, &offload}, /*warmup=*/1, /*rounds=*/kSteps - 1);
   for (const TurnsTaken& taken : turns) {
-    ASSERT_FALSE(taken.out_of_memory) << *taken.out_of_memory;
+    ASSERT_FALSE(taken.did_not_fit) << taken.did_not_fit->message;
     ASSERT_EQ(taken.measured.size(), static_cast<std::size_t>(kSteps - 1));
   }
   EXPECT_EQ(keep.gradients(), alone_grads);
@@ -76,11 +76,11 @@ TEST(TrainingRun, AStepThatDoesNotFitEndsItsRunsTurnsOnly) {
   tight.budget_bytes = 4 << 20;
   TrainingRun does_not(tight);
   const std::vector<TurnsTaken> turns = take_turns({&does_not, &fits}, 0, 3);
-  ASSERT_TRUE(turns[0].out_of_memory);
-  EXPECT_NE(turns[0].out_of_memory->find("out of memory"), std::string::npos);
-  EXPECT_GT(turns[0].least_budget_bytes, tight.budget_bytes);
+  ASSERT_TRUE(turns[0].did_not_fit);
+  EXPECT_NE(turns[0].did_not_fit->message.find("out of memory"), std::string::npos);
+  EXPECT_GT(turns[0].did_not_fit->least_budget_bytes, tight.budget_bytes);
   EXPECT_TRUE(turns[0].measured.empty());
-  EXPECT_FALSE(turns[1].out_of_memory);
+  EXPECT_FALSE(turns[1].did_not_fit);
   EXPECT_EQ(turns[1].measured.size(), 3u);
 }
 
