@@ -34,12 +34,21 @@ class CopyEngine {
   virtual bool finished(Ticket ticket) = 0;
 
   // Work queued on `stream` from now on runs after copy `ticket`. The CUDA engine makes the stream
-  // wait for the copy's event and the host goes on; the thread engine waits on the host. Returns
-  // the nanoseconds the host waited: the stall it caused.
-  virtual std::int64_t order_after(Ticket ticket, alloc::Stream stream) = 0;
+  // wait for the copy's event and the host goes on; the thread engine waits on the host. Either
+  // wait counts in time().exposed_ns.
+  virtual void order_after(Ticket ticket, alloc::Stream stream) = 0;
 
-  // Waits on the host until copy `ticket` has finished.
+  // Waits on the host until copy `ticket` has finished; the wait counts in time().exposed_ns.
   virtual void wait(Ticket ticket) = 0;
+
+  // Copy time so far, over the copies known to have finished (a copy still running counts once a
+  // later call finds it done). copying_ns - exposed_ns is the copy time hidden behind compute.
+  struct Time {
+    std::int64_t copying_ns = 0;  // how long the copies ran
+    std::int64_t exposed_ns = 0;  // how long work ordered after them waited for them
+  };
+  // Never blocks.
+  virtual Time time() = 0;
 
   // The stream the copies run on (kDefaultStream for the thread engine): a buffer a copy reads or
   // writes is in use on it.

@@ -15,6 +15,25 @@ void check(cudaError_t error, const char* what) {
   }
 }
 
+// Whether `event` has completed. Never blocks. A "not ready" leaves no error behind: PyTorch's
+// next launch check reads cudaGetLastError().
+bool completed(cudaEvent_t event) {
+  const cudaError_t state = cudaEventQuery(event);
+  if (state == cudaErrorNotReady) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  check(state, "cudaEventQuery");
+  return true;
+}
+
+// Nanoseconds from `from` to `to`, two completed timing events; negative when `to` came first.
+std::int64_t elapsed_ns(cudaEvent_t from, cudaEvent_t to) {
+  float milliseconds = 0;
+  check(cudaEventElapsedTime(&milliseconds, from, to), "cudaEventElapsedTime");
+  return static_cast<std::int64_t>(static_cast<double>(milliseconds) * 1e6);
+}
+
 // Makes `device` current for a scope, and puts the previous one back.
 class DeviceScope {
  public:
@@ -38,11 +57,18 @@ CudaCopyEngine::CudaCopyEngine(int device) : device_(device) {
 CudaCopyEngine::~CudaCopyEngine() {
   DeviceScope scope(device_);
   cudaStreamSynchronize(stream_);
-  for (const auto& [ticket, event] : in_flight_) cudaEventDestroy(event);
+  const auto destroy = [](const Flight& flight) {
+    for (cudaEvent_t event : {flight.start, flight.done, flight.reached}) {
+      if (event != nullptr) cudaEventDestroy(event);
+    }
+  };
+  for (const auto& [ticket, flight] : in_flight_) destroy(flight);
+  for (const Flight& flight : stalls_) destroy(flight);
   for (cudaEvent_t event : spare_) cudaEventDestroy(event);
   cudaStreamDestroy(stream_);
 }
 
+// Events keep timing (no cudaEventDisableTiming): start, done and reached are read for time().
 cudaEvent_t CudaCopyEngine::take_event() {
   if (!spare_.empty()) {
     cudaEvent_t event = spare_.back();
@@ -50,8 +76,12 @@ cudaEvent_t CudaCopyEngine::take_event() {
     return event;
   }
   cudaEvent_t event = nullptr;
-  check(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "cudaEventCreateWithFlags");
+  check(cudaEventCreate(&event), "cudaEventCreate");
   return event;
+}
+
+void CudaCopyEngine::recycle(cudaEvent_t event) {
+  if (event != nullptr) spare_.push_back(event);
 }
 
 CopyEngine::Ticket CudaCopyEngine::copy(void* dst, const void* src, std::size_t bytes,
@@ -61,58 +91,108 @@ CopyEngine::Ticket CudaCopyEngine::copy(void* dst, const void* src, std::size_t 
   cudaEvent_t ready = take_event();
   check(cudaEventRecord(ready, static_cast<cudaStream_t>(after)), "cudaEventRecord");
   check(cudaStreamWaitEvent(stream_, ready, 0), "cudaStreamWaitEvent");
-  spare_.push_back(ready);  // reusable at once: the wait captured the recorded work
+  recycle(ready);  // reusable at once: the wait captured the recorded work
+  Flight flight;
+  flight.start = take_event();
+  check(cudaEventRecord(flight.start, stream_), "cudaEventRecord");
   check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_), "cudaMemcpyAsync");
-  cudaEvent_t done = take_event();
-  check(cudaEventRecord(done, stream_), "cudaEventRecord");
+  flight.done = take_event();
+  check(cudaEventRecord(flight.done, stream_), "cudaEventRecord");
   const Ticket ticket = ++issued_;
-  in_flight_.emplace(ticket, done);
+  in_flight_.emplace(ticket, flight);
   return ticket;
 }
 
-cudaEvent_t CudaCopyEngine::done_event(Ticket ticket) {
-  if (ticket < finished_below_) return nullptr;
+CudaCopyEngine::Flight* CudaCopyEngine::flight(Ticket ticket) {
   const auto it = in_flight_.find(ticket);
-  return it == in_flight_.end() ? nullptr : it->second;
+  return it == in_flight_.end() ? nullptr : &it->second;
+}
+
+void CudaCopyEngine::settle(Ticket ticket) {
+  // Copies finish in order on the one stream: every earlier one has finished too.
+  for (auto it = in_flight_.begin(); it != in_flight_.end() && it->first <= ticket;) {
+    Flight& done = it->second;
+    time_.copying_ns += std::max<std::int64_t>(0, elapsed_ns(done.start, done.done));
+    recycle(done.start);
+    done.start = nullptr;
+    if (done.reached != nullptr) {
+      stalls_.push_back(done);
+    } else {
+      recycle(done.done);
+    }
+    it = in_flight_.erase(it);
+  }
+  settle_stalls();
+}
+
+void CudaCopyEngine::settle_stalls() {
+  stalls_.erase(std::remove_if(stalls_.begin(), stalls_.end(),
+                               [this](const Flight& stall) {
+                                 if (!completed(stall.reached)) return false;
+                                 time_.exposed_ns += std::max<std::int64_t>(
+                                     0, elapsed_ns(stall.reached, stall.done));
+                                 recycle(stall.reached);
+                                 recycle(stall.done);
+                                 return true;
+                               }),
+                stalls_.end());
 }
 
 bool CudaCopyEngine::finished(Ticket ticket) {
   std::lock_guard<std::mutex> lock(mutex_);
-  cudaEvent_t event = done_event(ticket);
-  if (event == nullptr) return true;
-  const cudaError_t state = cudaEventQuery(event);
-  if (state == cudaErrorNotReady) return false;
-  check(state, "cudaEventQuery");
-  // Copies finish in order on the one stream: every earlier one has finished too.
-  for (auto it = in_flight_.begin(); it != in_flight_.end();) {
-    if (it->first <= ticket) {
-      spare_.push_back(it->second);
-      it = in_flight_.erase(it);
-    } else {
-      ++it;
-    }
-  }
-  finished_below_ = std::max(finished_below_, ticket + 1);
+  Flight* copy = flight(ticket);
+  if (copy == nullptr) return true;
+  if (!completed(copy->done)) return false;
+  settle(ticket);
   return true;
 }
 
-std::int64_t CudaCopyEngine::order_after(Ticket ticket, alloc::Stream stream) {
+void CudaCopyEngine::order_after(Ticket ticket, alloc::Stream stream) {
   std::lock_guard<std::mutex> lock(mutex_);
-  cudaEvent_t event = done_event(ticket);
-  if (event != nullptr) {
-    check(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), event, 0), "cudaStreamWaitEvent");
+  Flight* copy = flight(ticket);
+  if (copy == nullptr) return;
+  const auto waiting = static_cast<cudaStream_t>(stream);
+  if (copy->reached == nullptr) {  // the first stream to wait is the one timed
+    copy->reached = take_event();
+    check(cudaEventRecord(copy->reached, waiting), "cudaEventRecord");
   }
-  return 0;  // the stream waits, not the host
+  check(cudaStreamWaitEvent(waiting, copy->done, 0), "cudaStreamWaitEvent");
 }
 
 void CudaCopyEngine::wait(Ticket ticket) {
-  cudaEvent_t event;
+  cudaEvent_t done;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    event = done_event(ticket);
+    Flight* copy = flight(ticket);
+    if (copy == nullptr) return;
+    // Another thread may settle and recycle it meanwhile; events live as long as the engine, so
+    // the worst is a wait for a later copy.
+    done = copy->done;
   }
-  if (event != nullptr) check(cudaEventSynchronize(event), "cudaEventSynchronize");
+  const auto start = std::chrono::steady_clock::now();
+  check(cudaEventSynchronize(done), "cudaEventSynchronize");
+  const std::int64_t waited = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                  std::chrono::steady_clock::now() - start)
+                                  .count();
   finished(ticket);
+  std::lock_guard<std::mutex> lock(mutex_);
+  time_.exposed_ns += waited;
+}
+
+CopyEngine::Time CudaCopyEngine::time() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  // The oldest copies first: the first one still running ends the walk.
+  Ticket last_done = 0;
+  for (const auto& [ticket, copy] : in_flight_) {
+    if (!completed(copy.done)) break;
+    last_done = ticket;
+  }
+  if (last_done != 0) {
+    settle(last_done);
+  } else {
+    settle_stalls();
+  }
+  return time_;
 }
 
 }  // namespace actmem::copy

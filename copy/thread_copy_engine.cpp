@@ -28,6 +28,16 @@ CopyEngine::Ticket ThreadCopyEngine::copy(void* dst, const void* src, std::size_
   return ticket;
 }
 
+namespace {
+
+std::int64_t nanoseconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() -
+                                                              start)
+      .count();
+}
+
+}  // namespace
+
 void ThreadCopyEngine::work() {
   std::unique_lock<std::mutex> lock(mutex_);
   for (;;) {
@@ -35,10 +45,13 @@ void ThreadCopyEngine::work() {
     if (jobs_.empty()) return;  // stopping, and every copy done
     const Job job = jobs_.front();
     lock.unlock();
+    const auto start = std::chrono::steady_clock::now();
     if (job.bytes > 0) std::memcpy(job.dst, job.src, job.bytes);
+    const std::int64_t copying = nanoseconds_since(start);
     lock.lock();
     jobs_.pop_front();
     ++done_;
+    time_.copying_ns += copying;
     finished_.notify_all();
   }
 }
@@ -50,19 +63,17 @@ bool ThreadCopyEngine::finished(Ticket ticket) {
 
 void ThreadCopyEngine::wait(Ticket ticket) {
   std::unique_lock<std::mutex> lock(mutex_);
+  if (ticket <= done_) return;
+  const auto start = std::chrono::steady_clock::now();
   finished_.wait(lock, [&] { return ticket <= done_; });
+  time_.exposed_ns += nanoseconds_since(start);
 }
 
-std::int64_t ThreadCopyEngine::order_after(Ticket ticket, alloc::Stream /*stream*/) {
-  const auto start = std::chrono::steady_clock::now();
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (ticket <= done_) return 0;
-  }
-  wait(ticket);
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() -
-                                                              start)
-      .count();
+void ThreadCopyEngine::order_after(Ticket ticket, alloc::Stream /*stream*/) { wait(ticket); }
+
+CopyEngine::Time ThreadCopyEngine::time() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return time_;
 }
 
 }  // namespace actmem::copy

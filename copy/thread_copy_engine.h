@@ -23,8 +23,9 @@ class ThreadCopyEngine final : public CopyEngine {
 
   Ticket copy(void* dst, const void* src, std::size_t bytes, alloc::Stream after) override;
   bool finished(Ticket ticket) override;
-  std::int64_t order_after(Ticket ticket, alloc::Stream stream) override;
+  void order_after(Ticket ticket, alloc::Stream stream) override;  // waits on the host
   void wait(Ticket ticket) override;
+  Time time() override;
   alloc::Stream stream() const override { return alloc::kDefaultStream; }
   const char* name() const override { return "thread"; }
 
@@ -42,6 +43,7 @@ class ThreadCopyEngine final : public CopyEngine {
   std::deque<Job> jobs_;
   Ticket issued_ = 0;    // the last ticket handed out
   Ticket done_ = 0;      // every ticket up to this one has finished
+  Time time_;            // of the copies up to done_
   bool stopping_ = false;
   std::thread worker_;   // last: starts once the rest is ready
 };

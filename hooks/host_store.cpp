@@ -4,6 +4,7 @@
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <algorithm>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -62,8 +63,25 @@ class HostStore::Core {
         engine(std::move(copy_engine)),
         pool(std::move(pool_backend), pool_options(store_options.capacity)) {}
 
+  // Holds a device tensor of an item that went, until copy `ticket`, which reads or writes it, has
+  // finished. May run under `mutex` (an item can die inside reap()).
+  void retire(copy::CopyEngine::Ticket ticket, at::Tensor tensor) {
+    if (ticket == 0 || engine->finished(ticket)) return;
+    std::lock_guard<std::mutex> lock(retired_mutex);
+    retired.push_back({ticket, std::move(tensor)});
+  }
+
   // Lets go of the sources whose copy has finished, and forgets items that are gone.
   void reap() {  // mutex held
+    std::vector<Retired> finished;
+    {
+      std::lock_guard<std::mutex> lock(retired_mutex);
+      const auto still = std::stable_partition(
+          retired.begin(), retired.end(),
+          [this](const Retired& r) { return !engine->finished(r.ticket); });
+      std::move(still, retired.end(), std::back_inserter(finished));
+      retired.erase(still, retired.end());
+    }  // `finished` goes back to the allocator after retired_mutex
     sending.erase(std::remove_if(sending.begin(), sending.end(),
                                  [this](const std::weak_ptr<Item>& weak) {
                                    const std::shared_ptr<Item> item = weak.lock();
@@ -111,6 +129,15 @@ class HostStore::Core {
                         static_cast<std::size_t>(bytes), current_stream(item.device));
   }
 
+  ~Core() {
+    for (const Retired& r : retired) engine->wait(r.ticket);
+  }
+
+  struct Retired {
+    copy::CopyEngine::Ticket ticket;
+    at::Tensor tensor;
+  };
+
   std::mutex mutex;          // everything below but the engine and the pool, which lock themselves
   const std::size_t window;  // the prefetch window in force
   const std::unique_ptr<copy::CopyEngine> engine;
@@ -120,13 +147,15 @@ class HostStore::Core {
   std::vector<std::weak_ptr<Item>> sending;              // holding a source: copy in flight
   std::map<std::uint64_t, std::weak_ptr<Item>> waiting;  // sent out, not taken yet
   std::vector<std::weak_ptr<Item>> ahead;                // fetched ahead, not taken yet
+  std::mutex retired_mutex;       // `retired` only; taken after `mutex` when both are
+  std::vector<Retired> retired;   // the device tensors of items gone, with copies in flight
 };
 
 HostStore::Item::~Item() {
-  // A copy still reading the source or writing the host block, or writing a block fetched ahead:
-  // let it finish before those blocks go back to their allocators.
-  if (source.defined() && out != 0) core->engine->wait(out);
-  if (fetched.defined() && in != 0) core->engine->wait(in);
+  // A copy still reading the source, or writing a block fetched ahead: the store keeps that block
+  // until it has finished (Note [Offload pipeline]).
+  if (source.defined()) core->retire(out, std::move(source));
+  if (fetched.defined()) core->retire(in, std::move(fetched));
 }
 
 HostStore::HostStore(HostStoreOptions options) {
@@ -215,13 +244,11 @@ at::Tensor HostStore::take(const std::shared_ptr<Item>& item) {
     ticket = item->in = core_->queue_in(*item, destination);
   }
   const bool hidden = ticket == 0 || core_->engine->finished(ticket);
-  const std::int64_t waited =
-      ticket == 0 ? 0 : core_->engine->order_after(ticket, current_stream(item->device));
+  if (ticket != 0) core_->engine->order_after(ticket, current_stream(item->device));
   std::vector<std::shared_ptr<Item>> chosen;
   {
     std::lock_guard<std::mutex> lock(core_->mutex);
     core_->stats.hidden += hidden;
-    core_->stats.wait_ns += waited;
     // The items sent out before this one, the most recent first, within the window.
     std::int64_t ahead = core_->ahead_bytes();
     for (auto it = core_->waiting.lower_bound(item->sequence); it != core_->waiting.begin();) {
@@ -259,8 +286,12 @@ at::Tensor HostStore::copy_back(const Item& item) {
 }
 
 TransferStats HostStore::stats() const {
+  const copy::CopyEngine::Time time = core_->engine->time();
   std::lock_guard<std::mutex> lock(core_->mutex);
-  return core_->stats;
+  TransferStats stats = core_->stats;
+  stats.copy_ns = time.copying_ns;
+  stats.exposed_ns = time.exposed_ns;
+  return stats;
 }
 
 alloc::CachingAllocator& HostStore::pool() { return core_->pool; }

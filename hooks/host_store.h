@@ -14,14 +14,19 @@
 //   fetched ahead, the most recent first, while the device bytes fetched ahead and not yet taken
 //   stay within the prefetch window: each gets a device block and a host-to-device copy queued
 //   after the current stream's work so far.
-// - Whatever dies with copies in flight (a graph dropped without backward) waits for them first,
-//   so that no copy writes a block given to something else.
+// - An item that dies with copies in flight (its saved variable freed before the copy out has
+//   finished, a graph dropped without backward) leaves its device blocks with the store until
+//   those copies have finished, as while it lived: no copy writes or reads a block given to
+//   something else, and the host does not wait. Its host block goes back at once: copies run in
+//   the order queued, so the next copy into that block runs after this one.
 // Counted: bytes and copies each way, copies queued ahead, copies that had finished when needed
-// (hidden), host time waited, offloads refused for lack of room.
+// (hidden), the copy time and how much of it compute waited for, offloads refused for lack of
+// room.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -38,8 +43,19 @@ struct TransferStats {
   std::int64_t copies_to_host = 0, copies_to_device = 0;
   std::int64_t prefetched = 0;  // copies back queued ahead of the unpack that needed them
   std::int64_t hidden = 0;      // copies back that had finished by the time they were needed
-  std::int64_t wait_ns = 0;     // host time unpacks waited for their copy (0 on CUDA: streams wait)
   std::int64_t refused = 0;     // offloads refused: the pool could not grow within its cap
+  // The copy engine's time (copy/copy_engine.h), both ways, over the copies known to have
+  // finished: how long they ran, and how long work waited for them (the host on CPU, the stream
+  // on CUDA).
+  std::int64_t copy_ns = 0;
+  std::int64_t exposed_ns = 0;
+
+  // The share of the copy time that compute hid: 1 when no copy took time.
+  double hidden_fraction() const {
+    if (copy_ns <= 0) return 1.0;
+    return std::clamp(1.0 - static_cast<double>(exposed_ns) / static_cast<double>(copy_ns), 0.0,
+                      1.0);
+  }
 };
 
 struct HostStoreOptions {

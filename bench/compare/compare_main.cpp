@@ -273,6 +273,14 @@ class Comparison {
             static_cast<double>(r.spec.batch) / r.time.median;
         state.counters[kCounterOffloaded] = static_cast<double>(r.offloaded_bytes);
         state.counters[kCounterRecomputed] = static_cast<double>(r.recomputed_bytes);
+        if (r.measured_steps > 0 && r.copy_ns > 0) {
+          state.counters[kCounterCopySeconds] =
+              static_cast<double>(r.copy_ns) * 1e-9 / r.measured_steps;
+          state.counters[kCounterCopyHidden] =
+              std::clamp(1.0 - static_cast<double>(r.exposed_copy_ns) /
+                                   static_cast<double>(r.copy_ns),
+                         0.0, 1.0);
+        }
         state.counters[kCounterGradDiff] = r.grad_max_abs_diff_vs_keep;
         state.counters["peak_vs_keep"] =
             static_cast<double>(r.peak_bytes) / static_cast<double>(keep.peak_bytes);

@@ -65,6 +65,8 @@ void SummaryBuilder::add_run(const std::string& name,
     row.samples_per_second = counter(counters, kCounterSamplesPerSecond);
     row.offloaded_bytes = integer(counters, kCounterOffloaded);
     row.recomputed_bytes = integer(counters, kCounterRecomputed);
+    row.copy_seconds = counter(counters, kCounterCopySeconds);
+    row.copy_hidden = counters.count(kCounterCopyHidden) ? counter(counters, kCounterCopyHidden) : 1;
     row.grad_max_abs_diff_vs_keep = counter(counters, kCounterGradDiff);
   } else {
     row.max_batch = integer(counters, kCounterMaxBatch);

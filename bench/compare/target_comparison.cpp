@@ -103,6 +103,8 @@ const std::vector<RowResult>& TargetComparison::results() {
       result.peak_bytes = std::max(result.peak_bytes, step.peak_bytes);
       result.offloaded_bytes = std::max(result.offloaded_bytes, step.offloaded_bytes);
       result.recomputed_bytes = std::max(result.recomputed_bytes, step.recomputed_bytes);
+      result.copy_ns += step.copy_ns;
+      result.exposed_copy_ns += step.exposed_copy_ns;
     }
     result.time = time_spread(taken.measured);
     result.measured_steps = static_cast<int>(taken.measured.size());

@@ -44,6 +44,8 @@ struct RowResult {
   std::int64_t peak_bytes = 0;       // the most over the memory step and the measured ones
   std::int64_t offloaded_bytes = 0;  // the most of any of those steps
   std::int64_t recomputed_bytes = 0;
+  std::int64_t copy_ns = 0;  // the offload pipeline's copies over the measured steps
+  std::int64_t exposed_copy_ns = 0;
   TimeSpread time;  // of the measured steps
   // The median over the measured rounds of this row's step time over keep's in the same round:
   // paired, so that what drifts over a run (other tenants of the machine) cancels out.

@@ -112,6 +112,8 @@ StepCost TrainingRun::step(bool fresh_cache) {
                          (before.bytes_offloaded + before.bytes_evicted);
   cost.recomputed_bytes = (after.bytes_recomputed + after.bytes_dropped) -
                           (before.bytes_recomputed + before.bytes_dropped);
+  cost.copy_ns = after.transfers.copy_ns - before.transfers.copy_ns;
+  cost.exposed_copy_ns = after.transfers.exposed_ns - before.transfers.exposed_ns;
   return cost;
 }
 

@@ -35,6 +35,10 @@ struct StepCost {
   double seconds = 0;
   std::int64_t offloaded_bytes = 0;  // by the policy, and by the pressure handler's evictions
   std::int64_t recomputed_bytes = 0;
+  // The offload pipeline's copies that finished during the step, and how long compute waited for
+  // them (TransferStats in hooks/host_store.h).
+  std::int64_t copy_ns = 0;
+  std::int64_t exposed_copy_ns = 0;
 };
 
 // Sets the device allocator's budget for its lifetime, and restores the previous one after.

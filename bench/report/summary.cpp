@@ -195,6 +195,13 @@ std::string step_cell(const SummaryRow& row) {
   return cell;
 }
 
+// "12.5 (93 %)": the copy time per step in ms, and the share of it hidden.
+std::string copies_cell(const SummaryRow& row) {
+  if (!(row.copy_seconds > 0)) return kDash;
+  return significant(row.copy_seconds * 1e3) + " (" +
+         chars(std::round(row.copy_hidden * 100), std::chars_format::fixed, 0) + " %)";
+}
+
 // --- SVG ---
 
 // Text and attribute values for XML 1.0: markup characters as entities; control characters it
@@ -363,6 +370,8 @@ std::string to_json(const Summary& summary) {
     append_member(out, "max_batch_budget_bytes", row.max_batch_budget_bytes);
     append_member(out, "offloaded_bytes", row.offloaded_bytes);
     append_member(out, "recomputed_bytes", row.recomputed_bytes);
+    append_member(out, "copy_seconds", row.copy_seconds);
+    append_member(out, "copy_hidden", row.copy_hidden);
     append_member(out, "grad_max_abs_diff_vs_keep", row.grad_max_abs_diff_vs_keep);
     out += '}';
   }
@@ -380,7 +389,9 @@ std::string to_markdown(const Summary& summary) {
       std::string(kDash) +
       " where there is none). Step: the median of the measured steps in ms, with the least and "
       "greatest in brackets; step vs keep: the median of the ratios of the steps taken in the same "
-      "round, where the rows took turns. Max batch: the largest batch that fits the budget named. Grad diff: "
+      "round, where the rows took turns. Max batch: the largest batch that fits the budget named. "
+      "Copies: the offload pipeline's host copies, both ways, in ms per step, and the share of "
+      "that time compute hid rather than waited for. Grad diff: "
       "the largest |grad - keep's grad| over every parameter. A row that ran out of memory within "
       "its budget does not fit; the budget it needs is at least the one named.\n";
   const std::vector<Group> groups = group_rows(summary);
@@ -389,15 +400,16 @@ std::string to_markdown(const Summary& summary) {
     out += "\n## " + markdown_text(group_title(group)) + "\n\n";
     out +=
         "| policy | batch | peak (MiB) | peak vs keep | reserved (MiB) | step (ms) | step vs keep "
-        "| samples/s | max batch | offloaded (MiB) | recomputed (MiB) | grad diff |\n"
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n";
+        "| samples/s | max batch | offloaded (MiB) | recomputed (MiB) | copies (ms, hidden) | grad diff "
+        "|\n"
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n";
     for (const SummaryRow* row : group.rows) {
       if (!row->fits) {
         out += "| " + markdown_text(policy_label(*row)) + " | " + std::to_string(row->batch) +
                " | " + markdown_text(does_not_fit(*row)) + " |";
         for (int i = 0; i < 5; ++i) out += " " + std::string(kDash) + " |";
         out += " " + max_batch_cell(*row) + " |";
-        for (int i = 0; i < 3; ++i) out += " " + std::string(kDash) + " |";
+        for (int i = 0; i < 4; ++i) out += " " + std::string(kDash) + " |";
         out += "\n";
         continue;
       }
@@ -421,6 +433,7 @@ std::string to_markdown(const Summary& summary) {
           max_batch_cell(*row),
           mib(row->offloaded_bytes),
           mib(row->recomputed_bytes),
+          copies_cell(*row),
           chars(row->grad_max_abs_diff_vs_keep, std::chars_format::general, 3)};
       out += "|";
       for (const std::string& cell : cells) out += " " + cell + " |";

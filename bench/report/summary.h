@@ -42,6 +42,10 @@ struct SummaryRow {
   std::int64_t max_batch_budget_bytes = 0;  // the budget max_batch was searched under
   std::int64_t offloaded_bytes = 0;
   std::int64_t recomputed_bytes = 0;
+  // The offload pipeline's host copies (hooks/host_store.h): their time per step, both ways, and
+  // the share of it that compute hid (the rest it waited for). 0 and 1 when nothing was copied.
+  double copy_seconds = 0;
+  double copy_hidden = 1;
   double grad_max_abs_diff_vs_keep = 0;  // max |grad - keep's grad| over every parameter
 };
 
@@ -61,7 +65,8 @@ std::string to_json(const Summary& summary);
 // "auto @ 512 MiB"), batch, peak and reserved MiB, step time (the median, with the least and
 // greatest measured in brackets), each of peak and step time as a ratio of the keep row's ("–"
 // when there is no keep row or its value is not positive), samples/s, max batch and the budget it
-// was searched under, offloaded and recomputed MiB, and the gradient difference. A row that does
+// was searched under, offloaded and recomputed MiB, the copy time per step with the share of it
+// hidden ("–" when nothing was copied), and the gradient difference. A row that does
 // not fit says so ("does not fit: needs ≥ X MiB") in place of its figures.
 std::string to_markdown(const Summary& summary);
 

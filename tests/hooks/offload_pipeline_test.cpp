@@ -18,21 +18,24 @@
 namespace actmem {
 namespace {
 
-// Copies wait in a queue until finish() runs them, in order. Ordering a stream after a copy that
-// has not run runs it and everything before it, and reports a stall of 1 µs per copy so run.
+// Copies wait in a queue until finish() runs them, in order; each takes 1 µs. Ordering a stream
+// after a copy that has not run runs it and everything before it, and exposes each copy so run.
 class ManualCopyEngine final : public copy::CopyEngine {
  public:
+  static constexpr std::int64_t kCopyNs = 1000;
+
   Ticket copy(void* dst, const void* src, std::size_t bytes, alloc::Stream) override {
     queued_.push_back({dst, src, bytes});
     return ++issued_;
   }
   bool finished(Ticket ticket) override { return ticket <= done_; }
-  std::int64_t order_after(Ticket ticket, alloc::Stream) override {
+  void order_after(Ticket ticket, alloc::Stream) override { wait(ticket); }
+  void wait(Ticket ticket) override {
     const Ticket before = done_;
     finish(ticket);
-    return static_cast<std::int64_t>(done_ - before) * 1000;
+    exposed_ns_ += static_cast<std::int64_t>(done_ - before) * kCopyNs;
   }
-  void wait(Ticket ticket) override { finish(ticket); }
+  Time time() override { return {static_cast<std::int64_t>(done_) * kCopyNs, exposed_ns_}; }
   alloc::Stream stream() const override { return alloc::kDefaultStream; }
   const char* name() const override { return "manual"; }
 
@@ -47,6 +50,11 @@ class ManualCopyEngine final : public copy::CopyEngine {
   }
   void finish_all() { finish(issued_); }
   Ticket issued() const { return issued_; }
+  // Where the destructor writes how far the copies had run.
+  void report_done_at_end(std::shared_ptr<Ticket> done) { done_at_end_ = std::move(done); }
+  ~ManualCopyEngine() override {
+    if (done_at_end_) *done_at_end_ = done_;
+  }
 
  private:
   struct Job {
@@ -56,6 +64,8 @@ class ManualCopyEngine final : public copy::CopyEngine {
   };
   std::deque<Job> queued_;
   Ticket issued_ = 0, done_ = 0;
+  std::int64_t exposed_ns_ = 0;
+  std::shared_ptr<Ticket> done_at_end_;
 };
 
 constexpr std::int64_t kElements = 64 * 1024;  // 256 KiB of floats
@@ -129,14 +139,16 @@ TEST(OffloadPipeline, PrefetchRunsAheadInReversePackOrderWithinTheWindow) {
   EXPECT_EQ(stats.copies_to_device, 3) << "4 itself, then 3 and 2 ahead";
   EXPECT_EQ(stats.prefetched, 2);
   EXPECT_EQ(stats.hidden, 0) << "4's copy was queued when it was needed";
-  EXPECT_EQ(stats.wait_ns, 1000) << "one copy run while waiting: 4's";
+  EXPECT_EQ(stats.copy_ns, 6 * ManualCopyEngine::kCopyNs) << "five out, and 4's back";
+  EXPECT_EQ(stats.exposed_ns, ManualCopyEngine::kCopyNs) << "one copy run while waiting: 4's";
   EXPECT_EQ(device_bytes() - before, 3 * kBytes) << "4, and the window's two";
 
   p.engine->finish_all();  // the copies ahead finish while backward computes
   torch::Tensor three = p.store->take(items[3]);
   stats = p.store->stats();
   EXPECT_EQ(stats.hidden, 1) << "3 was there already";
-  EXPECT_EQ(stats.wait_ns, 1000) << "nothing more waited";
+  EXPECT_EQ(stats.copy_ns, 8 * ManualCopyEngine::kCopyNs) << "3 and 2 came back meanwhile";
+  EXPECT_EQ(stats.exposed_ns, ManualCopyEngine::kCopyNs) << "nothing more waited";
   EXPECT_EQ(stats.prefetched, 3) << "1 joins the window, 2 is still in it";
   torch::Tensor two = p.store->take(items[2]);
   torch::Tensor one = p.store->take(items[1]);
@@ -145,6 +157,10 @@ TEST(OffloadPipeline, PrefetchRunsAheadInReversePackOrderWithinTheWindow) {
   stats = p.store->stats();
   EXPECT_EQ(stats.prefetched, 4);
   EXPECT_EQ(stats.copies_to_device, 5) << "each item came back once";
+  EXPECT_EQ(stats.copy_ns, 10 * ManualCopyEngine::kCopyNs);
+  EXPECT_EQ(stats.exposed_ns, 3 * ManualCopyEngine::kCopyNs)
+      << "4, 1 and 0 were waited for: no compute ran between the last takes";
+  EXPECT_DOUBLE_EQ(stats.hidden_fraction(), 0.7);
   const torch::Tensor* back[] = {&zero, &one, &two, &three, &four};
   for (int i = 0; i < 5; ++i) EXPECT_TRUE(torch::equal(*back[i], originals[i])) << i;
 }
@@ -177,14 +193,40 @@ TEST(OffloadPipeline, LayoutsComeBackAsTheyWent) {
   }
 }
 
-TEST(OffloadPipeline, AnItemGoneWithItsCopiesInFlightLetsThemFinishFirst) {
+// Neither the host nor the allocator may hurry a copy: a block it writes or reads stays held,
+// without a wait, until the copy has finished.
+TEST(OffloadPipeline, AnItemGoneWithItsCopiesInFlightLeavesTheirBlocksUntilTheyFinish) {
   Pipeline p = pipeline(4 * kBytes);
   auto first = p.store->offload(torch::randn({kElements}));
   auto second = p.store->offload(torch::randn({kElements}));
-  p.store->take(second);  // fetches first ahead; neither copy back has run
-  ASSERT_FALSE(p.engine->finished(p.engine->issued()));
+  p.engine->finish_all();                            // both out
+  const torch::Tensor back = p.store->take(second);  // waits for its copy; fetches first ahead
+  const std::int64_t held = device_bytes();
+  const copy::CopyEngine::Ticket last = p.engine->issued();
   first.reset();  // a graph dropped without its backward
-  EXPECT_TRUE(p.engine->finished(p.engine->issued())) << "its destructor waited for the copy";
+  EXPECT_FALSE(p.engine->finished(last)) << "nothing waited for the copy";
+  EXPECT_EQ(device_bytes(), held) << "the block fetched ahead is still being written";
+  p.store->offload(torch::zeros({0}));  // a call of the store: its copies are still in flight
+  EXPECT_EQ(device_bytes(), held);
+  p.engine->finish_all();
+  p.store->offload(torch::zeros({0}));  // the next call after they finished lets go
+  EXPECT_EQ(held - device_bytes(), kBytes) << "first's block fetched ahead went back";
+  EXPECT_EQ(p.engine->time().exposed_ns, ManualCopyEngine::kCopyNs) << "only second's was waited";
+}
+
+TEST(OffloadPipeline, AStoreGoneWithCopiesInFlightWaitsForThem) {
+  Pipeline p = pipeline(4 * kBytes);
+  auto first = p.store->offload(torch::randn({kElements}));
+  auto second = p.store->offload(torch::randn({kElements}));
+  const torch::Tensor back = p.store->take(second);
+  first.reset();
+  const copy::CopyEngine::Ticket last = p.engine->issued();
+  ASSERT_FALSE(p.engine->finished(last));
+  auto done_at_end = std::make_shared<copy::CopyEngine::Ticket>(0);
+  p.engine->report_done_at_end(done_at_end);
+  second.reset();
+  p.store.reset();
+  EXPECT_EQ(*done_at_end, last) << "the copy writing first's block finished before it went back";
 }
 
 TEST(OffloadPipeline, APoolAtItsCapRefusesAndCounts) {

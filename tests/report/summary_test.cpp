@@ -75,6 +75,8 @@ Summary two_models_three_policies() {
       row.measured_steps = 4 + n;
       row.offloaded_bytes = n * 3 + 1;
       row.recomputed_bytes = n * 5 + 2;
+      row.copy_seconds = 0.001 * static_cast<double>(n);
+      row.copy_hidden = 1.0 / static_cast<double>(n);
       row.grad_max_abs_diff_vs_keep = 1e-7 * static_cast<double>(n);
       summary.rows.push_back(row);
     }
@@ -101,6 +103,8 @@ const char* const kRowFields[] = {"model",
                                   "max_batch_budget_bytes",
                                   "offloaded_bytes",
                                   "recomputed_bytes",
+                                  "copy_seconds",
+                                  "copy_hidden",
                                   "grad_max_abs_diff_vs_keep"};
 
 std::string as_text(std::int64_t value) { return std::to_string(value); }
@@ -148,6 +152,8 @@ TEST(SummaryJson, EveryFieldOfEveryRowByName) {
     EXPECT_EQ(got.at("samples_per_second").number(), want.samples_per_second);
     EXPECT_EQ(got.at("step_seconds_min").number(), want.step_seconds_min);
     EXPECT_EQ(got.at("step_seconds_max").number(), want.step_seconds_max);
+    EXPECT_EQ(got.at("copy_seconds").number(), want.copy_seconds);
+    EXPECT_EQ(got.at("copy_hidden").number(), want.copy_hidden);
     EXPECT_EQ(got.at("grad_max_abs_diff_vs_keep").number(), want.grad_max_abs_diff_vs_keep);
   }
 }
@@ -356,6 +362,18 @@ TEST(SummaryMarkdown, TheStepIsTheMedianWithItsSpread) {
   EXPECT_EQ(table.at("recompute").at("step (ms)"), "750") << "one step has no spread";
   EXPECT_EQ(table.at("recompute").at("step vs keep"), "1.50") << "not paired: medians divided";
   EXPECT_EQ(table.at("offload").at("step vs keep"), "1.42") << "paired, as measured";
+}
+
+TEST(SummaryMarkdown, CopiesGiveTheirTimeAndTheShareHidden) {
+  Summary summary;
+  summary.rows.push_back(make_row("resnet", "full", "keep", 100 * kMiB, 0.5));
+  SummaryRow offload = make_row("resnet", "full", "offload", 40 * kMiB, 0.55);
+  offload.copy_seconds = 0.0125;
+  offload.copy_hidden = 0.934;
+  summary.rows.push_back(offload);
+  const auto table = table_under(to_markdown(summary), "resnet (full)");
+  EXPECT_EQ(table.at("offload").at("copies (ms, hidden)"), "12.5 (93 %)");
+  EXPECT_EQ(table.at("keep").at("copies (ms, hidden)"), "–") << "nothing copied";
 }
 
 // keep, and auto at 30 MiB that does not fit, needing at least 45 MiB.
