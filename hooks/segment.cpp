@@ -5,7 +5,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
+#include <optional>
 #include <stdexcept>
+#include <utility>
 
 #include "hooks/rng_use.h"
 #include "hooks/segment_frame.h"
@@ -18,8 +21,44 @@ thread_local std::shared_ptr<SegmentFrame> t_forward_frame;
 namespace {
 
 thread_local SegmentFrame* t_capturing_frame = nullptr;
-// The frame whose mutex this thread holds in take(): the pressure handler must not try it again.
-thread_local SegmentFrame* t_taking_frame = nullptr;
+// The frames whose mutex this thread holds in take() (more than one when a rerun reruns the
+// segments before it, for a chain): the pressure handler must not try them again.
+thread_local std::vector<SegmentFrame*> t_taking_frames;
+
+bool taking(const SegmentFrame* frame) {
+  return std::find(t_taking_frames.begin(), t_taking_frames.end(), frame) != t_taking_frames.end();
+}
+
+// Marks `frame` as held by this thread while it lives.
+class Taking {
+ public:
+  explicit Taking(SegmentFrame* frame) { t_taking_frames.push_back(frame); }
+  ~Taking() { t_taking_frames.pop_back(); }
+  Taking(const Taking&) = delete;
+  Taking& operator=(const Taking&) = delete;
+};
+
+// The last segment whose forward ended on this thread, with what it returned: a segment that
+// starts next and takes one of those (the same tensor, unchanged since) is the next link of a
+// chain. The weak references keep the addresses from being reused while they are compared.
+struct LastSegment {
+  std::weak_ptr<SegmentFrame> frame;
+  std::vector<std::pair<c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>,
+                        std::int64_t>>
+      outputs;  // with its version when the segment returned it
+};
+thread_local LastSegment t_last_segment;
+
+// Which output of the last segment `input` is, if it is one.
+std::optional<std::size_t> last_output(const at::Tensor& input) {
+  if (!input.defined()) return std::nullopt;
+  for (std::size_t j = 0; j < t_last_segment.outputs.size(); ++j) {
+    const auto& [weak, version] = t_last_segment.outputs[j];
+    const auto output = weak.lock();
+    if (output.get() == input.unsafeGetTensorImpl() && input._version() == version) return j;
+  }
+  return std::nullopt;
+}
 
 // Thrown by capture() once the rerun produced every tensor it must: stops the rerun early.
 struct StopRerun {};
@@ -59,7 +98,7 @@ std::int64_t SegmentFrame::add_pack(bool want) {
 bool SegmentFrame::want_later(std::int64_t index) {
   // On the thread that takes from this frame, mutex_ is held already (try_lock would be undefined
   // behaviour): a rerun's allocation can call the pressure handler.
-  if (t_taking_frame == this) return false;
+  if (taking(this)) return false;
   std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
   if (!lock.owns_lock() || materialized_ || reran_) return false;
   for (std::size_t i = 0; i < input_counters.size(); ++i) {
@@ -76,9 +115,7 @@ bool SegmentFrame::input_changed(std::size_t i) const {
 
 void SegmentFrame::read_inputs_through(std::vector<std::shared_ptr<SavedEntry>> entries) {
   std::lock_guard<std::mutex> lock(mutex_);
-  input_requires_grad_.resize(inputs.size());
   for (std::size_t i = 0; i < inputs.size(); ++i) {
-    input_requires_grad_[i] = inputs[i].requires_grad();
     if (entries[i]) inputs[i] = at::Tensor();
   }
   input_entries_ = std::move(entries);
@@ -91,7 +128,7 @@ bool SegmentFrame::recomputes_any() {
 
 void SegmentFrame::capture(const at::Tensor& tensor) {
   const std::int64_t index = capture_index_++;
-  if (index < static_cast<std::int64_t>(wanted_.size()) && wanted_[index]) {
+  if (capturing_ && index < static_cast<std::int64_t>(wanted_.size()) && wanted_[index]) {
     recomputed_[index] = tensor.detach();
   }
   // Once the last tensor the rerun must produce is there, the rest of the segment need not run;
@@ -108,6 +145,11 @@ TensorList SegmentFrame::rerun_inputs() {
     }
   }
   TensorList args = inputs;
+  for (std::size_t i = 0; i < links.size(); ++i) {
+    if (!links[i] || args[i].defined()) continue;
+    args[i] = links[i]->producer->output_for_chain(links[i]->output).detach();
+    if (input_requires_grad[i]) args[i].requires_grad_(true);
+  }
   for (std::size_t i = 0; i < input_entries_.size(); ++i) {
     if (!input_entries_[i]) continue;
     Action action;
@@ -124,32 +166,49 @@ TensorList SegmentFrame::rerun_inputs() {
                              " is gone from the saved tensor it was read through");
     }
     args[i] = (action == Action::kOffload ? scope->host().copy_back(*offloaded) : value).detach();
-    if (input_requires_grad_[i]) args[i].requires_grad_(true);
+    if (input_requires_grad[i]) args[i].requires_grad_(true);
   }
   return args;
 }
 
-void SegmentFrame::rerun() {
+void SegmentFrame::rerun(bool outputs) {
   const TensorList args = rerun_inputs();
   const auto start = std::chrono::steady_clock::now();
   const auto packs = static_cast<std::int64_t>(wanted_.size());
-  recomputed_.assign(wanted_.size(), at::Tensor());
+  // A rerun for the chain after one for take() (a graph that took from this segment before the
+  // next one reran) brings back only the outputs: what is still to be taken is here.
+  capturing_ = !materialized_;
+  if (capturing_) recomputed_.assign(wanted_.size(), at::Tensor());
   capture_index_ = 0;
   last_wanted_ = -1;
-  for (std::int64_t i = 0; i < packs; ++i) {
+  for (std::int64_t i = 0; capturing_ && i < packs; ++i) {
     if (wanted_[i]) last_wanted_ = i;
   }
+  if (outputs) last_wanted_ = std::numeric_limits<std::int64_t>::max();  // run to the end
   {
     ForwardContext::Rerun in_force(context);
     CapturingGuard capturing(*this);
     bool stopped = false;
     try {
-      fn(args);
+      const TensorList returned = fn(args);
+      if (outputs) {
+        chain_outputs_.assign(returned.size(), at::Tensor());
+        for (std::size_t j = 0; j < returned.size() && j < outputs_linked.size(); ++j) {
+          if (outputs_linked[j]) chain_outputs_[j] = returned[j].detach();
+        }
+      }
     } catch (const StopRerun&) {
       stopped = true;
     }
     if (!stopped) in_force.finish(name);
   }
+  const std::int64_t ns = elapsed_ns(start);
+  scope->count([ns](ActivationStats& s) {
+    ++s.recomputations;
+    s.recompute_ns += ns;
+  });
+  reran_ = true;
+  if (!capturing_) return;
   outstanding_ = 0;
   for (std::int64_t i = 0; i < packs; ++i) {
     if (!wanted_[i]) continue;
@@ -163,26 +222,29 @@ void SegmentFrame::rerun() {
     ++outstanding_;
   }
   materialized_ = true;
-  reran_ = true;
-  const std::int64_t ns = elapsed_ns(start);
-  scope->count([ns](ActivationStats& s) {
-    ++s.recomputations;
-    s.recompute_ns += ns;
-  });
 }
 
 at::Tensor SegmentFrame::take(std::int64_t index) {
   std::lock_guard<std::mutex> lock(mutex_);
-  struct Taking {
-    SegmentFrame* previous = t_taking_frame;
-    explicit Taking(SegmentFrame* frame) { t_taking_frame = frame; }
-    ~Taking() { t_taking_frame = previous; }
-  } taking(this);
-  if (!materialized_ || !recomputed_[index].defined()) rerun();
+  Taking taking(this);
+  if (!materialized_ || !recomputed_[index].defined()) rerun(/*outputs=*/false);
   at::Tensor tensor = std::move(recomputed_[index]);
   recomputed_[index] = at::Tensor();
   if (--outstanding_ == 0) materialized_ = false;  // a second backward reruns again
   return tensor;
+}
+
+at::Tensor SegmentFrame::output_for_chain(std::size_t index) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Taking taking(this);
+  if (index >= chain_outputs_.size() || !chain_outputs_[index].defined()) rerun(/*outputs=*/true);
+  if (index >= chain_outputs_.size() || !chain_outputs_[index].defined()) {
+    throw std::runtime_error("actmem: segment '" + name + "' returned no output " +
+                             std::to_string(index) +
+                             " when rerun for the segment after it: its function must return "
+                             "the same outputs given the same inputs");
+  }
+  return std::exchange(chain_outputs_[index], at::Tensor());
 }
 
 }  // namespace detail
@@ -202,12 +264,35 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
   frame->fn = fn;
   frame->context.add_module(module);
   frame->scope = scope;
-  for (const at::Tensor& input : inputs) {
+  frame->links.resize(inputs.size());
+  // A policy that never reruns has no use for links: the last segment is forgotten.
+  const std::shared_ptr<detail::SegmentFrame> last =
+      scope->policy().may_recompute() ? detail::t_last_segment.frame.lock() : nullptr;
+  const bool linked = last && last->scope == scope;
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    const at::Tensor& input = inputs[i];
+    frame->input_requires_grad.push_back(input.requires_grad());
+    frame->input_versions.push_back(input._version());
+    frame->input_counters.push_back(input.unsafeGetTensorImpl()->version_counter());
+    const std::optional<std::size_t> output = linked ? detail::last_output(input) : std::nullopt;
+    if (output) {
+      frame->chain_position = last->chain_position + 1;
+      SegmentLink link;
+      link.segment = name;
+      link.producer = last->name;
+      link.position = frame->chain_position;
+      link.bytes = input.has_storage() ? static_cast<std::int64_t>(input.storage().nbytes()) : 0;
+      if (scope->policy().drops_input(link)) {
+        frame->links[i] = detail::SegmentFrame::Link{last, *output};
+        if (last->outputs_linked.size() <= *output) last->outputs_linked.resize(*output + 1);
+        last->outputs_linked[*output] = 1;
+        frame->inputs.emplace_back();
+        continue;
+      }
+    }
     at::Tensor saved = input.detach();
     if (input.requires_grad()) saved.requires_grad_(true);
     frame->inputs.push_back(saved);
-    frame->input_versions.push_back(input._version());
-    frame->input_counters.push_back(input.unsafeGetTensorImpl()->version_counter());
   }
   detail::t_forward_frame = frame;
   struct Reset {
@@ -236,6 +321,11 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
   if (bracket) scope->end_segment(*bracket);
   frame->forward_ns = detail::elapsed_ns(start);
   scope->settle(*frame);
+  detail::t_last_segment.frame = frame;
+  detail::t_last_segment.outputs.clear();
+  for (const at::Tensor& output : outputs) {
+    detail::t_last_segment.outputs.emplace_back(output.getIntrusivePtr(), output._version());
+  }
   return outputs;
 }
 

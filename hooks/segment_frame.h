@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,8 +19,21 @@ struct SegmentFrame {
   std::string name;
   SegmentFn fn;
   // Detached leaves, requiring grad as the originals did: the rerun's inputs (undefined where
-  // input_entries holds one). Written by the forward's thread, and by read_inputs_through.
+  // input_entries holds one, or where the segment dropped the input for a chain). Written by the
+  // forward's thread, and by read_inputs_through.
   TensorList inputs;
+  std::vector<char> input_requires_grad;  // the originals'
+  // Where the segment let go of input i for a recompute chain (policy.h's SegmentLink): the
+  // segment that returned it, and which of its outputs it was. The rerun takes it from that
+  // segment's rerun. Written by the forward's thread before fn runs.
+  struct Link {
+    std::shared_ptr<SegmentFrame> producer;
+    std::size_t output = 0;
+  };
+  std::vector<std::optional<Link>> links;
+  std::int64_t chain_position = 0;  // links in a row up to this segment (0: its inputs are not)
+  // Which of its outputs a later segment dropped as a link: what a rerun for the chain keeps.
+  std::vector<char> outputs_linked;
   // Each input's version when the segment began, and its version counter (which holds no memory):
   // a rerun on an input changed in place since would compute something else.
   std::vector<std::int64_t> input_versions;
@@ -63,11 +77,16 @@ struct SegmentFrame {
   // the frame forget it.
   at::Tensor take(std::int64_t index);
 
+  // For the segment after it in a chain: output `index` of this segment's rerun, rerunning it (to
+  // its end) if it has not been; the tensors its rerun must produce come back with it, for take().
+  at::Tensor output_for_chain(std::size_t index);
+
   // Called by the capture hooks during a rerun.
   void capture(const at::Tensor& tensor);
 
  private:
-  void rerun();  // mutex_ held
+  // mutex_ held. `outputs`: keep what fn returns, for output_for_chain (and run it to the end).
+  void rerun(bool outputs);
   // The rerun's inputs: `inputs`, with those read through entries filled in; throws if one was
   // changed in place since the forward.
   TensorList rerun_inputs();
@@ -76,7 +95,6 @@ struct SegmentFrame {
   // input entries), never the other way round: eviction, which holds entry locks, only tries it.
   std::mutex mutex_;  // everything below, and `inputs` once the forward is over
   std::vector<std::shared_ptr<SavedEntry>> input_entries_;  // see read_inputs_through
-  std::vector<char> input_requires_grad_;
   std::vector<char> wanted_;  // one per tensor saved during the forward: produced by the rerun?
   bool reran_ = false;        // a rerun happened: later drops would re-produce taken tensors
   std::vector<at::Tensor> recomputed_;
@@ -84,6 +102,8 @@ struct SegmentFrame {
   std::int64_t last_wanted_ = -1;
   std::int64_t outstanding_ = 0;
   bool materialized_ = false;
+  bool capturing_ = true;     // the rerun in progress keeps the tensors it must produce
+  TensorList chain_outputs_;  // what the rerun returned, until the next segment takes it
 };
 
 // The frame whose forward runs on this thread, or null.

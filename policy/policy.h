@@ -30,6 +30,18 @@ struct SavedTensorInfo {
   std::int64_t device_bytes = 0;  // the device allocator's allocated bytes as it is saved
 };
 
+// A segment's input that the segment run just before it returned: a link of a recompute chain.
+// When the policy drops it, the segment lets go of that input after its forward, and its rerun in
+// backward rebuilds it by rerunning the segment that returned it first (which, if it dropped its
+// own input, reruns the one before it, and so on up to a segment that kept its input): every
+// segment still reruns once per backward, and the chain's saved tensors come back together.
+struct SegmentLink {
+  std::string segment;        // the segment starting
+  std::string producer;       // the segment that returned the input
+  std::int64_t position = 1;  // links in a row up to this one: 1 for the first after a kept input
+  std::int64_t bytes = 0;     // the input's bytes
+};
+
 // Decides, per saved tensor, Keep, Offload or Recompute. Called on the thread that runs the
 // forward op, possibly from several threads at once: implementations must be thread-safe.
 // The hooks enforce the rules a policy cannot break: leaves are always kept, Recompute outside a
@@ -48,10 +60,17 @@ class Policy {
   // does not evict): the hooks then skip what only a rerun needs.
   virtual bool may_recompute() const { return true; }
   virtual bool evicts_under_pressure() const { return false; }
+  // Whether the starting segment lets go of an input that the segment before it returned (see
+  // SegmentLink). Asked as the segment starts, only when may_recompute(). Dropping an input is
+  // worth it only where the segments' saved tensors are recomputed too.
+  virtual bool drops_input(const SegmentLink& /*link*/) { return false; }
   virtual void end_step(const StepProfile& /*profile*/) {}
 };
 
-// The policies by name: "keep" (everything stays), "recompute" (every segment is recomputed),
+// The policies by name: "keep" (everything stays), "recompute" (every segment is recomputed,
+// from its input), "chain" (every segment is recomputed, and of each run of n linked segments only
+// every k-th keeps its input, k ≈ √(n / c) where a segment saves c times its input's bytes, as
+// learned from the step before: Chen et al.'s sublinear checkpointing),
 // "offload" (every eligible tensor goes to host memory), "auto" (a plan under the budget that
 // `budget` reports when a plan is made; see auto_policy.h). Throws std::invalid_argument for any
 // other name, listing the valid ones.

@@ -36,7 +36,7 @@ Trains each model under each policy and compares peak device memory, step time a
 batch that fits a budget; prints the table and writes <out>/summary.{md,json,svg}.
 
   --models LIST        comma-separated, from resnet,densenet,lstm,vnet (default: all)
-  --policies LIST      from keep,recompute,offload,auto (default: all; keep is always measured:
+  --policies LIST      from keep,recompute,chain,offload,auto (default: all; keep is always measured:
                        it is the reference)
   --size LIST          from tiny,small,full (default: small)
   --device DEVICE      cpu or cuda (default: the device actmem manages: cuda where a GPU answers
@@ -66,7 +66,7 @@ keep's, or when it reserved more than its budget; 2 for bad options.
 
 struct Options {
   std::vector<std::string> models = models::model_names();
-  std::vector<std::string> policies = {"keep", "recompute", "offload", "auto"};
+  std::vector<std::string> policies = {"keep", "recompute", "chain", "offload", "auto"};
   std::vector<models::Size> sizes = {models::Size::kSmall};
   std::vector<int> auto_budgets = {75, 50, 30};
   std::int64_t max_batch_budget = 0;
@@ -141,7 +141,7 @@ Options parse_options(int argc, char** argv, std::vector<char*>& rest) {
       check_members(options.models, models::model_names(), arg);
     } else if (arg == "--policies") {
       options.policies = split_list(value());
-      check_members(options.policies, {"keep", "recompute", "offload", "auto"}, arg);
+      check_members(options.policies, {"keep", "recompute", "chain", "offload", "auto"}, arg);
       options.policies.erase(std::remove(options.policies.begin(), options.policies.end(), "keep"),
                              options.policies.end());
       options.policies.insert(options.policies.begin(), "keep");

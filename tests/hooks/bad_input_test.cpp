@@ -26,7 +26,7 @@ TEST(HooksBadInput, InstallTwiceIsHarmless) {
 
 TEST(HooksBadInput, APolicyTypoListsTheValidNames) {
   EXPECT_NE(message_of([] { make_policy("recompte"); })
-                .find("unknown policy 'recompte'; valid policies: keep, recompute, offload, auto"),
+                .find("unknown policy 'recompte'; valid policies: keep, recompute, chain, offload, auto"),
             std::string::npos);
   const auto env = [](const char* name) -> const char* {
     return std::string(name) == "ACTMEM_POLICY" ? "fast" : nullptr;

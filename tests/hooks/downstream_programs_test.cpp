@@ -26,7 +26,7 @@ struct Outcome {
   std::string error;  // empty when the program ran to its end
 };
 
-const char* const kPolicies[] = {"keep", "recompute", "offload", "auto"};
+const char* const kPolicies[] = {"keep", "recompute", "chain", "offload", "auto"};
 
 std::string error_text(const std::exception& error) {
   if (const auto* c10_error = dynamic_cast<const c10::Error*>(&error)) {

@@ -37,7 +37,7 @@ TEST_P(PolicyEquivalence, TrainsExactlyLikeKeep) {
   // Every tensor packed was unpacked exactly once per backward.
   EXPECT_GT(record.stats.packed, 0);
   EXPECT_EQ(record.stats.unpacked, record.stats.packed);
-  if (c.policy == "recompute") {
+  if (c.policy == "recompute" || c.policy == "chain") {
     EXPECT_GT(record.stats.tensors_recomputed, 0);
     EXPECT_EQ(record.stats.recomputations, 3 * c.module.segments) << "one rerun per segment per step";
   }
@@ -52,7 +52,9 @@ TEST_P(PolicyEquivalence, TrainsExactlyLikeKeep) {
 std::vector<Case> cases() {
   std::vector<Case> all;
   for (const SmallModuleCase& module : testing::small_module_cases()) {
-    for (const char* policy : {"keep", "recompute", "offload"}) all.push_back({module, policy});
+    for (const char* policy : {"keep", "recompute", "chain", "offload"}) {
+      all.push_back({module, policy});
+    }
   }
   return all;
 }

@@ -75,7 +75,9 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(Case{"resnet", "recompute", 0.61}, Case{"resnet", "offload", 0.45},
                       Case{"densenet", "recompute", 0.86}, Case{"densenet", "offload", 0.46},
                       Case{"lstm", "recompute", 0.24}, Case{"lstm", "offload", 0.18},
-                      Case{"vnet", "recompute", 0.51}, Case{"vnet", "offload", 0.35}),
+                      Case{"vnet", "recompute", 0.51}, Case{"vnet", "offload", 0.35},
+                      Case{"resnet", "chain", 1.0}, Case{"densenet", "chain", 1.0},
+                      Case{"lstm", "chain", 1.0}, Case{"vnet", "chain", 1.0}),
     [](const auto& param_info) {
       return param_info.param.model + "_" + param_info.param.policy;
     });
