@@ -28,8 +28,8 @@ bool iequals(std::string_view a, std::string_view b) {
 }
 
 [[noreturn]] void fail(std::string_view what, std::string_view value, std::string_view expected) {
-  throw ConfigError("actmem: " + std::string(what) + "='" + std::string(value) + "' is invalid: " +
-                    std::string(expected));
+  throw ConfigError("actmem: " + std::string(what) + "='" + std::string(value) +
+                    "' is invalid: " + std::string(expected));
 }
 
 // A whole number in [low, high].
@@ -50,9 +50,16 @@ struct Unit {
   const char* name;
   double factor;
 };
-constexpr Unit kUnits[] = {{"", 1.0},        {"B", 1.0},     {"KB", 1e3},   {"MB", 1e6},
-                           {"GB", 1e9},      {"TB", 1e12},   {"KiB", 1024.0}, {"MiB", 1048576.0},
-                           {"GiB", 1073741824.0}, {"TiB", 1099511627776.0}};
+constexpr Unit kUnits[] = {{"", 1.0},
+                           {"B", 1.0},
+                           {"KB", 1e3},
+                           {"MB", 1e6},
+                           {"GB", 1e9},
+                           {"TB", 1e12},
+                           {"KiB", 1024.0},
+                           {"MiB", 1048576.0},
+                           {"GiB", 1073741824.0},
+                           {"TiB", 1099511627776.0}};
 constexpr const char* kSizeHelp =
     "expected a positive byte count such as 1048576, 1500MB or 6GiB (units B, KB, MB, GB, TB, "
     "KiB, MiB, GiB, TiB)";
@@ -118,6 +125,25 @@ std::size_t parse_bytes(std::string_view text, std::string_view what) {
     return static_cast<std::size_t>(bytes);
   }
   fail(what, text, "unknown unit '" + std::string(unit) + "'; " + kSizeHelp);
+}
+
+std::size_t parse_bytes_or_zero(std::string_view text, std::string_view what) {
+  const std::string value(trim(text));
+  char* end = nullptr;
+  if (!value.empty() && std::isdigit(static_cast<unsigned char>(value[0])) &&
+      std::strtod(value.c_str(), &end) == 0.0 && end != value.c_str()) {
+    const std::string_view unit = trim(std::string_view(end));
+    for (const Unit& u : kUnits) {
+      if (iequals(unit, u.name)) return 0;
+    }
+  }
+  try {
+    return parse_bytes(text, what);
+  } catch (const ConfigError&) {
+    fail(what, text,
+         "expected 0 or a positive byte count such as 1048576, 1500MB or 6GiB (units B, KB, MB, "
+         "GB, TB, KiB, MiB, GiB, TiB)");
+  }
 }
 
 void apply_alloc_conf(std::string_view conf, AllocatorOptions& options) {

@@ -49,6 +49,8 @@ struct ProcessConfig {
 // (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024), case-insensitive; "6GiB", "1.5 GB".
 // `what` names the source in the error message.
 std::size_t parse_bytes(std::string_view text, std::string_view what);
+// The same, where 0 means something (none at all): "0", "0B", "0 GiB" parse as 0.
+std::size_t parse_bytes_or_zero(std::string_view text, std::string_view what);
 
 // Applies one ACTMEM_ALLOC_CONF string to `options`.
 void apply_alloc_conf(std::string_view conf, AllocatorOptions& options);

@@ -69,6 +69,9 @@ class ScopeState;
 std::unique_ptr<Policy> make_device_policy(const std::string& name,
                                            std::size_t offload_min_bytes = 64 * 1024,
                                            LogLevel log = LogLevel::kOff);
+// The policy a configuration names (ACTMEM_POLICY and the rest, policy/policy_config.h): with
+// ACTMEM_HOST_BUDGET=0, auto plans without offloads.
+std::unique_ptr<Policy> make_device_policy(const PolicyConfig& config);
 
 class ActivationScope {
  public:

@@ -176,8 +176,8 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
     message << "one of the variables needed for gradient computation has been modified by an "
                "inplace operation: ["
             << c10::DeviceTypeName(e.device.type()) << c10::toString(e.dtype) << "Type "
-            << c10::IntArrayRef(e.sizes) << "] is at version " << current
-            << "; expected version " << e.version << " instead.";
+            << c10::IntArrayRef(e.sizes) << "] is at version " << current << "; expected version "
+            << e.version << " instead.";
     if (!e.segment.empty()) message << " (actmem: it was saved in segment '" << e.segment << "')";
     message << " Hint: enable anomaly detection to find the operation that failed to compute "
                "its gradient, with torch.autograd.set_detect_anomaly(True).";
@@ -236,13 +236,29 @@ std::unique_ptr<torch::autograd::SavedVariableHooks> hooks_for_this_thread() {
 
 }  // namespace detail
 
+namespace {
+
+std::unique_ptr<Policy> make_device_policy(const std::string& name, PolicyOptions options) {
+  options.budget = [] { return device_memory().budget(); };
+  return make_policy(name, options);
+}
+
+}  // namespace
+
 std::unique_ptr<Policy> make_device_policy(const std::string& name, std::size_t offload_min_bytes,
                                            LogLevel log) {
   PolicyOptions options;
-  options.budget = [] { return device_memory().budget(); };
   options.offload_min_bytes = offload_min_bytes;
   options.log = log;
-  return make_policy(name, options);
+  return make_device_policy(name, std::move(options));
+}
+
+std::unique_ptr<Policy> make_device_policy(const PolicyConfig& config) {
+  PolicyOptions options;
+  options.offload_min_bytes = config.offload_min_bytes;
+  options.log = config.log;
+  options.can_offload = !config.host_budget || *config.host_budget > 0;
+  return make_device_policy(config.policy, std::move(options));
 }
 
 ActivationScope::ActivationScope(std::shared_ptr<Policy> policy, ScopeOptions options)
@@ -291,9 +307,7 @@ ScopeOptions ScopeOptions::from(const PolicyConfig& config) {
 
 std::unique_ptr<ActivationScope> ActivationScope::from_environment() {
   const PolicyConfig config = PolicyConfig::from_environment();
-  return std::make_unique<ActivationScope>(
-      make_device_policy(config.policy, config.offload_min_bytes, config.log),
-      ScopeOptions::from(config));
+  return std::make_unique<ActivationScope>(make_device_policy(config), ScopeOptions::from(config));
 }
 
 ActivationScope::~ActivationScope() {

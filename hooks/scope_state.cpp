@@ -242,6 +242,12 @@ void ScopeState::end_segment(std::uint64_t id) {
   open_segments_.erase(id);
 }
 
+void ScopeState::link_segment(std::uint64_t id, const std::string& producer,
+                              std::vector<std::uint64_t> storages, bool dropped) {
+  std::lock_guard<std::mutex> lock(step_mutex_);
+  segment_links_[id] = {producer, std::move(storages), dropped};
+}
+
 void ScopeState::abort_step() {
   {
     std::lock_guard<std::mutex> lock(step_mutex_);
@@ -249,6 +255,7 @@ void ScopeState::abort_step() {
     profile_ = StepProfile{};
     step_storages_.clear();
     segment_names_.clear();
+    segment_links_.clear();
     if (owns_trace_) device_memory().clear_trace();
   }
   if (timer_) timer_->collect();  // the step's times are worth nothing either
@@ -257,6 +264,7 @@ void ScopeState::abort_step() {
 void ScopeState::end_step() {
   StepProfile profile;
   std::vector<std::pair<std::uint64_t, std::string>> segments;
+  std::map<std::uint64_t, Link> links;
   {
     std::lock_guard<std::mutex> lock(step_mutex_);
     if (!in_step_) return;  // a backward with nothing saved under this scope
@@ -270,12 +278,21 @@ void ScopeState::end_step() {
       profile = std::move(profile_);
       profile_ = StepProfile{};
       segments.swap(segment_names_);
+      links.swap(segment_links_);
     }
   }
   count([](ActivationStats& s) { ++s.steps; });
   if (!policy_->wants_profile()) return;
   SegmentTimes times = timer_->collect();
-  for (const auto& [id, name] : segments) profile.segments.push_back({name, times.forward_ns[id]});
+  for (const auto& [id, name] : segments) {
+    ProfiledSegment segment{name, times.forward_ns[id], "", {}, false};
+    if (const auto link = links.find(id); link != links.end()) {
+      segment.producer = link->second.producer;
+      segment.link_storages = link->second.storages;
+      segment.dropped_link = link->second.dropped;
+    }
+    profile.segments.push_back(std::move(segment));
+  }
   if (times.dropped_records > 0 && options_.log != LogLevel::kOff) {
     std::fprintf(stderr, "actmem: %s lost %lld records: this step's segment times undercount\n",
                  timer_->name(), static_cast<long long>(times.dropped_records));
@@ -487,8 +504,8 @@ std::size_t ScopeState::evict(std::size_t bytes_needed) {
   if (evicted == 0 && dropped == 0 && freed <= 0) {
     // Nothing left to send out: say what the step needs instead of a bare out-of-memory.
     const std::optional<std::size_t> budget = device.budget();
-    const std::int64_t least_budget = (budget ? static_cast<std::int64_t>(*budget) : 0) +
-                                      static_cast<std::int64_t>(bytes_needed);
+    const std::int64_t least_budget =
+        (budget ? static_cast<std::int64_t>(*budget) : 0) + static_cast<std::int64_t>(bytes_needed);
     throw BudgetTooSmallError(
         "actmem: the budget of " +
             alloc::format_bytes(budget ? static_cast<std::int64_t>(*budget) : 0) +

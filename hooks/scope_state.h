@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -35,8 +36,8 @@ inline std::int64_t elapsed_ns(std::chrono::steady_clock::time_point start) {
 }
 
 // One saved tensor under a scope, shared by its hooks object and, while kept, the eviction list.
-// The mutex guards action, kept and offloaded: eviction may turn a kept tensor into an offloaded one
-// while autograd still holds it.
+// The mutex guards action, kept and offloaded: eviction may turn a kept tensor into an offloaded
+// one while autograd still holds it.
 struct SavedEntry {
   std::mutex mutex;
   Action action = Action::kKeep;
@@ -94,6 +95,10 @@ class ScopeState {
   // None when the policy wants no profile.
   std::optional<std::uint64_t> begin_segment(const std::string& name);
   void end_segment(std::uint64_t id);
+  // The bracketed segment's inputs that `producer`, the segment before it, returned (by storage).
+  // `dropped`: the segment let go of them for a chain.
+  void link_segment(std::uint64_t id, const std::string& producer,
+                    std::vector<std::uint64_t> storages, bool dropped);
   // The outermost backward returned: the step is over; its profile goes to the policy.
   void end_step();
   // The backward threw: the step is over, and its profile is worth nothing.
@@ -152,7 +157,13 @@ class ScopeState {
   std::size_t trace_start_ = 0;                     // its length when the step began
   std::vector<std::size_t> event_trace_positions_;  // its length at each event
   std::vector<std::pair<std::uint64_t, std::string>> segment_names_;  // bracketed, in order
-  std::set<std::uint64_t> open_segments_;                             // begun, not yet ended
+  struct Link {
+    std::string producer;
+    std::vector<std::uint64_t> storages;
+    bool dropped = false;
+  };
+  std::map<std::uint64_t, Link> segment_links_;  // by bracket
+  std::set<std::uint64_t> open_segments_;        // begun, not yet ended
   bool backward_began_ = false;
   std::vector<std::weak_ptr<SavedEntry>> step_entries_;  // this step's
   // Each profiled tensor's storage, by profile row (none for tensors without one): keeps its

@@ -269,6 +269,8 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
   const std::shared_ptr<detail::SegmentFrame> last =
       scope->policy().may_recompute() ? detail::t_last_segment.frame.lock() : nullptr;
   const bool linked = last && last->scope == scope;
+  std::vector<std::uint64_t> link_storages;  // for the profile
+  bool dropped_link = false;
   for (std::size_t i = 0; i < inputs.size(); ++i) {
     const at::Tensor& input = inputs[i];
     frame->input_requires_grad.push_back(input.requires_grad());
@@ -282,7 +284,12 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
       link.producer = last->name;
       link.position = frame->chain_position;
       link.bytes = input.has_storage() ? static_cast<std::int64_t>(input.storage().nbytes()) : 0;
+      if (input.has_storage()) {
+        link_storages.push_back(
+            reinterpret_cast<std::uintptr_t>(input.storage().unsafeGetStorageImpl()));
+      }
       if (scope->policy().drops_input(link)) {
+        dropped_link = true;
         frame->links[i] = detail::SegmentFrame::Link{last, *output};
         if (last->outputs_linked.size() <= *output) last->outputs_linked.resize(*output + 1);
         last->outputs_linked[*output] = 1;
@@ -301,6 +308,9 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
   // Timed for the profile only when autograd records (a no-grad evaluation saves nothing).
   const std::optional<std::uint64_t> bracket =
       c10::GradMode::is_enabled() ? scope->begin_segment(name) : std::nullopt;
+  if (bracket && !link_storages.empty()) {
+    scope->link_segment(*bracket, last->name, std::move(link_storages), dropped_link);
+  }
   const auto start = std::chrono::steady_clock::now();
   TensorList outputs;
   {

@@ -1,6 +1,7 @@
 #include "policy/auto_policy.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <limits>
 #include <set>
@@ -30,6 +31,15 @@ namespace actmem {
 // (the hooks check each storage's reference count then), that it alone saved, and never a
 // segment's inputs, which the segment keeps for its rerun: what a choice can really free.
 //
+// Recompute chains (policy.h's SegmentLink): a recomputed segment whose input the recomputed
+// segment before it returned may drop that input; the storage then leaves the device from its
+// first pack until the chain's rerun, and the rerun brings back every segment of the chain at
+// once: at the first unpack of any of them, which is the last one's. Dropping a link costs no
+// time (each segment reruns once either way); what it changes is the shape of the timeline:
+// fewer inputs held through the forward, more saved tensors back at once in backward. A link's
+// bytes are its storages that only the two segments saved (the producer's last op may save its
+// output too): neither segment's own recompute frees them, since the consumer holds its input.
+//
 // Greedy, cheapest seconds per byte first: find the simulated peak; among candidates that are
 // out of memory at that moment and not chosen yet, take the one with the least cost per byte it
 // frees (recompute or offload, whichever is cheaper for a segment); re-simulate; stop when the
@@ -38,7 +48,11 @@ namespace actmem {
 // above the most allocated: segment slack, cached segments) and a margin. The greedy is not
 // optimal (the choice is a knapsack over intervals) but each step is the locally cheapest byte,
 // and the re-simulation after each choice keeps it from paying for bytes that stop mattering
-// once the peak moves.
+// once the peak moves. When no candidate is out at the peak any more, the plan tries chains:
+// for each run of droppable links (both segments recomputed, each link's consumer the next one's
+// producer) it drops every link but each k-th, as Chen et al. 2016 do, with the k from 1 (none
+// dropped) to the run's length (all) that gives the lowest simulated peak, the other runs as they
+// are; then the greedy goes on from the new peak. Runs of m links cost m + 1 simulations.
 //
 // The minimum is the peak with every candidate out, the way that frees most; the plan table shows
 // it. A plan can still cross the budget (the profile misses memory inside ops, and the budget caps
@@ -63,6 +77,13 @@ struct Candidate {
   double offload_seconds = std::numeric_limits<double>::infinity();
 };
 
+// A segment's linked inputs, as a plan may drop them for a chain.
+struct LinkCandidate {
+  std::size_t consumer = 0, producer = 0;  // indices of the two segments' candidates
+  std::int64_t bytes = 0;                  // what dropping frees
+  std::int64_t start = 0;                  // the first pack over those storages
+};
+
 // What sending `t` out frees when nothing else holds its storage: the storage, a view's included.
 std::int64_t freed_bytes(const ProfiledTensor& t) { return std::max(t.bytes, t.storage_bytes); }
 
@@ -81,10 +102,31 @@ std::int64_t observed_peak(const StepProfile& profile) {
   return peak;
 }
 
+// When each segment's recomputed tensors came back in the profiled step: at its first unpack, or
+// earlier, at its chain's rerun, where the step dropped the link after it.
+std::unordered_map<std::string, std::int64_t> rerun_events(const StepProfile& profile) {
+  std::unordered_map<std::string, std::int64_t> back;
+  for (const ProfiledTensor& t : profile.tensors) {
+    if (t.segment.empty() || t.unpack_event < 0) continue;
+    const auto [it, added] = back.emplace(t.segment, t.unpack_event);
+    if (!added) it->second = std::min(it->second, t.unpack_event);
+  }
+  for (auto s = profile.segments.rbegin(); s != profile.segments.rend(); ++s) {
+    if (!s->dropped_link) continue;
+    const auto consumer = back.find(s->name), producer = back.find(s->producer);
+    if (consumer != back.end() && producer != back.end()) {
+      producer->second = std::min(producer->second, consumer->second);
+    }
+  }
+  return back;
+}
+
 // Keep's timeline: the profile's levels with what the profiled step sent out added back. A tensor
 // evicted under pressure adds the bytes its eviction freed, from the eviction to its unpack; a
 // storage sent out at pack that nothing else held adds its bytes from its first pack to its first
-// unpack (keep would have held it that long; two saved tensors over one storage count it once).
+// unpack (keep would have held it that long; two saved tensors over one storage count it once),
+// or, recomputed, to its segment's rerun if a chain brought it back earlier (the profile's levels
+// hold it from then).
 std::vector<std::int64_t> keep_levels(const StepProfile& profile) {
   const auto events = static_cast<std::int64_t>(profile.levels.size());
   std::vector<std::int64_t> delta(profile.levels.size() + 1, 0);
@@ -93,8 +135,14 @@ std::vector<std::int64_t> keep_levels(const StepProfile& profile) {
                  end = std::numeric_limits<std::int64_t>::max();
   };
   std::unordered_map<std::uint64_t, Interval> sent_out;  // by storage
+  const std::unordered_map<std::string, std::int64_t> reruns = rerun_events(profile);
   for (const ProfiledTensor& t : profile.tensors) {
-    const std::int64_t end = t.unpack_event >= 0 ? t.unpack_event : events;
+    std::int64_t end = t.unpack_event >= 0 ? t.unpack_event : events;
+    if (t.action == Action::kRecompute && !t.segment.empty()) {
+      if (const auto rerun = reruns.find(t.segment); rerun != reruns.end()) {
+        end = std::min(end, rerun->second);
+      }
+    }
     if (t.evicted_bytes > 0) {
       delta[std::max(t.pack_event, t.evicted_event)] += t.evicted_bytes;
       delta[end] -= t.evicted_bytes;
@@ -187,7 +235,7 @@ std::vector<Candidate> candidates(const StepProfile& profile, const AutoOptions&
       c.recompute_seconds =
           static_cast<double>(std::max<std::int64_t>(0, forward_ns[c.segment])) * 1e-9;
     }
-    if (c.offload_bytes > 0) {
+    if (c.offload_bytes > 0 && options.can_offload) {
       c.offload_seconds = copy_seconds(c.offload_bytes, c.start, c.end, profile, options);
     }
     if (c.recompute_seconds == std::numeric_limits<double>::infinity() &&
@@ -197,6 +245,64 @@ std::vector<Candidate> candidates(const StepProfile& profile, const AutoOptions&
     result.push_back(c);
   }
   return result;
+}
+
+std::vector<LinkCandidate> link_candidates(const StepProfile& profile,
+                                           const std::vector<Candidate>& all) {
+  std::unordered_map<std::string, std::size_t> index_of;  // segment candidates by name
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    if (!all[i].segment.empty()) index_of.emplace(all[i].segment, i);
+  }
+  std::unordered_map<std::uint64_t, std::vector<const ProfiledTensor*>> over;  // by storage
+  for (const ProfiledTensor& t : profile.tensors) {
+    if (!t.is_leaf && t.storage != 0) over[t.storage].push_back(&t);
+  }
+  std::vector<LinkCandidate> links;
+  for (const ProfiledSegment& s : profile.segments) {
+    if (s.producer.empty()) continue;
+    const auto consumer = index_of.find(s.name), producer = index_of.find(s.producer);
+    if (consumer == index_of.end() || producer == index_of.end() ||
+        producer->second >= consumer->second) {
+      continue;
+    }
+    LinkCandidate link{consumer->second, producer->second, 0,
+                       std::numeric_limits<std::int64_t>::max()};
+    for (const std::uint64_t storage : s.link_storages) {
+      const auto it = over.find(storage);
+      if (it == over.end()) continue;  // saved by nobody: keep frees it too
+      std::int64_t bytes = 0;
+      bool freeable = false, shared = false;
+      std::int64_t start = std::numeric_limits<std::int64_t>::max();
+      for (const ProfiledTensor* t : it->second) {
+        shared |= t->segment != s.name && t->segment != s.producer;
+        freeable |= t->freeable || t->evicted;
+        bytes = std::max(bytes, freed_bytes(*t));
+        start = std::min(start, t->pack_event);
+      }
+      if (shared || !freeable) continue;
+      link.bytes += bytes;
+      link.start = std::min(link.start, start);
+    }
+    if (link.bytes > 0) links.push_back(link);
+  }
+  return links;
+}
+
+// When each candidate's tensors come back: its first unpack, or its chain's rerun when the plan
+// dropped the link after it (each segment of a chain is back when the last one is first needed).
+std::vector<std::int64_t> back_at(const std::vector<Candidate>& all,
+                                  const std::vector<LinkCandidate>& links,
+                                  const std::vector<char>& dropped) {
+  std::vector<std::int64_t> back(all.size());
+  std::vector<std::optional<std::size_t>> next(all.size());
+  for (std::size_t i = 0; i < all.size(); ++i) back[i] = all[i].end;
+  for (std::size_t l = 0; l < links.size(); ++l) {
+    if (dropped[l]) next[links[l].producer] = links[l].consumer;
+  }
+  for (std::size_t i = all.size(); i-- > 0;) {
+    if (next[i]) back[i] = std::min(back[i], back[*next[i]]);
+  }
+  return back;
 }
 
 std::int64_t freed_by(const Candidate& c, Action action) {
@@ -211,15 +317,29 @@ std::int64_t freed_by(const Candidate& c, Action action) {
   return 0;
 }
 
-// The timeline under the chosen actions: keep's, less each chosen candidate's bytes while out.
+// The choices a simulation runs: an action per candidate, and which links are dropped.
+struct Choices {
+  std::vector<Action> actions;
+  std::vector<char> dropped;
+};
+
+// The timeline under `choices`: keep's, less each chosen candidate's bytes while out, and each
+// dropped link's until its chain's rerun.
 std::vector<std::int64_t> simulate(const std::vector<std::int64_t>& keep,
                                    const std::vector<Candidate>& all,
-                                   const std::vector<Action>& actions) {
+                                   const std::vector<LinkCandidate>& links,
+                                   const Choices& choices) {
   std::vector<std::int64_t> delta(keep.size() + 1, 0);
+  const std::vector<std::int64_t> back = back_at(all, links, choices.dropped);
   for (std::size_t i = 0; i < all.size(); ++i) {
-    const std::int64_t bytes = freed_by(all[i], actions[i]);
+    const std::int64_t bytes = freed_by(all[i], choices.actions[i]);
     delta[all[i].start] -= bytes;
-    delta[all[i].end] += bytes;
+    delta[choices.actions[i] == Action::kRecompute ? back[i] : all[i].end] += bytes;
+  }
+  for (std::size_t l = 0; l < links.size(); ++l) {
+    if (!choices.dropped[l]) continue;
+    delta[links[l].start] -= links[l].bytes;
+    delta[back[links[l].consumer]] += links[l].bytes;
   }
   std::vector<std::int64_t> levels(keep.size());
   std::int64_t saved = 0;
@@ -232,6 +352,46 @@ std::vector<std::int64_t> simulate(const std::vector<std::int64_t>& keep,
 
 std::size_t peak_event(const std::vector<std::int64_t>& levels) {
   return static_cast<std::size_t>(std::max_element(levels.begin(), levels.end()) - levels.begin());
+}
+
+std::int64_t peak_of(const std::vector<std::int64_t>& levels) {
+  return levels.empty() ? 0 : levels[peak_event(levels)];
+}
+
+// Chooses, for each run of droppable links, the k (every k-th link kept) with the lowest simulated
+// peak, the other runs as they are (Note [Auto plan]). Returns whether the peak fell.
+bool choose_chains(const std::vector<std::int64_t>& keep, const std::vector<Candidate>& all,
+                   const std::vector<LinkCandidate>& links, Choices& choices) {
+  const auto droppable = [&](const LinkCandidate& link) {
+    return choices.actions[link.consumer] == Action::kRecompute &&
+           choices.actions[link.producer] == Action::kRecompute;
+  };
+  std::vector<std::vector<std::size_t>> runs;
+  for (std::size_t l = 0; l < links.size(); ++l) {
+    if (!droppable(links[l])) {
+      choices.dropped[l] = 0;
+      continue;
+    }
+    if (runs.empty() || links[runs.back().back()].consumer != links[l].producer)
+      runs.emplace_back();
+    runs.back().push_back(l);
+  }
+  const std::int64_t before = peak_of(simulate(keep, all, links, choices));
+  std::int64_t best = before;
+  for (const std::vector<std::size_t>& run : runs) {
+    std::vector<char> best_pattern(run.size());
+    for (std::size_t p = 0; p < run.size(); ++p) best_pattern[p] = choices.dropped[run[p]];
+    for (std::size_t k = 1; k <= run.size() + 1; ++k) {
+      for (std::size_t p = 0; p < run.size(); ++p) choices.dropped[run[p]] = (p + 1) % k != 0;
+      const std::int64_t peak = peak_of(simulate(keep, all, links, choices));
+      if (peak < best) {
+        best = peak;
+        for (std::size_t p = 0; p < run.size(); ++p) best_pattern[p] = choices.dropped[run[p]];
+      }
+    }
+    for (std::size_t p = 0; p < run.size(); ++p) choices.dropped[run[p]] = best_pattern[p];
+  }
+  return best < before;
 }
 
 std::string mib(std::int64_t bytes) {
@@ -272,7 +432,7 @@ std::string Plan::table() const {
     const std::string name =
         item.segment.empty() ? "tensor #" + std::to_string(item.order) : item.segment;
     std::snprintf(line, sizeof line, "%-24s %12s %10s %12.2f\n", name.c_str(),
-                  mib(item.bytes).c_str(), to_string(item.action),
+                  mib(item.bytes).c_str(), item.drops_input ? "chain" : to_string(item.action),
                   item.action == Action::kKeep ? 0.0 : item.cost_seconds * 1e3);
     out << line;
   }
@@ -290,7 +450,9 @@ Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOption
   std::vector<std::int64_t> keep = keep_levels(profile);
   for (std::int64_t& level : keep) level += tuning.base_shift;
   const std::vector<Candidate> all = candidates(profile, options);
-  std::vector<Action> actions(all.size(), Action::kKeep);
+  const std::vector<LinkCandidate> links = link_candidates(profile, all);
+  Choices choices{std::vector<Action>(all.size(), Action::kKeep),
+                  std::vector<char>(links.size(), 0)};
   Plan plan;
   plan.profiled_step_seconds = static_cast<double>(profile.step_ns) * 1e-9;
   plan.keep_peak_bytes = keep.empty() ? 0 : keep[peak_event(keep)];
@@ -306,14 +468,17 @@ Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOption
   plan.target_bytes =
       plan.keep_peak_bytes <= room ? plan.keep_peak_bytes : room - share(options.margin);
   {
-    // Each candidate out the way that frees the most.
-    std::vector<Action> most(all.size());
+    // Each candidate out the way that frees the most, with the chains that lower that most.
+    Choices most{std::vector<Action>(all.size()), std::vector<char>(links.size(), 0)};
     for (std::size_t i = 0; i < all.size(); ++i) {
-      most[i] =
-          all[i].recompute_bytes >= all[i].offload_bytes ? Action::kRecompute : Action::kOffload;
+      const auto possible = [](double seconds) { return std::isfinite(seconds); };
+      const std::int64_t recompute =
+          possible(all[i].recompute_seconds) ? all[i].recompute_bytes : 0;
+      const std::int64_t offload = possible(all[i].offload_seconds) ? all[i].offload_bytes : 0;
+      most.actions[i] = recompute >= offload ? Action::kRecompute : Action::kOffload;
     }
-    const auto lowest = simulate(keep, all, most);
-    plan.minimum_bytes = lowest.empty() ? 0 : lowest[peak_event(lowest)];
+    choose_chains(keep, all, links, most);
+    plan.minimum_bytes = peak_of(simulate(keep, all, links, most));
   }
   std::vector<std::int64_t> levels = keep;
   while (!levels.empty()) {
@@ -324,7 +489,7 @@ Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOption
     double best_price = std::numeric_limits<double>::infinity();
     for (std::size_t i = 0; i < all.size(); ++i) {
       const Candidate& c = all[i];
-      if (actions[i] != Action::kKeep || c.start > static_cast<std::int64_t>(at) ||
+      if (choices.actions[i] != Action::kKeep || c.start > static_cast<std::int64_t>(at) ||
           static_cast<std::int64_t>(at) >= c.end) {
         continue;
       }
@@ -341,19 +506,25 @@ Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOption
         }
       }
     }
-    if (!best) break;  // nothing left that is out at the peak
-    actions[*best] = best_action;
-    levels = simulate(keep, all, actions);
+    if (best) {
+      choices.actions[*best] = best_action;
+    } else if (!choose_chains(keep, all, links, choices)) {
+      break;  // nothing left that is out at the peak, and no chain lowers it
+    }
+    levels = simulate(keep, all, links, choices);
   }
-  plan.planned_peak_bytes = levels.empty() ? 0 : levels[peak_event(levels)];
+  plan.planned_peak_bytes = peak_of(levels);
   plan.feasible = plan.planned_peak_bytes <= plan.target_bytes;
+  std::vector<char> chained(all.size(), 0);
+  for (std::size_t l = 0; l < links.size(); ++l) chained[links[l].consumer] |= choices.dropped[l];
   for (std::size_t i = 0; i < all.size(); ++i) {
     const Candidate& c = all[i];
-    const double cost = actions[i] == Action::kRecompute ? c.recompute_seconds
-                        : actions[i] == Action::kOffload ? c.offload_seconds
-                                                         : 0.0;
-    plan.items.push_back(
-        {c.segment, c.order, actions[i], std::max(c.recompute_bytes, c.offload_bytes), cost});
+    const Action action = choices.actions[i];
+    const double cost = action == Action::kRecompute ? c.recompute_seconds
+                        : action == Action::kOffload ? c.offload_seconds
+                                                     : 0.0;
+    plan.items.push_back({c.segment, c.order, action, std::max(c.recompute_bytes, c.offload_bytes),
+                          cost, chained[i] != 0});
     plan.added_seconds += cost;
   }
   return plan;
@@ -367,12 +538,15 @@ std::optional<std::size_t> AutoPolicy::current_budget() const {
 
 Action AutoPolicy::profiling_action() const {
   // Under a budget, a step without a plan sends out what it can, since it must fit before it is
-  // known (the hooks keep what is too small to offload; pressure can still evict it).
-  return profiling_under_budget_ ? Action::kOffload : Action::kKeep;
+  // known (the hooks keep what is too small to offload; pressure can still evict it). Without
+  // offload, it recomputes (the hooks keep what is outside segments).
+  if (!profiling_under_budget_) return Action::kKeep;
+  return options_.can_offload ? Action::kOffload : Action::kRecompute;
 }
 
 Action AutoPolicy::decide(const SavedTensorInfo& tensor) {
   std::lock_guard<std::mutex> lock(mutex_);
+  spacing_.saw(tensor);
   if (tensor.order == 0) {
     diverged_ = false;
     first_segment_ = tensor.segment;
@@ -405,6 +579,17 @@ Action AutoPolicy::decide(const SavedTensorInfo& tensor) {
   }
   const auto it = current_->segment_actions.find(tensor.segment);
   return it == current_->segment_actions.end() ? Action::kKeep : it->second;
+}
+
+bool AutoPolicy::drops_input(const SegmentLink& link) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (current_ != nullptr && current_->plan && !diverged_) {
+    return current_->chained.count(link.segment) > 0;
+  }
+  // A profiled step: chains only where it recomputes under a budget.
+  const bool profiling_chains = profiling_action() == Action::kRecompute;
+  const bool drop = spacing_.drops(link);
+  return profiling_chains && drop;
 }
 
 void AutoPolicy::end_step(const StepProfile& profile) {
@@ -500,7 +685,9 @@ void AutoPolicy::plan_shape(Shape& shape) {
   }
   shape.segment_actions.clear();
   shape.tensor_actions.clear();
+  shape.chained.clear();
   for (const PlanItem& item : plan.items) {
+    if (item.drops_input) shape.chained.insert(item.segment);
     if (item.action == Action::kKeep) continue;
     if (item.segment.empty()) {
       shape.tensor_actions[item.order] = item.action;

@@ -4,13 +4,14 @@
 // BudgetTooSmallError (hooks/activation_scope.h) naming the budget the step needs at that point.
 //
 // The first step of each shape is profiled: with every tensor kept when no budget is set, and
-// under a budget with every tensor that can go out offloaded, so that the step fits before
-// anything is known of it (the hooks' pressure
-// handler evicts kept tensors if the budget is still crossed). From that profile, with keep's
-// timeline reconstructed, a plan chooses, per segment, keep / offload / recompute, and per tensor
-// outside segments keep or offload, so that the simulated peak stays under the budget at the least
-// added time (see Note [Auto plan] in auto_policy.cpp). Later steps of the same shape follow the
-// plan; a step whose packs no longer match the profile is profiled again.
+// under a budget with every tensor that can go out offloaded (recomputed, with chains, when
+// nothing can be offloaded), so that the step fits before anything is known of it (the hooks'
+// pressure handler evicts kept tensors if the budget is still crossed). From that profile, with
+// keep's timeline reconstructed, a plan chooses, per segment, keep / offload / recompute (and, for
+// recomputed segments linked to the one before, whether to drop that input for a recompute chain),
+// and per tensor outside segments keep or offload, so that the simulated peak stays under the
+// budget at the least added time (see Note [Auto plan] in auto_policy.cpp). Later steps of the same
+// shape follow the plan; a step whose packs no longer match the profile is profiled again.
 #pragma once
 
 #include <cstddef>
@@ -19,10 +20,12 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
+#include "policy/chain_spacing.h"
 #include "policy/policy.h"
 #include "policy/policy_config.h"
 #include "policy/step_profile.h"
@@ -34,8 +37,9 @@ struct PlanItem {
   std::string segment;      // "" for a tensor outside segments
   std::int64_t order = -1;  // the tensor's pack order, for items outside segments
   Action action = Action::kKeep;
-  std::int64_t bytes = 0;   // device bytes it frees while it is out
-  double cost_seconds = 0;  // added step time expected
+  std::int64_t bytes = 0;    // device bytes it frees while it is out
+  double cost_seconds = 0;   // added step time expected
+  bool drops_input = false;  // a recomputed segment that drops its linked inputs (a chain)
 };
 
 struct Plan {
@@ -63,6 +67,10 @@ struct AutoOptions {
   double margin = 0.02;
   // Whether copies overlap compute (a side stream on CUDA); on CPU they are synchronous.
   bool copies_overlap = false;
+  // False when nothing can be offloaded (ACTMEM_HOST_BUDGET=0): a step profiled under a budget
+  // then recomputes every segment, with chains spaced as ChainSpacing says, and plans never
+  // offload.
+  bool can_offload = true;
   LogLevel log = LogLevel::kOff;
   // Plans once, from the first profile, and applies that plan to every later step whatever its
   // shape. For tests of the pressure handler: a plan made for another shape is wrong on purpose.
@@ -100,6 +108,7 @@ class AutoPolicy final : public Policy {
   Action decide(const SavedTensorInfo& tensor) override;
   bool wants_profile() const override { return true; }
   bool evicts_under_pressure() const override { return true; }
+  bool drops_input(const SegmentLink& link) override;
   void end_step(const StepProfile& profile) override;
 
   int plans_made() const;
@@ -113,6 +122,7 @@ class AutoPolicy final : public Policy {
     // The plan's actions that are not keep, for decide's lookups.
     std::unordered_map<std::string, Action> segment_actions;
     std::unordered_map<std::int64_t, Action> tensor_actions;  // by pack order
+    std::set<std::string> chained;  // segments that drop their linked inputs
   };
 
   void plan_shape(Shape& shape);  // mutex_ held
@@ -125,6 +135,7 @@ class AutoPolicy final : public Policy {
 
   AutoOptions options_;
   mutable std::mutex mutex_;
+  ChainSpacing spacing_;  // the chains of steps profiled under a budget without offload
   std::map<std::string, Shape> shapes_;  // by StepProfile::signature()
   Shape* current_ = nullptr;             // the shape of the step in progress
   Shape* last_ = nullptr;                // the shape of the last step that ended

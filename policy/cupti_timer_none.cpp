@@ -5,7 +5,9 @@ namespace actmem {
 
 std::unique_ptr<SegmentTimer> make_cupti_timer(std::string* why) {
   if (why != nullptr) {
-    *why = "actmem: CUPTI timer unavailable: built without CUPTI (the CUDA toolkit, or its CUPTI, was not found)";
+    *why =
+        "actmem: CUPTI timer unavailable: built without CUPTI (the CUDA toolkit, or its CUPTI, was "
+        "not found)";
   }
   return nullptr;
 }

@@ -69,8 +69,8 @@ class Policy {
 
 // The policies by name: "keep" (everything stays), "recompute" (every segment is recomputed,
 // from its input), "chain" (every segment is recomputed, and of each run of n linked segments only
-// every k-th keeps its input, k ≈ √(n / c) where a segment saves c times its input's bytes, as
-// learned from the step before: Chen et al.'s sublinear checkpointing),
+// every k-th keeps its input, k ≈ √(n / c) where a segment saves c times its input's bytes: Chen
+// et al.'s sublinear checkpointing, learned as policy/chain_spacing.h says),
 // "offload" (every eligible tensor goes to host memory), "auto" (a plan under the budget that
 // `budget` reports when a plan is made; see auto_policy.h). Throws std::invalid_argument for any
 // other name, listing the valid ones.
@@ -78,6 +78,9 @@ struct PolicyOptions {
   std::function<std::optional<std::size_t>()> budget;  // for auto
   std::size_t offload_min_bytes = 64 * 1024;           // for auto's plan
   LogLevel log = LogLevel::kOff;
+  // Whether offloads can happen at all: false when the host pool has no room
+  // (ACTMEM_HOST_BUDGET=0). auto then profiles and plans with recompute and chains alone.
+  bool can_offload = true;
 };
 std::unique_ptr<Policy> make_policy(const std::string& name, const PolicyOptions& options = {});
 

@@ -9,8 +9,7 @@
 
 namespace actmem {
 
-PolicyConfig PolicyConfig::from_environment(
-    const std::function<const char*(const char*)>& getenv) {
+PolicyConfig PolicyConfig::from_environment(const std::function<const char*(const char*)>& getenv) {
   const auto get = [&](const char* name) -> const char* {
     return getenv ? getenv(name) : std::getenv(name);
   };
@@ -30,12 +29,11 @@ PolicyConfig PolicyConfig::from_environment(
       throw std::invalid_argument(error.what());
     }
   }
-  for (const auto& [name, field] :
-       {std::pair{"ACTMEM_HOST_BUDGET", &config.host_budget},
-        std::pair{"ACTMEM_PREFETCH_WINDOW", &config.prefetch_window}}) {
+  for (const auto& [name, field] : {std::pair{"ACTMEM_HOST_BUDGET", &config.host_budget},
+                                    std::pair{"ACTMEM_PREFETCH_WINDOW", &config.prefetch_window}}) {
     if (const char* value = get(name)) {
       try {
-        *field = alloc::parse_bytes(value, name);
+        *field = alloc::parse_bytes_or_zero(value, name);  // 0: no pool, no prefetch
       } catch (const alloc::ConfigError& error) {
         throw std::invalid_argument(error.what());
       }

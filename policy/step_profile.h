@@ -37,6 +37,12 @@ struct ProfiledTensor {
 struct ProfiledSegment {
   std::string name;
   std::int64_t forward_ns = 0;
+  // Its inputs that the segment before it returned (policy.h's SegmentLink), by storage (the ids
+  // of ProfiledTensor::storage): what a plan may drop for a recompute chain. `producer` is that
+  // segment, "" when the segment has no link.
+  std::string producer;
+  std::vector<std::uint64_t> link_storages;
+  bool dropped_link = false;  // the step dropped them: its rerun reran `producer` first
 };
 
 struct StepProfile {

@@ -65,9 +65,10 @@ TrainingRun::TrainingRun(const RunSpec& spec) : spec_(spec) {
   rng_state_ = RngState::capture();
   others_rng.restore();
   // ACTMEM_LOG, the least offloaded size, the host pool's cap, the prefetch window.
-  const PolicyConfig config = PolicyConfig::from_environment();
+  PolicyConfig config = PolicyConfig::from_environment();
+  config.policy = spec_.policy;
   scope_ = std::make_unique<ActivationScope>(
-      make_device_policy(spec_.policy, config.offload_min_bytes, config.log),
+      make_device_policy(config),
       ScopeOptions::from(config));
   paused_.emplace(*scope_);
   parked_.park(device_state());

@@ -25,9 +25,11 @@ TEST(HooksBadInput, InstallTwiceIsHarmless) {
 }
 
 TEST(HooksBadInput, APolicyTypoListsTheValidNames) {
-  EXPECT_NE(message_of([] { make_policy("recompte"); })
-                .find("unknown policy 'recompte'; valid policies: keep, recompute, chain, offload, auto"),
-            std::string::npos);
+  EXPECT_NE(
+      message_of([] {
+        make_policy("recompte");
+      }).find("unknown policy 'recompte'; valid policies: keep, recompute, chain, offload, auto"),
+      std::string::npos);
   const auto env = [](const char* name) -> const char* {
     return std::string(name) == "ACTMEM_POLICY" ? "fast" : nullptr;
   };
@@ -39,15 +41,16 @@ TEST(HooksBadInput, ASegmentThatThrowsLeavesNothingActive) {
   install();
   ActivationScope scope(make_policy("recompute"));
   torch::Tensor x = torch::randn({4, 4}, torch::requires_grad());
-  EXPECT_EQ(message_of([&] {
-              segment("boom", [](const TensorList&) -> TensorList {
-                throw std::runtime_error("segment failed");
-              }, {x});
-            }),
-            "segment failed");
+  EXPECT_EQ(
+      message_of([&] {
+        segment("boom",
+                [](const TensorList&) -> TensorList { throw std::runtime_error("segment failed"); },
+                {x});
+      }),
+      "segment failed");
   // The next segment is a segment of its own, not part of the failed one, and works.
-  auto y = segment(
-      "fine", [](const TensorList& in) -> TensorList { return {(in[0] * 2).sin()}; }, {x});
+  auto y =
+      segment("fine", [](const TensorList& in) -> TensorList { return {(in[0] * 2).sin()}; }, {x});
   y[0].sum().backward();
   EXPECT_TRUE(torch::allclose(x.grad(), 2 * (x.detach() * 2).cos()));
   EXPECT_EQ(scope.stats().recomputations, 1);
@@ -130,11 +133,41 @@ TEST(HooksBadInput, TheEnvironmentChoosesThePolicy) {
   (x * 3).exp().sum().backward();
   EXPECT_EQ(scope->stats().tensors_offloaded, 1);  // exp's 4 KiB result; x * 3 saves no tensor
   setenv("ACTMEM_OFFLOAD_MIN_BYTES", "a lot", 1);
-  EXPECT_NE(message_of([] { ActivationScope::from_environment(); })
-                .find("ACTMEM_OFFLOAD_MIN_BYTES='a lot' is invalid"),
+  EXPECT_NE(message_of([] {
+              ActivationScope::from_environment();
+            }).find("ACTMEM_OFFLOAD_MIN_BYTES='a lot' is invalid"),
             std::string::npos);
   unsetenv("ACTMEM_POLICY");
   unsetenv("ACTMEM_OFFLOAD_MIN_BYTES");
+}
+
+// ACTMEM_HOST_BUDGET=0 turns offload off (an offload decision keeps the tensor and counts it);
+// a negative or malformed value stops the scope, naming the variable. Likewise the window.
+TEST(HooksBadInput, AHostBudgetOfZeroTurnsOffloadOff) {
+  install();
+  setenv("ACTMEM_POLICY", "offload", 1);
+  setenv("ACTMEM_OFFLOAD_MIN_BYTES", "1KiB", 1);
+  setenv("ACTMEM_HOST_BUDGET", "0", 1);
+  setenv("ACTMEM_PREFETCH_WINDOW", "0 MiB", 1);
+  {
+    auto scope = ActivationScope::from_environment();
+    torch::Tensor x = torch::randn({1024}, torch::requires_grad());
+    (x * 3).exp().sum().backward();
+    EXPECT_EQ(scope->stats().tensors_offloaded, 0);
+    EXPECT_EQ(scope->stats().offload_fallbacks, 1);
+  }
+  for (const char* bad : {"-1", "zero", "0 apples"}) {
+    setenv("ACTMEM_HOST_BUDGET", bad, 1);
+    EXPECT_NE(message_of([] {
+                ActivationScope::from_environment();
+              }).find(std::string("ACTMEM_HOST_BUDGET='") + bad + "' is invalid: expected 0 or"),
+              std::string::npos)
+        << bad;
+  }
+  unsetenv("ACTMEM_POLICY");
+  unsetenv("ACTMEM_OFFLOAD_MIN_BYTES");
+  unsetenv("ACTMEM_HOST_BUDGET");
+  unsetenv("ACTMEM_PREFETCH_WINDOW");
 }
 
 TEST(HooksBadInput, OutsideAScopeNothingIsManaged) {

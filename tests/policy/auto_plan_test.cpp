@@ -24,7 +24,19 @@ class ProfileBuilder {
   ProfileBuilder& segment(const std::string& name, int tensors, std::int64_t mib,
                           double forward_ms) {
     for (int i = 0; i < tensors; ++i) pack(name, mib * kMiB);
-    profile_.segments.push_back({name, static_cast<std::int64_t>(forward_ms * 1e6)});
+    profile_.segments.push_back({name, static_cast<std::int64_t>(forward_ms * 1e6), "", {}, false});
+    return *this;
+  }
+  // A segment whose first saved tensor is its input of `input_mib` MiB, which `producer` returned
+  // (a link; none when empty), then `tensors` tensors of `mib` MiB.
+  ProfileBuilder& linked(const std::string& name, const std::string& producer,
+                         std::int64_t input_mib, int tensors, std::int64_t mib, double forward_ms) {
+    pack(name, input_mib * kMiB);
+    profile_.tensors.back().segment_input = true;
+    ProfiledSegment segment{name, static_cast<std::int64_t>(forward_ms * 1e6), producer, {}, false};
+    if (!producer.empty()) segment.link_storages.push_back(profile_.tensors.back().storage);
+    for (int i = 0; i < tensors; ++i) pack(name, mib * kMiB);
+    profile_.segments.push_back(segment);
     return *this;
   }
   ProfileBuilder& pack(const std::string& segment, std::int64_t bytes, bool freeable = true) {
@@ -118,6 +130,60 @@ TEST(AutoPlan, CountsOnlyWhatCanBeFreedAndReportsTheMinimum) {
   EXPECT_EQ(plan.action_for("a", 0), Action::kKeep);
   EXPECT_EQ(plan.action_for("b", 1), Action::kRecompute);
   EXPECT_EQ(plan.minimum_bytes, 40 * kMiB) << "the base and a stay, and b is back for its backward";
+  EXPECT_FALSE(plan.feasible);
+}
+
+// 16 segments in a row, each saving its 1 MiB input (the last one's output) and 2 MiB of its own:
+// keep holds 48 MiB at the end of the forward. Recomputing every segment holds the 16 inputs and
+// one segment's tensors: 18 MiB, the least without chains. Chains go lower: with every k-th input
+// kept, 16/k inputs through the forward, then a chain's k segments back at once.
+StepProfile sixteen_linked_segments() {
+  ProfileBuilder builder(0);
+  for (int i = 0; i < 16; ++i) {
+    builder.linked("s" + std::to_string(i), i == 0 ? "" : "s" + std::to_string(i - 1), 1, 2, 1,
+                   1.0);
+  }
+  return builder.backward();
+}
+
+TEST(AutoPlan, ChainsGoBelowWhatPerSegmentRecomputeHolds) {
+  const StepProfile profile = sixteen_linked_segments();
+  const Plan roomy = make_plan(profile, 20 * kMiB, options());
+  EXPECT_TRUE(roomy.feasible);
+  for (const PlanItem& item : roomy.items) {
+    EXPECT_FALSE(item.drops_input) << item.segment << ": recompute alone fits, no chain needed";
+  }
+  const Plan tight = make_plan(profile, 14 * kMiB, options());
+  EXPECT_TRUE(tight.feasible) << tight.table();
+  EXPECT_LE(tight.planned_peak_bytes, 14 * kMiB);
+  EXPECT_LT(tight.minimum_bytes, 18 * kMiB);
+  int chained = 0;
+  for (const PlanItem& item : tight.items) {
+    EXPECT_EQ(item.action, Action::kRecompute) << item.segment;
+    chained += item.drops_input;
+  }
+  EXPECT_GT(chained, 0);
+  EXPECT_LT(chained, 15) << "one chain of all 16 brings 47 MiB back at once";
+  EXPECT_FALSE(tight.items.front().drops_input) << "the first segment has no link";
+  EXPECT_NE(tight.table().find("chain"), std::string::npos) << tight.table();
+}
+
+// A link frees its input only if nothing but its two segments saved it: here a tensor outside
+// any segment saves each input too (kept: too small to offload), so no chain frees anything.
+TEST(AutoPlan, ALinkSavedOutsideItsTwoSegmentsIsNotDropped) {
+  StepProfile profile = sixteen_linked_segments();
+  const std::size_t saved = profile.tensors.size();
+  for (std::size_t i = 0; i < saved; ++i) {
+    if (!profile.tensors[i].segment_input) continue;
+    ProfiledTensor outside = profile.tensors[i];
+    outside.segment = "";
+    outside.bytes = 1024;  // a view, under the offload minimum
+    outside.order = static_cast<std::int64_t>(profile.tensors.size());
+    profile.tensors.push_back(outside);
+  }
+  const Plan plan = make_plan(profile, 14 * kMiB, options());
+  for (const PlanItem& item : plan.items) EXPECT_FALSE(item.drops_input) << item.segment;
+  EXPECT_EQ(plan.minimum_bytes, 18 * kMiB) << plan.table();
   EXPECT_FALSE(plan.feasible);
 }
 

@@ -1,0 +1,48 @@
+#include "policy/chain_spacing.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace actmem {
+
+double ChainSpacing::Seen::ratio() const {
+  if (links == 0 || segments == 0 || saved_bytes == 0 || input_bytes == 0) return 0;
+  const double input = static_cast<double>(input_bytes) / static_cast<double>(links);
+  const double saved = static_cast<double>(saved_bytes) / static_cast<double>(segments);
+  return saved / input;
+}
+
+std::int64_t ChainSpacing::Seen::uniform_k() const {
+  const double c = ratio();
+  if (c <= 0) return 1;
+  const double k = std::sqrt(static_cast<double>(longest_run) / c);
+  return std::clamp<std::int64_t>(std::llround(k), 1, std::max<std::int64_t>(1, longest_run));
+}
+
+void ChainSpacing::saw(const SavedTensorInfo& tensor) {
+  if (tensor.order == 0 && seeing_.segments > 0) {
+    learned_k_ = seeing_.uniform_k();
+    seeing_ = {};
+    last_segment_.clear();
+  }
+  if (tensor.segment.empty() || tensor.is_leaf) return;
+  if (tensor.segment != last_segment_) ++seeing_.segments;
+  last_segment_ = tensor.segment;
+  seeing_.saved_bytes += tensor.bytes;
+}
+
+bool ChainSpacing::drops(const SegmentLink& link) {
+  ++seeing_.links;
+  seeing_.input_bytes += link.bytes;
+  seeing_.longest_run = std::max(seeing_.longest_run, link.position + 1);
+  if (learned_k_ > 0) return learned_k_ > 1 && link.position % learned_k_ != 0;
+  // Growing spacing, while the run's length is unknown.
+  if (link.position == 1) next_kept_ = 1;  // a new run: its first segment kept its input
+  if (link.position < next_kept_) return true;
+  const double c = seeing_.ratio();
+  const double step = c > 0 ? std::sqrt(static_cast<double>(link.position) / c) : 1.0;
+  next_kept_ = link.position + std::max<std::int64_t>(1, std::llround(step));
+  return false;
+}
+
+}  // namespace actmem

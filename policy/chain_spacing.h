@@ -1,0 +1,48 @@
+// Which links of a run of segments to drop for recompute chains (policy.h's SegmentLink), from what
+// the steps have shown: Chen et al.'s spacing, with the run's length and the segments' bytes
+// learned. Used by the chain policy, and by auto while it profiles under a budget it cannot reach
+// by offloading. Not thread-safe: its users lock.
+//
+// A run of n links where each segment saves c times its input's bytes holds about
+// (n/k)·input + k·c·input when every k-th input is kept, least at k = √(n/c). Once a whole step
+// has been seen, uniform spacing at that k. Before (the first step, n unknown), spacing that grows
+// with the position p in the run: after an input kept at p, the next is kept at p + √(p/c), which
+// holds about 2√(n·c) inputs and chains of up to √(n/c) segments whatever n turns out to be. Where
+// k comes out at 1 (short runs, or segments that save far more than their input), every input is
+// kept: per-segment recompute.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "policy/policy.h"
+
+namespace actmem {
+
+class ChainSpacing {
+ public:
+  // A saved tensor of the step (its bytes count for its segment), in pack order; order 0 starts a
+  // step, and the step before it becomes what uniform spacing learns from.
+  void saw(const SavedTensorInfo& tensor);
+  // Whether to drop `link`.
+  bool drops(const SegmentLink& link);
+  // The uniform k learned from the last whole step; 0 before one was seen.
+  std::int64_t learned_k() const { return learned_k_; }
+
+ private:
+  struct Seen {
+    std::int64_t segments = 0, saved_bytes = 0;  // segments that saved tensors, and what
+    std::int64_t links = 0, input_bytes = 0;     // links, and their inputs' bytes
+    std::int64_t longest_run = 0;                // segments in the longest run of links
+    // Saved bytes per segment over input bytes per link; 0 when not known yet.
+    double ratio() const;
+    std::int64_t uniform_k() const;
+  };
+
+  Seen seeing_;  // the step in progress
+  std::int64_t learned_k_ = 0;
+  std::string last_segment_;    // the segment of the last tensor seen
+  std::int64_t next_kept_ = 0;  // growing spacing: the next position whose input is kept
+};
+
+}  // namespace actmem
