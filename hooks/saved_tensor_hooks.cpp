@@ -62,7 +62,7 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
     info.dtype = std::string(tensor.dtype().name());
     info.order = scope_->begin_pack(entry_);
     info.is_leaf = held_by_the_model(tensor);
-    info.device_bytes = device_memory().stats().allocated_bytes.current;
+    if (info.order == 0) info.device_bytes = device_memory().stats().allocated_bytes.current;
     bool segment_input = false;
     std::optional<std::size_t> exact_input;  // the input it is, same view at the same version
     if (frame) {

@@ -44,12 +44,7 @@ ScopeState::ScopeState(std::shared_ptr<Policy> policy, ScopeOptions options)
   }
 }
 
-ScopeState::~ScopeState() {
-  if (owns_trace_) {
-    device_memory().set_trace_enabled(false);
-    device_memory().clear_trace();
-  }
-}
+ScopeState::~ScopeState() { stop_trace(); }
 
 ActivationStats ScopeState::stats() {
   ActivationStats stats;
@@ -82,7 +77,8 @@ std::int64_t ScopeState::begin_pack(const std::shared_ptr<SavedEntry>& entry) {
     next_order_ = 0;
     step_start_ = std::chrono::steady_clock::now();
     profile_ = StepProfile{};
-    if (timer_) start_trace();
+    detailed_ = true;  // until the policy says otherwise, after this pack's decision
+    step_evictions_ = 0;
     backward_began_ = false;
     step_entries_.clear();
     step_storages_.clear();
@@ -105,6 +101,13 @@ void ScopeState::start_trace() {
   if (owns_trace_) device.clear_trace();  // what an abandoned step left
   trace_start_ = device.trace_size();
   event_trace_positions_.clear();
+}
+
+void ScopeState::stop_trace() {
+  if (!owns_trace_) return;
+  device_memory().set_trace_enabled(false);
+  device_memory().clear_trace();
+  owns_trace_ = false;
 }
 
 void ScopeState::push_event(const alloc::AllocatorStats& device) {
@@ -156,10 +159,18 @@ void ScopeState::record_pack(const std::shared_ptr<SavedEntry>& entry, const Sav
   const bool evicts = policy_->evicts_under_pressure() && entry->action == Action::kKeep &&
                       !info.is_leaf && static_cast<std::size_t>(info.bytes) >= kEvictMinBytes;
   if (!profile && !evicts) return;
-  const alloc::AllocatorStats device = device_memory().stats();
+  // Asked outside step_mutex_: the policy takes its own lock, and may read the allocator's.
+  const std::optional<bool> detailed =
+      profile && info.order == 0 ? std::optional<bool>(policy_->profiles_step()) : std::nullopt;
   std::lock_guard<std::mutex> lock(step_mutex_);
+  if (detailed && entry->step == step_) {
+    detailed_ = *detailed;
+    profile_.detailed = *detailed;
+    if (detailed_ && timer_) start_trace();
+  }
   if (evicts) evictable_.push_back(entry);
-  if (!profile || entry->step != step_) return;
+  if (!profile || !detailed_ || entry->step != step_) return;
+  const alloc::AllocatorStats device = device_memory().stats();
   ProfiledTensor t;
   t.order = info.order;
   t.bytes = info.bytes;
@@ -209,10 +220,10 @@ void ScopeState::mark_freeable() {
 }
 
 void ScopeState::record_unpack(const SavedEntry& entry) {
-  if (!policy_->wants_profile() || entry.profile_index < 0) return;
-  const alloc::AllocatorStats device = device_memory().stats();
+  if (!policy_->wants_profile() || entry.profile_index < 0) return;  // (light steps record none)
   std::lock_guard<std::mutex> lock(step_mutex_);
-  if (entry.step != step_ || !in_step_) return;
+  if (entry.step != step_ || !in_step_ || !detailed_) return;
+  const alloc::AllocatorStats device = device_memory().stats();
   if (!backward_began_) {
     backward_began_ = true;
     mark_freeable();
@@ -225,6 +236,14 @@ void ScopeState::record_unpack(const SavedEntry& entry) {
 
 std::optional<std::uint64_t> ScopeState::begin_segment(const std::string& name) {
   if (!timer_) return std::nullopt;
+  bool in_step;
+  {
+    std::lock_guard<std::mutex> lock(step_mutex_);
+    in_step = in_step_;
+    if (in_step && !detailed_) return std::nullopt;
+  }
+  // Between steps (the next step's first segments begin before its first pack), the policy says.
+  if (!in_step && !policy_->profiles_step()) return std::nullopt;
   std::uint64_t id;
   {
     std::lock_guard<std::mutex> lock(step_mutex_);
@@ -256,7 +275,7 @@ void ScopeState::abort_step() {
     step_storages_.clear();
     segment_names_.clear();
     segment_links_.clear();
-    if (owns_trace_) device_memory().clear_trace();
+    stop_trace();
   }
   if (timer_) timer_->collect();  // the step's times are worth nothing either
 }
@@ -274,7 +293,9 @@ void ScopeState::end_step() {
       profile_.step_ns = elapsed_ns(step_start_);
       profile_.reserved_peak_bytes =
           std::max(profile_.reserved_peak_bytes, device_memory().stats().reserved_bytes.current);
-      profile_.peaks = peaks_between_events();
+      profile_.evictions = step_evictions_;
+      if (detailed_) profile_.peaks = peaks_between_events();
+      stop_trace();  // until the next profiled step: summaries record none
       profile = std::move(profile_);
       profile_ = StepProfile{};
       segments.swap(segment_names_);
@@ -283,6 +304,12 @@ void ScopeState::end_step() {
   }
   count([](ActivationStats& s) { ++s.steps; });
   if (!policy_->wants_profile()) return;
+  if (!profile.detailed) {
+    // A bracket begun before the policy chose a summary (a step of another shape) is discarded.
+    if (!segments.empty()) timer_->collect();
+    policy_->end_step(profile);
+    return;
+  }
   SegmentTimes times = timer_->collect();
   for (const auto& [id, name] : segments) {
     ProfiledSegment segment{name, times.forward_ns[id], "", {}, false};
@@ -303,7 +330,6 @@ void ScopeState::end_step() {
       times.copy_bytes >= kEnoughCopyBytes && times.copy_ns > 0
           ? static_cast<double>(times.copy_bytes) / (static_cast<double>(times.copy_ns) * 1e-9)
           : copy_bytes_per_second();
-  for (const ProfiledTensor& t : profile.tensors) profile.evictions += t.evicted;
   policy_->end_step(profile);
 }
 
@@ -488,6 +514,7 @@ std::size_t ScopeState::evict(std::size_t bytes_needed) {
         evicted_bytes += entry->bytes;
       }
       std::lock_guard<std::mutex> lock(step_mutex_);
+      if (entry->step == step_ && in_step_) ++step_evictions_;
       if (entry->profile_index >= 0 && entry->step == step_ && in_step_) {
         ProfiledTensor& t = profile_.tensors[entry->profile_index];
         t.evicted = true;

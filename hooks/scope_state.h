@@ -127,6 +127,7 @@ class ScopeState {
   // each step (started here unless the user records it already), each event notes where it
   // stands, and at the step's end the allocations between events give each one's peak.
   void start_trace();
+  void stop_trace();  // when this scope started it
   // An event of the profile: the allocated bytes then, and the reserved high-water mark.
   void push_event(const alloc::AllocatorStats& device);
   std::vector<std::int64_t> peaks_between_events();
@@ -165,6 +166,8 @@ class ScopeState {
   std::map<std::uint64_t, Link> segment_links_;  // by bracket
   std::set<std::uint64_t> open_segments_;        // begun, not yet ended
   bool backward_began_ = false;
+  bool detailed_ = true;  // the step in progress is profiled whole (Policy::profiles_step)
+  std::int64_t step_evictions_ = 0;  // tensors evicted during the step in progress
   std::vector<std::weak_ptr<SavedEntry>> step_entries_;  // this step's
   // Each profiled tensor's storage, by profile row (none for tensors without one): keeps its
   // address from being reused within the step, so it stays an id, and tells at the start of

@@ -581,6 +581,14 @@ Action AutoPolicy::decide(const SavedTensorInfo& tensor) {
   return it == current_->segment_actions.end() ? Action::kKeep : it->second;
 }
 
+bool AutoPolicy::profiles_step() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  // In a step, its shape once known (at its first pack, the last step's if it starts the same);
+  // between steps, the last one's.
+  const Shape* shape = current_ != nullptr ? current_ : last_;
+  return shape == nullptr || !shape->plan || diverged_ || options_.plan_once;
+}
+
 bool AutoPolicy::drops_input(const SegmentLink& link) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (current_ != nullptr && current_->plan && !diverged_) {
@@ -606,10 +614,13 @@ void AutoPolicy::end_step(const StepProfile& profile) {
   if (shape != nullptr && shape->plan) {
     if (options_.log != LogLevel::kOff) {
       std::fprintf(stderr,
-                   "actmem auto: planned peak %s, measured %s; step %.1f ms "
-                   "(profiled %.1f ms, +%.1f ms planned); %lld evictions\n",
+                   "actmem auto: planned peak %s (%s reserved with the overhead assumed), "
+                   "reserved %s; step %.1f ms (profiled %.1f ms, +%.1f ms planned); %lld "
+                   "evictions\n",
                    mib(shape->plan->planned_peak_bytes).c_str(),
-                   mib(observed_peak(profile)).c_str(), static_cast<double>(profile.step_ns) * 1e-6,
+                   mib(shape->plan->planned_peak_bytes + shape->plan->overhead_bytes).c_str(),
+                   mib(profile.reserved_peak_bytes).c_str(),
+                   static_cast<double>(profile.step_ns) * 1e-6,
                    shape->plan->profiled_step_seconds * 1e3, shape->plan->added_seconds * 1e3,
                    static_cast<long long>(profile.evictions));
     }
@@ -641,7 +652,8 @@ void AutoPolicy::end_step(const StepProfile& profile) {
     }
     return;
   }
-  // A profiled step.
+  // A profiled step; a summary (a step that turned out to be of another shape) teaches nothing.
+  if (!profile.detailed) return;
   Shape& profiled = shapes_[profile.signature()];
   last_ = &profiled;
   profiled.profile = profile;

@@ -107,6 +107,9 @@ class AutoPolicy final : public Policy {
   const char* name() const override { return "auto"; }
   Action decide(const SavedTensorInfo& tensor) override;
   bool wants_profile() const override { return true; }
+  // Only steps that will be planned from: those of a shape without a plan (or whose last step
+  // left its plan). Steps that follow a plan get a summary, which is all the feedback needs.
+  bool profiles_step() const override;
   bool evicts_under_pressure() const override { return true; }
   bool drops_input(const SegmentLink& link) override;
   void end_step(const StepProfile& profile) override;

@@ -25,9 +25,11 @@ struct SavedTensorInfo {
   std::string segment;     // the enclosing segment's name, "" outside any segment
   std::vector<std::int64_t> shape;
   std::string dtype;
-  std::int64_t order = 0;         // pack order within the step, from 0
-  bool is_leaf = false;           // parameters, buffers, inputs: held outside autograd anyway
-  std::int64_t device_bytes = 0;  // the device allocator's allocated bytes as it is saved
+  std::int64_t order = 0;  // pack order within the step, from 0
+  bool is_leaf = false;    // parameters, buffers, inputs: held outside autograd anyway
+  // The device allocator's allocated bytes as the step's first tensor is saved (order 0 only: a
+  // read of the allocator's stats takes its lock, once per step rather than per tensor).
+  std::int64_t device_bytes = 0;
 };
 
 // A segment's input that the segment run just before it returned: a link of a recompute chain.
@@ -56,6 +58,12 @@ class Policy {
   // each step and hand it to end_step after its backward; when evicts_under_pressure(), they
   // offload kept tensors when the device allocator runs short of its budget.
   virtual bool wants_profile() const { return false; }
+  // When wants_profile(): whether the step in progress (or, between steps, the next one) needs the
+  // whole profile: every pack and unpack with the device bytes then, the allocator's trace and
+  // the segments' times. Asked as a step's first segment begins and after its first tensor was
+  // decided. A step that does not gets a summary (StepProfile::detailed false): no allocator
+  // call, trace or timer per saved tensor or segment.
+  virtual bool profiles_step() const { return true; }
   // False for a policy that never has a segment rerun (its decisions are never kRecompute and it
   // does not evict): the hooks then skip what only a rerun needs.
   virtual bool may_recompute() const { return true; }

@@ -46,6 +46,9 @@ struct ProfiledSegment {
 };
 
 struct StepProfile {
+  // False for a step the policy did not need profiled (Policy::profiles_step): a summary with
+  // only step_ns, reserved_peak_bytes and evictions; everything else is empty.
+  bool detailed = true;
   std::vector<ProfiledTensor> tensors;    // in pack order
   std::vector<ProfiledSegment> segments;  // in forward order
   // Device bytes allocated at each pack and unpack, in the order they happened.

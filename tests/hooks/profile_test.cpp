@@ -67,6 +67,72 @@ TEST(StepProfile, TheAllocatorsTraceGivesThePeakBetweenEvents) {
   EXPECT_EQ(device_memory().trace_size(), trace_before);
 }
 
+// Profiles only the first step; watches whether the allocator records a trace while it decides.
+class FirstStepOnly final : public Policy {
+ public:
+  const char* name() const override { return "first-step-only"; }
+  Action decide(const SavedTensorInfo&) override {
+    tracing_seen |= device_memory().trace_enabled() && !profiles.empty();
+    return Action::kKeep;
+  }
+  bool wants_profile() const override { return true; }
+  bool profiles_step() const override { return profiles.empty(); }
+  void end_step(const StepProfile& profile) override { profiles.push_back(profile); }
+
+  std::vector<StepProfile> profiles;
+  bool tracing_seen = false;  // in a step after the first
+};
+
+// A step the policy does not need profiled gets a summary: no events, no segment times, no
+// allocator trace while it runs; its time and evictions still.
+TEST(StepProfile, AStepThePolicyDoesNotProfileGetsASummaryOnly) {
+  install();
+  auto module = testing::make_deep_conv_stack(/*blocks=*/4, /*batch=*/8);
+  module->train();
+  auto policy = std::make_shared<FirstStepOnly>();
+  ActivationScope scope(policy);
+  for (int step = 0; step < 3; ++step) module->loss().backward();
+  ASSERT_EQ(policy->profiles.size(), 3u);
+  EXPECT_TRUE(policy->profiles[0].detailed);
+  EXPECT_FALSE(policy->profiles[0].tensors.empty());
+  for (int step = 1; step < 3; ++step) {
+    const StepProfile& summary = policy->profiles[step];
+    EXPECT_FALSE(summary.detailed) << step;
+    EXPECT_TRUE(summary.tensors.empty()) << step;
+    EXPECT_TRUE(summary.levels.empty()) << step;
+    EXPECT_TRUE(summary.segments.empty()) << step;
+    EXPECT_GT(summary.step_ns, 0) << step;
+    EXPECT_GT(summary.reserved_peak_bytes, 0) << step;
+  }
+  EXPECT_FALSE(policy->tracing_seen) << "the allocator recorded a trace during a summary step";
+}
+
+// auto profiles the first step of a shape and then follows its plan with summaries only.
+TEST(StepProfile, AutoProfilesOnlyUntilItHasAPlan) {
+  install();
+  auto module = testing::make_deep_conv_stack(/*blocks=*/4, /*batch=*/8);
+  module->train();
+  auto auto_policy = std::shared_ptr<Policy>(make_policy("auto"));
+  struct Watch final : Policy {
+    std::shared_ptr<Policy> inner;
+    std::vector<bool> detailed;
+    const char* name() const override { return "watch"; }
+    Action decide(const SavedTensorInfo& t) override { return inner->decide(t); }
+    bool wants_profile() const override { return true; }
+    bool profiles_step() const override { return inner->profiles_step(); }
+    bool evicts_under_pressure() const override { return true; }
+    void end_step(const StepProfile& p) override {
+      detailed.push_back(p.detailed);
+      inner->end_step(p);
+    }
+  };
+  auto watch = std::make_shared<Watch>();
+  watch->inner = auto_policy;
+  ActivationScope scope(watch);
+  for (int step = 0; step < 4; ++step) module->loss().backward();
+  EXPECT_EQ(watch->detailed, (std::vector<bool>{true, false, false, false}));
+}
+
 // A storage sent out at pack is freeable when nothing else held it when backward began: the
 // blocks' activations are; the module's input, which it holds, is not.
 TEST(StepProfile, ASentOutStorageIsFreeableOnlyWhenNothingElseHoldsIt) {
