@@ -240,6 +240,8 @@ namespace {
 
 std::unique_ptr<Policy> make_device_policy(const std::string& name, PolicyOptions options) {
   options.budget = [] { return device_memory().budget(); };
+  // The CUDA copy engine copies on a side stream; the CPU build's copies run on the caller's.
+  options.copies_overlap = managed_device() == c10::DeviceType::CUDA;
   return make_policy(name, options);
 }
 

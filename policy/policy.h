@@ -89,6 +89,9 @@ struct PolicyOptions {
   // Whether offloads can happen at all: false when the host pool has no room
   // (ACTMEM_HOST_BUDGET=0). auto then profiles and plans with recompute and chains alone.
   bool can_offload = true;
+  // Whether the copies of an offload run beside compute (a side stream on CUDA): auto then prices
+  // an offload at the copy time its window between pack and unpack does not hide.
+  bool copies_overlap = false;
 };
 std::unique_ptr<Policy> make_policy(const std::string& name, const PolicyOptions& options = {});
 

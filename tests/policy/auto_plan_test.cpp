@@ -187,6 +187,24 @@ TEST(AutoPlan, ALinkSavedOutsideItsTwoSegmentsIsNotDropped) {
   EXPECT_FALSE(plan.feasible);
 }
 
+// Where copies run beside compute (CUDA's side stream), an offload costs only the copy time its
+// window between pack and unpack does not hide; a synchronous copy costs all of it.
+TEST(AutoPlan, OverlappingCopiesCostOnlyWhatTheirWindowDoesNotHide) {
+  // a's 20 MiB take ~42 ms both ways at 1 GB/s; a is out from its first pack (event 0) to its
+  // first unpack (event 6): with events 0.1 s apart, a 0.6 s window.
+  StepProfile profile =
+      ProfileBuilder(10 * kMiB).segment("a", 2, 10, 30).segment("b", 2, 10, 30).backward();
+  for (std::int64_t& ns : profile.event_ns) ns *= 100000;  // events 0.1 s apart
+  AutoOptions overlap = options();
+  overlap.copies_overlap = true;
+  const Plan hidden = make_plan(profile, 30 * kMiB, overlap);
+  const Plan synchronous = make_plan(profile, 30 * kMiB, options());
+  EXPECT_EQ(hidden.action_for("a", 0), Action::kOffload) << hidden.table();
+  EXPECT_DOUBLE_EQ(hidden.added_seconds, 0) << "the copies hide behind 0.6 s of compute";
+  EXPECT_EQ(synchronous.action_for("a", 0), Action::kRecompute) << "30 ms against 42 ms of copies";
+  EXPECT_NEAR(synchronous.added_seconds, 0.030, 1e-9);
+}
+
 TEST(AutoPlan, SmallTensorsOutsideSegmentsAreNotCandidates) {
   const StepProfile profile = ProfileBuilder(0).pack("", 1024).pack("", 8 * kMiB).backward();
   const Plan plan = make_plan(profile, 1 * kMiB, options());
