@@ -24,6 +24,8 @@ void ChainSpacing::saw(const SavedTensorInfo& tensor) {
     learned_k_ = seeing_.uniform_k();
     seeing_ = {};
     last_segment_.clear();
+    last_link_segment_.clear();
+    last_link_position_ = -1;
   }
   if (tensor.segment.empty() || tensor.is_leaf) return;
   if (tensor.segment != last_segment_) ++seeing_.segments;
@@ -32,16 +34,29 @@ void ChainSpacing::saw(const SavedTensorInfo& tensor) {
 }
 
 bool ChainSpacing::drops(const SegmentLink& link) {
+  const bool same_segment =
+      link.segment == last_link_segment_ && link.position == last_link_position_;
+  if (same_segment) {
+    seeing_.input_bytes += link.bytes;  // the segment's linked inputs, together
+    return last_answer_;
+  }
   ++seeing_.links;
   seeing_.input_bytes += link.bytes;
   seeing_.longest_run = std::max(seeing_.longest_run, link.position + 1);
-  if (learned_k_ > 0) return learned_k_ > 1 && link.position % learned_k_ != 0;
+  last_link_segment_ = link.segment;
+  last_link_position_ = link.position;
+  last_answer_ = decide(link.position);
+  return last_answer_;
+}
+
+bool ChainSpacing::decide(std::int64_t position) {
+  if (learned_k_ > 0) return learned_k_ > 1 && position % learned_k_ != 0;
   // Growing spacing, while the run's length is unknown.
-  if (link.position == 1) next_kept_ = 1;  // a new run: its first segment kept its input
-  if (link.position < next_kept_) return true;
+  if (position == 1) next_kept_ = 1;  // a new run: its first segment kept its input
+  if (position < next_kept_) return true;
   const double c = seeing_.ratio();
-  const double step = c > 0 ? std::sqrt(static_cast<double>(link.position) / c) : 1.0;
-  next_kept_ = link.position + std::max<std::int64_t>(1, std::llround(step));
+  const double step = c > 0 ? std::sqrt(static_cast<double>(position) / c) : 1.0;
+  next_kept_ = position + std::max<std::int64_t>(1, std::llround(step));
   return false;
 }
 

@@ -24,7 +24,8 @@ class ChainSpacing {
   // A saved tensor of the step (its bytes count for its segment), in pack order; order 0 starts a
   // step, and the step before it becomes what uniform spacing learns from.
   void saw(const SavedTensorInfo& tensor);
-  // Whether to drop `link`.
+  // Whether to drop `link`. A segment's links (several inputs from the segment before it) get one
+  // answer: the first one's.
   bool drops(const SegmentLink& link);
   // The uniform k learned from the last whole step; 0 before one was seen.
   std::int64_t learned_k() const { return learned_k_; }
@@ -39,10 +40,16 @@ class ChainSpacing {
     std::int64_t uniform_k() const;
   };
 
+  bool decide(std::int64_t position);  // for a segment's first link
+
   Seen seeing_;  // the step in progress
   std::int64_t learned_k_ = 0;
   std::string last_segment_;    // the segment of the last tensor seen
   std::int64_t next_kept_ = 0;  // growing spacing: the next position whose input is kept
+  // The last link answered, and the answer: the segment's other links get the same.
+  std::string last_link_segment_;
+  std::int64_t last_link_position_ = -1;
+  bool last_answer_ = false;
 };
 
 }  // namespace actmem

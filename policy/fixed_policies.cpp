@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -31,6 +32,7 @@ class RecomputePolicy final : public Policy {
 // run's length and the segments' bytes learned; see chain_spacing.h).
 class ChainPolicy final : public Policy {
  public:
+  explicit ChainPolicy(LogLevel log) : log_(log) {}
   const char* name() const override { return "chain"; }
   Action decide(const SavedTensorInfo& t) override {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -39,10 +41,17 @@ class ChainPolicy final : public Policy {
   }
   bool drops_input(const SegmentLink& link) override {
     std::lock_guard<std::mutex> lock(mutex_);
-    return spacing_.drops(link);
+    const bool drops = spacing_.drops(link);
+    if (log_ == LogLevel::kDebug) {
+      std::fprintf(stderr, "actmem chain: %s %s its input from %s (link %lld, %lld bytes)\n",
+                   link.segment.c_str(), drops ? "drops" : "keeps", link.producer.c_str(),
+                   static_cast<long long>(link.position), static_cast<long long>(link.bytes));
+    }
+    return drops;
   }
 
  private:
+  const LogLevel log_;
   std::mutex mutex_;
   ChainSpacing spacing_;
 };
@@ -71,7 +80,7 @@ const char* to_string(Action action) {
 std::unique_ptr<Policy> make_policy(const std::string& name, const PolicyOptions& options) {
   if (name == "keep") return std::make_unique<KeepPolicy>();
   if (name == "recompute") return std::make_unique<RecomputePolicy>();
-  if (name == "chain") return std::make_unique<ChainPolicy>();
+  if (name == "chain") return std::make_unique<ChainPolicy>(options.log);
   if (name == "offload") return std::make_unique<OffloadPolicy>();
   if (name == "auto") {
     AutoOptions auto_options;

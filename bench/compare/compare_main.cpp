@@ -5,11 +5,13 @@
 #include <torch/torch.h>
 
 #include <algorithm>
-#include <functional>
-#include <memory>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
@@ -20,6 +22,7 @@
 #include "allocator/config.h"
 #include "allocator/stats.h"
 #include "bench/compare/comparison_reporter.h"
+#include "bench/compare/least_budget.h"
 #include "bench/compare/max_batch.h"
 #include "bench/compare/summary_builder.h"
 #include "bench/compare/target_comparison.h"
@@ -54,6 +57,10 @@ batch that fits a budget; prints the table and writes <out>/summary.{md,json,svg
   --steps N            measured steps per row, taken in turns with the other rows of the model
                        (default: 10)
   --out DIR            where the summary goes (default: results)
+  --least-budget       instead of the comparison: for each model, the least budget each policy's
+                       step fits in (bisection to 1 MiB, each probe --steps steps from an empty
+                       cache, default 3 here), against recompute's, and whether the gradients at
+                       that budget are keep's; a table on stdout and in <out>/least_budget.md
   --help               this text
 
 A budget of P% lets a step reserve the bytes allocated at its start (weights, gradients, momentum,
@@ -75,6 +82,8 @@ struct Options {
   int steps = 10;
   std::string out = "results";
   std::optional<c10::DeviceType> device;  // none: the device actmem manages
+  bool least_budget = false;
+  bool steps_given = false;
 };
 
 // --preset gpu-check: the main job at full size on the GPU machine, in the minutes it has.
@@ -176,6 +185,9 @@ Options parse_options(int argc, char** argv, std::vector<char*>& rest) {
       options.warmup = parse_int(value(), arg, 1, 1000);
     } else if (arg == "--steps") {
       options.steps = parse_int(value(), arg, 1, 1000);
+      options.steps_given = true;
+    } else if (arg == "--least-budget") {
+      options.least_budget = true;
     } else if (arg == "--out") {
       options.out = value();
     } else if (arg.rfind("--benchmark_filter", 0) == 0) {
@@ -223,8 +235,7 @@ class Comparison {
         target_options.warmup = options_.warmup;
         target_options.rounds = options_.steps;
         target_options.max_batch_budget_bytes = options_.max_batch_budget;
-        auto comparison =
-            std::make_shared<TargetComparison>(model, size, rows, target_options);
+        auto comparison = std::make_shared<TargetComparison>(model, size, rows, target_options);
         for (std::size_t i = 0; i < rows.size(); ++i) add_row(target, comparison, i, rows[i]);
         if (options_.max_batch) {
           for (const std::string& policy : options_.policies) {
@@ -276,10 +287,9 @@ class Comparison {
         if (r.measured_steps > 0 && r.copy_ns > 0) {
           state.counters[kCounterCopySeconds] =
               static_cast<double>(r.copy_ns) * 1e-9 / r.measured_steps;
-          state.counters[kCounterCopyHidden] =
-              std::clamp(1.0 - static_cast<double>(r.exposed_copy_ns) /
-                                   static_cast<double>(r.copy_ns),
-                         0.0, 1.0);
+          state.counters[kCounterCopyHidden] = std::clamp(
+              1.0 - static_cast<double>(r.exposed_copy_ns) / static_cast<double>(r.copy_ns), 0.0,
+              1.0);
         }
         state.counters[kCounterGradDiff] = r.grad_max_abs_diff_vs_keep;
         state.counters["peak_vs_keep"] =
@@ -322,9 +332,9 @@ class Comparison {
         const std::int64_t start = models::default_batch(target.model, target.size);
         MaxBatch found;
         for (auto _ : state) {
-          found = search_max_batch(
-              [&](std::int64_t batch) { return probe_training_step(spec, batch); }, start,
-              16 * start, /*resolution=*/0.125);
+          found =
+              search_max_batch([&](std::int64_t batch) { return probe_training_step(spec, batch); },
+                               start, 16 * start, /*resolution=*/0.125);
           state.SetIterationTime(found.seconds_per_sample * static_cast<double>(found.batch));
         }
         state.counters[kCounterMaxBatch] = static_cast<double>(found.batch);
@@ -341,14 +351,105 @@ class Comparison {
 };
 
 std::string machine_description(c10::DeviceType device) {
-  const std::string machine =
-      std::to_string(std::thread::hardware_concurrency()) + " CPU threads, LibTorch " + TORCH_VERSION;
+  const std::string machine = std::to_string(std::thread::hardware_concurrency()) +
+                              " CPU threads, LibTorch " + TORCH_VERSION;
   if (device == c10::DeviceType::CUDA) {
-    return machine + " on CUDA (device memory = actmem's allocator as LibTorch's CUDA allocator; a "
-                     "step's time ends when its loss is on the host)";
+    return machine +
+           " on CUDA (device memory = actmem's allocator as LibTorch's CUDA allocator; a "
+           "step's time ends when its loss is on the host)";
   }
-  return machine + " on CPU (device memory = actmem's allocator for CPU tensors; times are CPU "
-                   "times)";
+  return machine +
+         " on CPU (device memory = actmem's allocator for CPU tensors; times are CPU "
+         "times)";
+}
+
+}  // namespace
+}  // namespace actmem::bench
+
+namespace actmem::bench {
+namespace {
+
+std::string mib_text(std::int64_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.1f", static_cast<double>(bytes) / (1 << 20));
+  return text;
+}
+
+// --least-budget: per model, the least budget of each policy, beside recompute's.
+int print_least_budgets(const Options& options, const std::string& command) {
+  const int steps = options.steps_given ? options.steps : 3;
+  constexpr std::int64_t kResolution = 1 << 20;
+  std::string table =
+      "# Least budgets\n\n- Command: `" + command + "`\n- Environment: ACTMEM_HOST_BUDGET=" +
+      (std::getenv("ACTMEM_HOST_BUDGET") ? std::getenv("ACTMEM_HOST_BUDGET") : "(unset)") +
+      "\n\nThe least device budget (reserved bytes, weights and optimizer state "
+      "included) each policy's training step fits in, to 1 MiB; each probe " +
+      std::to_string(steps) +
+      " steps from an empty cache. Grads: the gradients after those steps at that "
+      "budget against keep's without one.\n";
+  bool all_exact = true;
+  for (const models::Size size : options.sizes) {
+    for (const std::string& model : options.models) {
+      RunSpec spec;
+      spec.model = model;
+      spec.size = size;
+      spec.device = *options.device;
+      spec.policy = "keep";
+      std::vector<std::vector<float>> keep_grads;
+      std::int64_t keep_reserved = 0;
+      {
+        TrainingRun keep(spec);
+        for (int i = 0; i < steps; ++i) {
+          keep_reserved = std::max(keep_reserved, keep.step(/*fresh_cache=*/true).reserved_bytes);
+        }
+        keep_grads = keep.gradients();
+      }
+      table += "\n## " + model + " (" + models::to_string(size) + ")\n\n" +
+               "| policy | least budget (MiB) | vs keep's reserved | vs recompute's | probes | "
+               "grads |\n|---|--:|--:|--:|--:|---|\n";
+      std::optional<std::int64_t> recompute_least;
+      for (const std::string& policy : options.policies) {
+        spec.policy = policy;
+        std::fprintf(stderr, "%s %s: least budget...\n", model.c_str(), policy.c_str());
+        std::map<std::int64_t, std::vector<std::vector<float>>> grads_at;  // of the fits
+        const auto probe = [&](std::int64_t budget) {
+          std::vector<std::vector<float>> grads;
+          const BudgetProbe found = probe_budget(spec, budget, steps, &grads);
+          if (found.fits) grads_at[budget] = std::move(grads);
+          return found;
+        };
+        // Keep's reserved bytes are the natural upper bound; a policy that needs more (auto,
+        // whose plan's allocation pattern differs from its profile's) gets doubled ones.
+        std::int64_t upper = keep_reserved + kResolution;
+        while (!probe(upper).fits) {
+          if (upper > 8 * keep_reserved) {
+            throw std::runtime_error(model + " under " + policy +
+                                     " does not fit 8 times keep's reserved bytes");
+          }
+          upper *= 2;
+        }
+        const LeastBudget least = search_least_budget(probe, upper, kResolution);
+        if (policy == "recompute") recompute_least = least.bytes;
+        const bool exact = grads_at.at(least.bytes) == keep_grads;
+        all_exact = all_exact && exact;
+        char ratio[64] = "–";
+        if (recompute_least) {
+          std::snprintf(ratio, sizeof ratio, "%.2f",
+                        static_cast<double>(least.bytes) / static_cast<double>(*recompute_least));
+        }
+        char vs_keep[32];
+        std::snprintf(vs_keep, sizeof vs_keep, "%.2f",
+                      static_cast<double>(least.bytes) / static_cast<double>(keep_reserved));
+        table += "| " + policy + " | " + mib_text(least.bytes) + " | " + vs_keep + " | " + ratio +
+                 " | " + std::to_string(least.probes) + " | " + (exact ? "identical" : "DIFFER") +
+                 " |\n";
+      }
+    }
+  }
+  std::fputs(table.c_str(), stdout);
+  std::filesystem::create_directories(options.out);
+  std::ofstream(std::filesystem::path(options.out) / "least_budget.md") << table;
+  return all_exact ? 0 : 1;
 }
 
 }  // namespace
@@ -381,6 +482,14 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     std::fprintf(stderr, "actmem_compare: %s\n", e.what());
     return 2;
+  }
+  if (options.least_budget) {
+    try {
+      return print_least_budgets(options, command);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "actmem_compare: %s\n", e.what());
+      return 1;
+    }
   }
   int bench_argc = static_cast<int>(rest.size());
   benchmark::Initialize(&bench_argc, rest.data());
