@@ -1,6 +1,7 @@
 #include "policy/auto_policy.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -688,11 +689,18 @@ void AutoPolicy::plan_shape(Shape& shape) {
   // Without a budget nothing needs to go out: a plan under an unreachable target keeps all.
   const std::int64_t limit =
       budget ? static_cast<std::int64_t>(*budget) : std::numeric_limits<std::int64_t>::max() / 2;
+  const auto start = std::chrono::steady_clock::now();
   Plan plan = make_plan(shape.profile, limit, options_, shape.tuning);
+  const double planning_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   ++plans_made_;
   if (options_.log != LogLevel::kOff) {
-    std::fprintf(stderr, "actmem auto: plan for shape %s under a budget of %s:\n%s",
+    std::fprintf(stderr,
+                 "actmem auto: plan for shape %s under a budget of %s (planned in %.2f ms, "
+                 "%.2f %% of the profiled step):\n%s",
                  shape.profile.signature().c_str(), budget ? mib(limit).c_str() : "none",
+                 planning_ms,
+                 100.0 * planning_ms / std::max(1e-9, plan.profiled_step_seconds * 1e3),
                  plan.table().c_str());
   }
   shape.segment_actions.clear();

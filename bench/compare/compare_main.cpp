@@ -45,8 +45,8 @@ batch that fits a budget; prints the table and writes <out>/summary.{md,json,svg
   --device DEVICE      cpu or cuda (default: the device actmem manages: cuda where a GPU answers
                        and ACTMEM_BACKEND allows it, else cpu)
   --preset gpu-check   what scripts/gpu-check.sh runs in the minutes it has: full size on cuda,
-                       auto at 50%, 2 warm-up steps, 5 measured, the max batch under 8GiB (options
-                       after it override it)
+                       keep, recompute, offload and auto at 50%, 2 warm-up steps, 5 measured, the
+                       max batch under 8GiB (options after it override it)
   --auto-budgets LIST  auto's budgets, as percentages of what keep reserved above the bytes
                        allocated at the step's start (default: 75,50,30)
   --budget BYTES       the budget for the max-batch search and auto's row at it, e.g. 512MiB
@@ -89,6 +89,8 @@ struct Options {
 // --preset gpu-check: the main job at full size on the GPU machine, in the minutes it has.
 void apply_gpu_check_preset(Options& options) {
   options.sizes = {models::Size::kFull};
+  // The rows issue 14 measures; chains at full size take another run (--policies ...,chain).
+  options.policies = {"keep", "recompute", "offload", "auto"};
   options.device = c10::DeviceType::CUDA;
   options.auto_budgets = {50};
   options.warmup = 2;

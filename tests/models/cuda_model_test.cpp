@@ -1,7 +1,7 @@
 // The reference models on a CUDA device (where one answers; else every test skips, saying so):
-// actmem is LibTorch's CUDA allocator, and recompute and offload train each model at `tiny` size to
-// the same bits as keep (deterministic cuDNN), in fewer device bytes, with the offload pipeline's
-// copies going through the CUDA copy engine.
+// actmem is LibTorch's CUDA allocator, and recompute, chain and offload train each model at `tiny`
+// size to the same bits as keep (deterministic cuDNN), in fewer device bytes, with the offload
+// pipeline's copies going through the CUDA copy engine.
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
 #include <torch/torch.h>
@@ -51,7 +51,7 @@ TEST_P(CudaModels, RecomputeAndOffloadTrainExactlyLikeKeepInFewerBytes) {
   if (!cuda_managed()) GTEST_SKIP() << kNoDevice;
   const std::string& model = GetParam();
   const Trained keep = train(model, "keep");
-  for (const char* policy : {"recompute", "offload"}) {
+  for (const char* policy : {"recompute", "chain", "offload"}) {
     const Trained trained = train(model, policy);
     EXPECT_EQ(trained.grads, keep.grads) << model << " under " << policy;
     EXPECT_LT(trained.last.peak_bytes, keep.last.peak_bytes) << model << " under " << policy;
