@@ -26,7 +26,23 @@ struct Outcome {
   std::string error;  // empty when the program ran to its end
 };
 
-const char* const kPolicies[] = {"keep", "recompute", "chain", "offload", "auto"};
+// "every-link": recompute with every link dropped (the longest recompute chains there are; the
+// chain policy drops only where it pays, which in these small programs is rarely).
+const char* const kPolicies[] = {"keep", "recompute", "chain", "every-link", "offload", "auto"};
+
+class DropEveryLink final : public Policy {
+ public:
+  const char* name() const override { return "every-link"; }
+  Action decide(const SavedTensorInfo& t) override {
+    return t.segment.empty() ? Action::kKeep : Action::kRecompute;
+  }
+  bool drops_input(const SegmentLink&) override { return true; }
+};
+
+std::shared_ptr<Policy> policy_for(const std::string& mode) {
+  if (mode == "every-link") return std::make_shared<DropEveryLink>();
+  return make_device_policy(mode, 0);
+}
 
 std::string error_text(const std::exception& error) {
   if (const auto* c10_error = dynamic_cast<const c10::Error*>(&error)) {
@@ -42,7 +58,7 @@ Outcome run(const std::string& mode, const Program& program) {
   if (mode != "plain") {
     ScopeOptions options;
     options.offload_min_bytes = 0;
-    scope = std::make_unique<ActivationScope>(make_device_policy(mode, 0), options);
+    scope = std::make_unique<ActivationScope>(policy_for(mode), options);
   }
   Outcome outcome;
   try {
@@ -114,9 +130,10 @@ TEST(DownstreamInPlace, ASegmentOutputChangedAfterReLUSavedIt) {
         torch::manual_seed(1);
         nn::Linear linear(8, 8);
         const torch::Tensor x = torch::randn({4, 8});
-        torch::Tensor out = segment("relu", [&](const TensorList& in) -> TensorList {
-                              return {torch::relu(linear(in[0]))};
-                            }, {x})[0];
+        torch::Tensor out = segment(
+            "relu",
+            [&](const TensorList& in) -> TensorList { return {torch::relu(linear(in[0]))}; },
+            {x})[0];
         out.add_(1.0);
         const torch::Tensor loss = (out * out).sum();
         loss.backward();
@@ -132,9 +149,8 @@ TEST(DownstreamInPlace, ASegmentInputChangedAfterAnOpInsideSavedIt) {
         torch::manual_seed(2);
         nn::Linear linear(8, 8);
         torch::Tensor hidden = linear(torch::randn({4, 8}));
-        const torch::Tensor y = segment("sin", [](const TensorList& in) -> TensorList {
-                                  return {in[0].sin()};
-                                }, {hidden})[0];
+        const torch::Tensor y = segment(
+            "sin", [](const TensorList& in) -> TensorList { return {in[0].sin()}; }, {hidden})[0];
         hidden.mul_(2.0);
         const torch::Tensor loss = y.sum();
         loss.backward();
@@ -150,9 +166,9 @@ TEST(DownstreamInPlace, AViewOfASavedTensorChangedInPlace) {
         torch::manual_seed(3);
         nn::Linear linear(8, 8);
         const torch::Tensor x = torch::randn({4, 8});
-        torch::Tensor out = segment("exp", [&](const TensorList& in) -> TensorList {
-                              return {linear(in[0]).exp()};
-                            }, {x})[0];
+        torch::Tensor out = segment(
+            "exp", [&](const TensorList& in) -> TensorList { return {linear(in[0]).exp()}; },
+            {x})[0];
         out.narrow(0, 0, 2).mul_(3.0);
         const torch::Tensor loss = out.sum();
         loss.backward();
@@ -169,11 +185,13 @@ TEST(DownstreamInPlace, ChangesNothingSavedAreFine) {
         torch::manual_seed(4);
         nn::Linear first(8, 8), second(8, 8);
         const torch::Tensor x = torch::randn({4, 8});
-        torch::Tensor out = segment("two", [&](const TensorList& in) -> TensorList {
-                              torch::Tensor h = first(in[0]);
-                              h.mul_(0.5);  // before anything saved h
-                              return {second(torch::relu(h))};
-                            }, {x})[0];
+        torch::Tensor out = segment("two",
+                                    [&](const TensorList& in) -> TensorList {
+                                      torch::Tensor h = first(in[0]);
+                                      h.mul_(0.5);  // before anything saved h
+                                      return {second(torch::relu(h))};
+                                    },
+                                    {x})[0];
         out.add_(1.0);  // the linear layer saves its input, not its output
         const torch::Tensor loss = out.pow(2).sum();
         loss.backward();
@@ -205,43 +223,48 @@ TwoThreads two_threads(const std::string& mode) {
     if (mode == "plain") return nullptr;
     ScopeOptions options;
     options.offload_min_bytes = 0;
-    return std::make_unique<ActivationScope>(make_device_policy(mode, 0), options);
+    return std::make_unique<ActivationScope>(policy_for(mode), options);
   };
   TwoThreads result;
   std::string a_error, b_error;  // what a thread threw, reported by the test
   std::thread a([&] {
     try {
-    const auto scope = scope_for();
-    for (int step = 0; step < 20; ++step) {
-      mlp->zero_grad();
-      torch::Tensor h = data;
-      for (std::size_t i = 0; i < mlp->size(); ++i) {
-        h = segment("a" + std::to_string(i), [&, i](const TensorList& in) -> TensorList {
-              return {mlp->at<nn::LinearImpl>(i).forward(in[0]).tanh()};
-            }, {h})[0];
+      const auto scope = scope_for();
+      for (int step = 0; step < 20; ++step) {
+        mlp->zero_grad();
+        torch::Tensor h = data;
+        for (std::size_t i = 0; i < mlp->size(); ++i) {
+          h = segment("a" + std::to_string(i),
+                      [&, i](const TensorList& in) -> TensorList {
+                        return {mlp->at<nn::LinearImpl>(i).forward(in[0]).tanh()};
+                      },
+                      {h})[0];
+        }
+        h.sum().backward();
       }
-      h.sum().backward();
-    }
-    result.a = grads_of(*mlp);
+      result.a = grads_of(*mlp);
     } catch (const std::exception& error) {
       a_error = error_text(error);
     }
   });
   std::thread b([&] {
     try {
-    const auto scope = scope_for();
-    std::vector<torch::Tensor> drawn;
-    for (int step = 0; step < 20; ++step) {
-      noisy->zero_grad();
-      const torch::Tensor x = torch::randn({8, 32});
-      const torch::Tensor y = segment("b", [&](const TensorList& in) -> TensorList {
-                                return {torch::dropout(noisy(in[0]), 0.5, /*train=*/true)};
-                              }, {x})[0];
-      y.pow(2).sum().backward();
-      drawn.push_back(x);
-      drawn.push_back(noisy->weight.grad().clone());
-    }
-    result.b = drawn;
+      const auto scope = scope_for();
+      std::vector<torch::Tensor> drawn;
+      for (int step = 0; step < 20; ++step) {
+        noisy->zero_grad();
+        const torch::Tensor x = torch::randn({8, 32});
+        const torch::Tensor y =
+            segment("b",
+                    [&](const TensorList& in) -> TensorList {
+                      return {torch::dropout(noisy(in[0]), 0.5, /*train=*/true)};
+                    },
+                    {x})[0];
+        y.pow(2).sum().backward();
+        drawn.push_back(x);
+        drawn.push_back(noisy->weight.grad().clone());
+      }
+      result.b = drawn;
     } catch (const std::exception& error) {
       b_error = error_text(error);
     }
@@ -282,6 +305,62 @@ struct BatchNormBlock : nn::Module {
   torch::Tensor forward(const torch::Tensor& x) { return torch::relu(norm(linear(x))); }
 };
 
+// Programs where one segment's output is the next one's input (a link: "every-link" drops each,
+// so the rerun of the later segment reruns the earlier one first).
+
+// The link changed in place after the segment that took it ran: sin saved it, so plain LibTorch
+// fails at backward, and so must every policy, chains included.
+TEST(DownstreamChains, ALinkChangedInPlaceAfterTheNextSegmentRan) {
+  expect_as_plain(
+      [] {
+        torch::manual_seed(21);
+        nn::Linear linear(8, 8);
+        torch::Tensor a =
+            segment("a", [&](const TensorList& in) -> TensorList { return {linear(in[0]).tanh()}; },
+                    {torch::randn({4, 8})})[0];
+        const torch::Tensor b =
+            segment("b", [](const TensorList& in) -> TensorList { return {in[0].sin()}; }, {a})[0];
+        a.mul_(2.0);
+        const torch::Tensor loss = b.sum();
+        loss.backward();
+        return digest_of(loss, *linear);
+      },
+      /*plain_fails=*/true);
+}
+
+// The producer returns two outputs: the next segment takes one, the loss the other; and the
+// first output also feeds a residual sum outside the segments.
+TEST(DownstreamChains, SeveralOutputsAndAResidualAroundTheLink) {
+  expect_as_plain(
+      [] {
+        torch::manual_seed(22);
+        nn::Sequential net(nn::Linear(16, 16), nn::BatchNorm1d(16), nn::Dropout(0.2),
+                           nn::Linear(16, 16));
+        const torch::Tensor x = torch::randn({32, 16});
+        const TensorList first = segment(
+            "first",
+            [&](const TensorList& in) -> TensorList {
+              const torch::Tensor h =
+                  net[1]->as<nn::BatchNorm1d>()->forward(net[0]->as<nn::Linear>()->forward(in[0]));
+              return {net[2]->as<nn::Dropout>()->forward(h.relu()), h.exp().mean(0)};
+            },
+            {x}, net.ptr().get());
+        const torch::Tensor second = segment(
+            "second",
+            [&](const TensorList& in) -> TensorList {
+              return {net[3]->as<nn::Linear>()->forward(in[0]).sigmoid()};
+            },
+            {first[0]}, net.ptr().get())[0];
+        const torch::Tensor third = segment(
+            "third", [](const TensorList& in) -> TensorList { return {(in[0] * in[0]).cos()}; },
+            {second})[0];
+        const torch::Tensor loss = (third + first[0]).pow(2).mean() + first[1].sum();
+        loss.backward();
+        return digest_of(loss, *net);
+      },
+      /*plain_fails=*/false);
+}
+
 TEST(DownstreamNesting, InnerSegmentsModulesAreRestoredWithTheOuterOne) {
   expect_as_plain(
       [] {
@@ -295,14 +374,17 @@ TEST(DownstreamNesting, InnerSegmentsModulesAreRestoredWithTheOuterOne) {
         torch::Tensor loss;
         for (int step = 0; step < 2; ++step) {
           both->zero_grad();
-          const torch::Tensor y = segment("outer", [&](const TensorList& in) -> TensorList {
-                                    const torch::Tensor a = segment("inner0", *first,
-                                        [&](const torch::Tensor& t) { return first->forward(t); },
-                                        in[0]);
-                                    return {segment("inner1", *second,
-                                        [&](const torch::Tensor& t) { return second->forward(t); },
-                                        a)};
-                                  }, {x}, /*module=*/nullptr)[0];
+          const torch::Tensor y = segment(
+              "outer",
+              [&](const TensorList& in) -> TensorList {
+                const torch::Tensor a = segment(
+                    "inner0", *first, [&](const torch::Tensor& t) { return first->forward(t); },
+                    in[0]);
+                return {segment(
+                    "inner1", *second, [&](const torch::Tensor& t) { return second->forward(t); },
+                    a)};
+              },
+              {x}, /*module=*/nullptr)[0];
           loss = y.pow(2).mean();
           loss.backward();
         }
@@ -334,9 +416,12 @@ TEST(DownstreamAutocast, ASegmentRerunsUnderTheAutocastOfItsForward) {
         at::autocast::set_autocast_enabled(at::kCPU, true);
         torch::Tensor y;
         try {
-          y = segment("conv", [&](const TensorList& in) -> TensorList {
+          y = segment(
+              "conv",
+              [&](const TensorList& in) -> TensorList {
                 return {net->conv2(torch::relu(net->norm(net->conv1(in[0]))))};
-              }, {x}, net.get())[0];
+              },
+              {x}, net.get())[0];
         } catch (...) {
           at::autocast::set_autocast_enabled(at::kCPU, false);
           throw;
@@ -360,8 +445,8 @@ TEST(DownstreamTrainEval, EvalBetweenForwardAndBackwardWithBatchNorm) {
         auto block = std::make_shared<BatchNormBlock>();
         block->train();
         const torch::Tensor x = torch::randn({8, 16});
-        const torch::Tensor y = segment("block", *block,
-            [&](const torch::Tensor& t) { return block->forward(t); }, x);
+        const torch::Tensor y = segment(
+            "block", *block, [&](const torch::Tensor& t) { return block->forward(t); }, x);
         block->eval();  // e.g. a validation pass's set-up, before this step's backward
         const torch::Tensor loss = y.pow(2).mean();
         loss.backward();
@@ -378,8 +463,8 @@ TEST(DownstreamTrainEval, EvalBetweenForwardAndBackwardWithDropout) {
         nn::Sequential net(nn::Linear(16, 16), nn::Dropout(0.3), nn::Linear(16, 4));
         net->train();
         const torch::Tensor x = torch::randn({8, 16});
-        const torch::Tensor y = segment("net", *net,
-            [&](const torch::Tensor& t) { return net->forward(t); }, x);
+        const torch::Tensor y = segment(
+            "net", *net, [&](const torch::Tensor& t) { return net->forward(t); }, x);
         net->eval();
         const torch::Tensor loss = y.pow(2).mean();
         loss.backward();
@@ -412,9 +497,11 @@ std::int64_t mlp_steps(const std::string& policy, std::int64_t budget) {
     optimizer.zero_grad();
     torch::Tensor h = x;
     for (std::size_t i = 0; i < layers->size(); ++i) {
-      h = segment("layer" + std::to_string(i), [&, i](const TensorList& in) -> TensorList {
-            return {torch::relu(layers->at<nn::LinearImpl>(i).forward(in[0]))};
-          }, {h})[0];
+      h = segment("layer" + std::to_string(i),
+                  [&, i](const TensorList& in) -> TensorList {
+                    return {torch::relu(layers->at<nn::LinearImpl>(i).forward(in[0]))};
+                  },
+                  {h})[0];
     }
     h.pow(2).mean().backward();
     optimizer.step();
@@ -438,7 +525,8 @@ TEST(DownstreamAutoBudget, FollowingTheAdviceOfATooSmallBudgetReachesOneThatFits
       const auto least = static_cast<std::int64_t>(error.least_budget_bytes());
       ASSERT_GT(least, budget) << "the advice moves forward\n" << message;
       EXPECT_LE(least, keep) << "a lower bound: keep's reserved bytes fit\n" << message;
-      std::printf("refused at %lld, advice %lld (keep %lld)\n", (long long)budget, (long long)least, (long long)keep);
+      std::printf("refused at %lld, advice %lld (keep %lld)\n", (long long)budget, (long long)least,
+                  (long long)keep);
       budget = least;
     }
   }
@@ -457,9 +545,11 @@ TEST(DownstreamDtypes, DoublePrecisionAndIntegerIndices) {
         embedding->to(torch::kDouble);
         linear->to(torch::kDouble);
         const torch::Tensor words = torch::randint(50, {6, 5}, torch::kLong);
-        const torch::Tensor y = segment("embed", [&](const TensorList& in) -> TensorList {
-                                  return {linear(embedding(in[0]).tanh()).transpose(0, 1)};
-                                }, {words})[0];
+        const torch::Tensor y = segment("embed",
+                                        [&](const TensorList& in) -> TensorList {
+                                          return {linear(embedding(in[0]).tanh()).transpose(0, 1)};
+                                        },
+                                        {words})[0];
         const torch::Tensor loss = y.select(0, 1).pow(3).sum();  // a view of a view
         loss.backward();
         std::vector<torch::Tensor> digest = digest_of(loss, *embedding);
