@@ -359,6 +359,36 @@ std::int64_t peak_of(const std::vector<std::int64_t>& levels) {
   return levels.empty() ? 0 : levels[peak_event(levels)];
 }
 
+// What the profiled step did with each candidate and link, when it sent anything out (it was
+// profiled under a budget); none when it kept everything.
+std::optional<Choices> profiled_choices(const StepProfile& profile,
+                                        const std::vector<Candidate>& all,
+                                        const std::vector<LinkCandidate>& links) {
+  std::unordered_map<std::string, Action> by_group;  // a segment, or "#order" outside segments
+  bool sent_out = false;
+  for (const ProfiledTensor& t : profile.tensors) {
+    if (t.is_leaf || t.action == Action::kKeep) continue;
+    sent_out = true;
+    by_group[t.segment.empty() ? "#" + std::to_string(t.order) : t.segment] = t.action;
+  }
+  if (!sent_out) return std::nullopt;
+  std::unordered_map<std::string, bool> dropped_by;
+  for (const ProfiledSegment& s : profile.segments) dropped_by[s.name] = s.dropped_link;
+  Choices choices{std::vector<Action>(all.size(), Action::kKeep),
+                  std::vector<char>(links.size(), 0)};
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    const auto it =
+        by_group.find(all[i].segment.empty() ? "#" + std::to_string(all[i].order) : all[i].segment);
+    if (it != by_group.end()) choices.actions[i] = it->second;
+  }
+  for (std::size_t l = 0; l < links.size(); ++l) {
+    choices.dropped[l] = dropped_by[all[links[l].consumer].segment] &&
+                         choices.actions[links[l].consumer] == Action::kRecompute &&
+                         choices.actions[links[l].producer] == Action::kRecompute;
+  }
+  return choices;
+}
+
 // Chooses, for each run of droppable links, the k (every k-th link kept) with the lowest simulated
 // peak, the other runs as they are (Note [Auto plan]). Returns whether the peak fell.
 bool choose_chains(const std::vector<std::int64_t>& keep, const std::vector<Candidate>& all,
@@ -441,7 +471,9 @@ std::string Plan::table() const {
                 "expected peak %s (keep %s, minimum %s, target %s), added %.1f ms per step%s\n",
                 mib(planned_peak_bytes).c_str(), mib(keep_peak_bytes).c_str(),
                 mib(minimum_bytes).c_str(), mib(target_bytes).c_str(), added_seconds * 1e3,
-                feasible ? "" : " (over the target: the pressure handler covers the rest)");
+                as_profiled ? " (at the edge: as the profiled step did, which fitted)"
+                : feasible  ? ""
+                            : " (over the target: the pressure handler covers the rest)");
   out << line;
   return out.str();
 }
@@ -516,14 +548,28 @@ Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOption
   }
   plan.planned_peak_bytes = peak_of(levels);
   plan.feasible = plan.planned_peak_bytes <= plan.target_bytes;
+  const bool at_the_edge =
+      !plan.feasible || (!options.can_offload && plan.planned_peak_bytes <= plan.minimum_bytes);
+  if (at_the_edge) {
+    // No plan reaches the target; or, without offload (so without the pressure handler's usual
+    // way out), only the one that recomputes all it can. There the simulation is least sure (it
+    // plans allocated bytes; the budget caps reserved ones), and the profiled step, which ran
+    // under a budget and fitted, is known: its actions and chains are the plan.
+    if (std::optional<Choices> profiled = profiled_choices(profile, all, links)) {
+      choices = std::move(*profiled);
+      plan.as_profiled = true;
+      plan.planned_peak_bytes = peak_of(simulate(keep, all, links, choices));
+    }
+  }
   std::vector<char> chained(all.size(), 0);
   for (std::size_t l = 0; l < links.size(); ++l) chained[links[l].consumer] |= choices.dropped[l];
   for (std::size_t i = 0; i < all.size(); ++i) {
     const Candidate& c = all[i];
     const Action action = choices.actions[i];
-    const double cost = action == Action::kRecompute ? c.recompute_seconds
-                        : action == Action::kOffload ? c.offload_seconds
-                                                     : 0.0;
+    double cost = action == Action::kRecompute ? c.recompute_seconds
+                  : action == Action::kOffload ? c.offload_seconds
+                                               : 0.0;
+    if (!std::isfinite(cost)) cost = 0;  // (a profiled action the plan would not have priced)
     plan.items.push_back({c.segment, c.order, action, std::max(c.recompute_bytes, c.offload_bytes),
                           cost, chained[i] != 0});
     plan.added_seconds += cost;
@@ -638,11 +684,14 @@ void AutoPolicy::end_step(const StepProfile& profile) {
     // that sent tensors out while its step left room under the budget plans again assuming half
     // that room less overhead: the target climbs towards the budget from below, the margin (raised
     // by any eviction) stops it, and a few updates per shape keep the two from chasing each other.
+    // Without offload there is no climbing: the evictions that stop it are offloads, and a step
+    // that overshoots with nothing to offload runs out of memory instead.
     const std::optional<std::size_t> budget = current_budget();
     const bool sent_out = std::any_of(shape->plan->items.begin(), shape->plan->items.end(),
                                       [](const PlanItem& i) { return i.action != Action::kKeep; });
     constexpr int kOverheadUpdates = 8;
-    if (budget.has_value() && sent_out && tuning.overhead_updates < kOverheadUpdates) {
+    if (budget.has_value() && sent_out && options_.can_offload &&
+        tuning.overhead_updates < kOverheadUpdates) {
       const auto limit = static_cast<std::int64_t>(budget.value());
       const std::int64_t room = limit - profile.reserved_peak_bytes;
       if (room > limit / 100) {

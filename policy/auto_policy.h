@@ -52,6 +52,9 @@ struct Plan {
   double added_seconds = 0;
   double profiled_step_seconds = 0;
   bool feasible = true;  // planned_peak_bytes <= target_bytes
+  // No plan reached the target, or only the one sending out all it can: the plan is what the
+  // profiled step did (it fitted).
+  bool as_profiled = false;
 
   Action action_for(const std::string& segment, std::int64_t order) const;
   // The plan as a table: segment, bytes, action, expected cost, expected peak.

@@ -168,6 +168,24 @@ TEST(AutoPlan, ChainsGoBelowWhatPerSegmentRecomputeHolds) {
   EXPECT_NE(tight.table().find("chain"), std::string::npos) << tight.table();
 }
 
+// The profiled step recomputed every segment and dropped every other link (as ChainSpacing's
+// growing spacing might) and fitted; under a budget no plan reaches, the plan repeats it rather
+// than something the simulation prefers but nothing has run.
+TEST(AutoPlan, WhenNoPlanReachesTheTargetItRepeatsTheProfiledChains) {
+  StepProfile profile = sixteen_linked_segments();
+  for (ProfiledTensor& t : profile.tensors) t.action = Action::kRecompute;
+  for (std::size_t s = 1; s < profile.segments.size(); ++s) {
+    profile.segments[s].dropped_link = s % 2 == 1;
+  }
+  const Plan plan = make_plan(profile, 1 * kMiB, options());
+  EXPECT_TRUE(plan.as_profiled);
+  ASSERT_EQ(plan.items.size(), 16u);
+  for (std::size_t s = 0; s < 16; ++s) {
+    EXPECT_EQ(plan.items[s].action, Action::kRecompute) << s;
+    EXPECT_EQ(plan.items[s].drops_input, s % 2 == 1) << s;
+  }
+}
+
 // A link frees its input only if nothing but its two segments saved it: here a tensor outside
 // any segment saves each input too (kept: too small to offload), so no chain frees anything.
 TEST(AutoPlan, ALinkSavedOutsideItsTwoSegmentsIsNotDropped) {
@@ -231,7 +249,7 @@ TEST(AutoPlan, PlansFromKeepsTimelineWhenTheProfiledStepSentTensorsOut) {
     return builder.segment("a", 2, 10, 1).segment("b", 2, 10, 100).pack("", 5 * kMiB).backward();
   };
   const StepProfile kept = build(false), sent = build(true);
-  for (const std::int64_t budget : {100 * kMiB, 30 * kMiB, 20 * kMiB}) {
+  for (const std::int64_t budget : {100 * kMiB, 30 * kMiB}) {
     const Plan from_kept = make_plan(kept, budget, options());
     const Plan from_sent = make_plan(sent, budget, options());
     EXPECT_EQ(from_sent.keep_peak_bytes, 55 * kMiB);
@@ -242,6 +260,17 @@ TEST(AutoPlan, PlansFromKeepsTimelineWhenTheProfiledStepSentTensorsOut) {
       EXPECT_EQ(from_sent.items[i].action, from_kept.items[i].action) << budget << " item " << i;
     }
   }
+  // Under 20 MiB no plan reaches the target: from the step that sent everything out (and fitted),
+  // the plan is what that step did; from the one that kept everything, the greedy's best.
+  const Plan from_kept = make_plan(kept, 20 * kMiB, options());
+  const Plan from_sent = make_plan(sent, 20 * kMiB, options());
+  EXPECT_FALSE(from_kept.as_profiled);
+  EXPECT_TRUE(from_sent.as_profiled);
+  for (const PlanItem& item : from_sent.items) {
+    EXPECT_EQ(item.action, Action::kOffload) << item.segment << item.order;
+  }
+  EXPECT_NE(from_sent.table().find("as the profiled step did"), std::string::npos)
+      << from_sent.table();
 }
 
 // The ops between two events can allocate more than either event sees: where the profile has the
