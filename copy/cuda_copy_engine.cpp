@@ -10,8 +10,8 @@ namespace {
 
 void check(cudaError_t error, const char* what) {
   if (error != cudaSuccess) {
-    throw std::runtime_error(std::string("actmem: copy engine: ") + what + " failed: " +
-                             cudaGetErrorString(error));
+    throw std::runtime_error(std::string("actmem: copy engine: ") + what +
+                             " failed: " + cudaGetErrorString(error));
   }
 }
 
@@ -161,22 +161,24 @@ void CudaCopyEngine::order_after(Ticket ticket, alloc::Stream stream) {
 
 void CudaCopyEngine::wait(Ticket ticket) {
   cudaEvent_t done;
+  bool stall_timed;  // a stream waiting for it already counts its stall
   {
     std::lock_guard<std::mutex> lock(mutex_);
     Flight* copy = flight(ticket);
     if (copy == nullptr) return;
+    stall_timed = copy->reached != nullptr;
     // Another thread may settle and recycle it meanwhile; events live as long as the engine, so
     // the worst is a wait for a later copy.
     done = copy->done;
   }
   const auto start = std::chrono::steady_clock::now();
   check(cudaEventSynchronize(done), "cudaEventSynchronize");
-  const std::int64_t waited = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                  std::chrono::steady_clock::now() - start)
-                                  .count();
+  const std::int64_t waited =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start)
+          .count();
   finished(ticket);
   std::lock_guard<std::mutex> lock(mutex_);
-  time_.exposed_ns += waited;
+  if (!stall_timed) time_.exposed_ns += waited;
 }
 
 CopyEngine::Time CudaCopyEngine::time() {

@@ -63,12 +63,30 @@ class HostStore::Core {
         engine(std::move(copy_engine)),
         pool(std::move(pool_backend), pool_options(store_options.capacity)) {}
 
-  // Holds a device tensor of an item that went, until copy `ticket`, which reads or writes it, has
-  // finished. May run under `mutex` (an item can die inside reap()).
+  // Holds a tensor of an item that went, until copy `ticket`, which reads or writes it, has
+  // finished. May run under `mutex` (an item can die inside reap()). Once the store is gone,
+  // nothing would reap it (and a host block's deleter holds the core: a cycle), so it waits.
   void retire(copy::CopyEngine::Ticket ticket, at::Tensor tensor) {
     if (ticket == 0 || engine->finished(ticket)) return;
-    std::lock_guard<std::mutex> lock(retired_mutex);
-    retired.push_back({ticket, std::move(tensor)});
+    {
+      std::lock_guard<std::mutex> lock(retired_mutex);
+      if (!store_gone) {
+        retired.push_back({ticket, std::move(tensor)});
+        return;
+      }
+    }
+    engine->wait(ticket);
+  }
+
+  // The store is going: waits for the copies of what is retired, then lets it go.
+  void drain() {
+    std::vector<Retired> draining;
+    {
+      std::lock_guard<std::mutex> lock(retired_mutex);
+      store_gone = true;
+      draining.swap(retired);
+    }
+    for (const Retired& r : draining) engine->wait(r.ticket);
   }
 
   // Lets go of the sources whose copy has finished, and forgets items that are gone.
@@ -76,9 +94,9 @@ class HostStore::Core {
     std::vector<Retired> finished;
     {
       std::lock_guard<std::mutex> lock(retired_mutex);
-      const auto still = std::stable_partition(
-          retired.begin(), retired.end(),
-          [this](const Retired& r) { return !engine->finished(r.ticket); });
+      const auto still =
+          std::stable_partition(retired.begin(), retired.end(),
+                                [this](const Retired& r) { return !engine->finished(r.ticket); });
       std::move(still, retired.end(), std::back_inserter(finished));
       retired.erase(still, retired.end());
     }  // `finished` goes back to the allocator after retired_mutex
@@ -147,15 +165,18 @@ class HostStore::Core {
   std::vector<std::weak_ptr<Item>> sending;              // holding a source: copy in flight
   std::map<std::uint64_t, std::weak_ptr<Item>> waiting;  // sent out, not taken yet
   std::vector<std::weak_ptr<Item>> ahead;                // fetched ahead, not taken yet
-  std::mutex retired_mutex;       // `retired` only; taken after `mutex` when both are
-  std::vector<Retired> retired;   // the device tensors of items gone, with copies in flight
+  std::mutex retired_mutex;      // the two below only; taken after `mutex` when both are
+  std::vector<Retired> retired;  // the tensors of items gone, with copies in flight
+  bool store_gone = false;       // the HostStore is destroyed: nothing reaps any more
 };
 
 HostStore::Item::~Item() {
   // A copy still reading the source, or writing a block fetched ahead: the store keeps that block
-  // until it has finished (Note [Offload pipeline]).
+  // until it has finished (Note [Offload pipeline]). So with the host block, which the copies out
+  // and back write and read: back in the pool, it could be released to the backend while they run.
   if (source.defined()) core->retire(out, std::move(source));
   if (fetched.defined()) core->retire(in, std::move(fetched));
+  if (host.defined()) core->retire(std::max(out, in), std::move(host));
 }
 
 HostStore::HostStore(HostStoreOptions options) {
@@ -175,7 +196,7 @@ HostStore::HostStore(HostStoreOptions options, std::unique_ptr<copy::CopyEngine>
                      std::unique_ptr<alloc::Backend> pool_backend)
     : core_(std::make_shared<Core>(options, std::move(engine), std::move(pool_backend))) {}
 
-HostStore::~HostStore() = default;
+HostStore::~HostStore() { core_->drain(); }
 
 std::shared_ptr<HostStore::Item> HostStore::offload(const at::Tensor& tensor, bool now) {
   at::NoGradGuard no_grad;

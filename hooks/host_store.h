@@ -15,10 +15,9 @@
 //   stay within the prefetch window: each gets a device block and a host-to-device copy queued
 //   after the current stream's work so far.
 // - An item that dies with copies in flight (its saved variable freed before the copy out has
-//   finished, a graph dropped without backward) leaves its device blocks with the store until
-//   those copies have finished, as while it lived: no copy writes or reads a block given to
-//   something else, and the host does not wait. Its host block goes back at once: copies run in
-//   the order queued, so the next copy into that block runs after this one.
+//   finished, a graph dropped without backward) leaves its device blocks and its host block with
+//   the store until those copies have finished, as while it lived: no copy writes or reads a block
+//   given to something else or released to its backend, and the host does not wait.
 // Counted: bytes and copies each way, copies queued ahead, copies that had finished when needed
 // (hidden), the copy time and how much of it compute waited for, offloads refused for lack of
 // room.

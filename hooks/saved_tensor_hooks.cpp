@@ -221,10 +221,12 @@ class CaptureHooks final : public torch::autograd::SavedVariableHooks {
 const std::shared_ptr<ScopeState>& active_scope() { return t_active_scope; }
 
 void backward_finished() {
+  forget_last_segment();
   if (t_active_scope) t_active_scope->end_step();
 }
 
 void backward_failed() {
+  forget_last_segment();
   if (t_active_scope) t_active_scope->abort_step();
 }
 

@@ -87,6 +87,8 @@ class CapturingGuard {
 }  // namespace
 
 const std::shared_ptr<SegmentFrame>& forward_frame() { return t_forward_frame; }
+
+void forget_last_segment() { t_last_segment = LastSegment{}; }
 SegmentFrame* capturing_frame() { return t_capturing_frame; }
 
 std::int64_t SegmentFrame::add_pack(bool want) {
@@ -146,7 +148,9 @@ TensorList SegmentFrame::rerun_inputs() {
   }
   TensorList args = inputs;
   for (std::size_t i = 0; i < links.size(); ++i) {
-    if (!links[i] || args[i].defined()) continue;
+    // A kept tensor of this segment that saved the input exactly is cheaper than a rerun.
+    const bool read_through = i < input_entries_.size() && input_entries_[i] != nullptr;
+    if (!links[i] || args[i].defined() || read_through) continue;
     args[i] = links[i]->producer->output_for_chain(links[i]->output).detach();
     if (input_requires_grad[i]) args[i].requires_grad_(true);
   }
@@ -176,8 +180,9 @@ void SegmentFrame::rerun(bool outputs) {
   const auto start = std::chrono::steady_clock::now();
   const auto packs = static_cast<std::int64_t>(wanted_.size());
   // A rerun for the chain after one for take() (a graph that took from this segment before the
-  // next one reran) brings back only the outputs: what is still to be taken is here.
-  capturing_ = !materialized_;
+  // next one reran) brings back only the outputs: what is still to be taken is here. A rerun for
+  // take() always captures (a second backward may want a tensor the first one took already).
+  capturing_ = !outputs || !materialized_;
   if (capturing_) recomputed_.assign(wanted_.size(), at::Tensor());
   capture_index_ = 0;
   last_wanted_ = -1;

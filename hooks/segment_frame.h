@@ -110,5 +110,8 @@ struct SegmentFrame {
 const std::shared_ptr<SegmentFrame>& forward_frame();
 // The frame being rerun on this thread, or nullptr.
 SegmentFrame* capturing_frame();
+// A step ended on this thread: its last segment can no longer be linked to (a segment of the next
+// step taking its output, undetached, would otherwise chain back into a finished step).
+void forget_last_segment();
 
 }  // namespace actmem::detail

@@ -195,6 +195,12 @@ std::vector<Candidate> candidates(const StepProfile& profile, const AutoOptions&
     holders[t.storage].insert(group_of(t));
     if (t.segment_input) inputs.insert(t.storage);
   }
+  // A link's storage is the next segment's input, which that segment holds for its rerun even
+  // where none of its own tensors saved it: the producer's recompute does not free it (only
+  // dropping the link does; link_candidates counts it there).
+  for (const ProfiledSegment& s : profile.segments) {
+    inputs.insert(s.link_storages.begin(), s.link_storages.end());
+  }
   std::map<std::string, Candidate> by_group;
   std::vector<std::string> order;  // groups in first-pack order
   std::map<std::string, std::set<std::uint64_t>> counted;
@@ -595,6 +601,7 @@ Action AutoPolicy::decide(const SavedTensorInfo& tensor) {
   std::lock_guard<std::mutex> lock(mutex_);
   spacing_.saw(tensor);
   if (tensor.order == 0) {
+    in_step_ = true;
     diverged_ = false;
     first_segment_ = tensor.segment;
     first_bytes_ = tensor.bytes;
@@ -609,7 +616,9 @@ Action AutoPolicy::decide(const SavedTensorInfo& tensor) {
   }
   if (tensor.order == 1 && !options_.plan_once) {
     auto it = shapes_.find(shape_signature(first_segment_, first_bytes_, tensor.bytes));
-    current_ = it == shapes_.end() ? nullptr : &it->second;
+    Shape* const shape = it == shapes_.end() ? nullptr : &it->second;
+    if (shape != current_ && current_ != nullptr) ambiguous_.emplace(first_segment_, first_bytes_);
+    current_ = shape;
     if (current_ != nullptr && current_->plan) rebase(*current_);
   }
   if (current_ == nullptr || !current_->plan || diverged_) return profiling_action();
@@ -630,10 +639,14 @@ Action AutoPolicy::decide(const SavedTensorInfo& tensor) {
 
 bool AutoPolicy::profiles_step() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  // In a step, its shape once known (at its first pack, the last step's if it starts the same);
-  // between steps, the last one's.
-  const Shape* shape = current_ != nullptr ? current_ : last_;
-  return shape == nullptr || !shape->plan || diverged_ || options_.plan_once;
+  if (options_.plan_once) return true;
+  if (in_step_) {
+    // Its shape as known at its first pack (the last step's if it starts the same). A first pack
+    // that began a shape other than the one it suggested is ambiguous: such steps are profiled.
+    if (ambiguous_.count({first_segment_, first_bytes_}) > 0) return true;
+    return current_ == nullptr || !current_->plan || diverged_;
+  }
+  return last_ == nullptr || !last_->plan;  // between steps: the next is likely the last one's
 }
 
 bool AutoPolicy::drops_input(const SegmentLink& link) {
@@ -649,6 +662,7 @@ bool AutoPolicy::drops_input(const SegmentLink& link) {
 
 void AutoPolicy::end_step(const StepProfile& profile) {
   std::lock_guard<std::mutex> lock(mutex_);
+  in_step_ = false;
   Shape* shape = current_;
   current_ = nullptr;
   last_ = shape;

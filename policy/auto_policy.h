@@ -146,6 +146,10 @@ class AutoPolicy final : public Policy {
   Shape* current_ = nullptr;             // the shape of the step in progress
   Shape* last_ = nullptr;                // the shape of the last step that ended
   bool diverged_ = false;                // this step's packs stopped matching the plan's profile
+  bool in_step_ = false;                 // between a step's first pack and its end_step
+  // First packs (segment, bytes) after which a step turned out to be of another shape than the
+  // last step starting so: steps starting so are profiled whole (see profiles_step).
+  std::set<std::pair<std::string, std::int64_t>> ambiguous_;
   bool profiling_under_budget_ = false;  // the step in progress started with a budget set
   std::string first_segment_;            // the step in progress's first pack
   std::int64_t first_bytes_ = 0;

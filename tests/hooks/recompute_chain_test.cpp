@@ -141,5 +141,28 @@ TEST(RecomputeChain, ASecondBackwardRerunsTheChainAgain) {
   EXPECT_EQ(chain.second, 2 * kBlocks);
 }
 
+// A first backward takes only part of a segment's tensors (a loss over one of its two outputs); the
+// second takes one the first took already: the rerun it starts must produce it again.
+TEST(RecomputeChain, ASecondBackwardMayWantWhatTheFirstTookAlready) {
+  install();
+  auto run = [](const std::shared_ptr<Policy>& policy) {
+    std::unique_ptr<ActivationScope> scope;
+    if (policy) scope = std::make_unique<ActivationScope>(policy);
+    const torch::Tensor x = torch::linspace(-1, 1, 64).requires_grad_(true);
+    const TensorList out = segment("two",
+                                   [](const TensorList& in) -> TensorList {
+                                     return {in[0].exp(), in[0].sin()};
+                                   },
+                                   {x});
+    const torch::Tensor first = out[0].sum();
+    first.backward({}, /*retain_graph=*/true);  // takes exp's result; sin's input stays
+    (out[0] * 2 + out[1]).sum().backward();     // exp's again, and sin's
+    return x.grad().clone();
+  };
+  const torch::Tensor plain = run(nullptr);
+  EXPECT_TRUE(torch::equal(run(make_policy("recompute")), plain));
+  EXPECT_TRUE(torch::equal(run(std::make_shared<DropEveryLink>()), plain));
+}
+
 }  // namespace
 }  // namespace actmem

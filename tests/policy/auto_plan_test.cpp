@@ -320,9 +320,13 @@ class AutoPolicySteps {
     o.budget = [this]() -> std::optional<std::size_t> { return static_cast<std::size_t>(budget_); };
     policy_ = std::make_unique<AutoPolicy>(o);
   }
-  // Runs one step shaped like `profile`, starting at `start` allocated bytes; returns the actions.
-  std::vector<Action> step(const StepProfile& profile, std::int64_t start) {
+  // Runs one step shaped like `profile`, starting at `start` allocated bytes, as the hooks do: the
+  // whole profile only if the policy asks for it after the first decision, else a summary.
+  // Returns the actions; `detailed` says which it was.
+  std::vector<Action> step(const StepProfile& profile, std::int64_t start,
+                           bool* detailed = nullptr) {
     std::vector<Action> actions;
+    bool whole = true;
     for (const ProfiledTensor& t : profile.tensors) {
       SavedTensorInfo info;
       info.bytes = t.bytes;
@@ -330,8 +334,15 @@ class AutoPolicySteps {
       info.order = t.order;
       info.device_bytes = start;
       actions.push_back(policy_->decide(info));
+      if (t.order == 0) whole = policy_->profiles_step();
     }
-    policy_->end_step(profile);
+    StepProfile summary;
+    summary.detailed = false;
+    summary.step_ns = profile.step_ns;
+    summary.reserved_peak_bytes = profile.reserved_peak_bytes;
+    summary.evictions = profile.evictions;
+    policy_->end_step(whole ? profile : summary);
+    if (detailed != nullptr) *detailed = whole;
     return actions;
   }
   AutoPolicy& policy() { return *policy_; }
@@ -351,6 +362,30 @@ StepProfile two_segments(std::int64_t reserved) {
 int sent_out(const std::vector<Action>& actions) {
   return static_cast<int>(
       std::count_if(actions.begin(), actions.end(), [](Action a) { return a != Action::kKeep; }));
+}
+
+// Two shapes with the same first pack, taking turns: the first step of the second looked like the
+// first shape's at its first pack and got a summary; from then on steps starting so are profiled
+// whole, and the second shape gets its plan.
+TEST(AutoPolicyFeedback, AShapeThatStartsLikeAnotherIsStillProfiled) {
+  AutoPolicySteps steps(1024 * kMiB);
+  const StepProfile a = two_segments(75 * kMiB);
+  const StepProfile b =
+      ProfileBuilder(10 * kMiB).segment("a", 1, 10, 1).segment("c", 3, 5, 1).backward();
+  ASSERT_EQ(a.tensors[0].bytes, b.tensors[0].bytes);
+  ASSERT_NE(a.signature(), b.signature());
+  bool detailed = false;
+  steps.step(a, 10 * kMiB, &detailed);
+  EXPECT_TRUE(detailed) << "a new shape";
+  steps.step(a, 10 * kMiB, &detailed);
+  EXPECT_FALSE(detailed) << "a's plan is followed";
+  const int plans = steps.policy().plans_made();
+  steps.step(b, 10 * kMiB, &detailed);
+  EXPECT_FALSE(detailed) << "at its first pack b looked like a";
+  steps.step(a, 10 * kMiB);
+  steps.step(b, 10 * kMiB, &detailed);
+  EXPECT_TRUE(detailed) << "b's first pack is known to be ambiguous now";
+  EXPECT_GT(steps.policy().plans_made(), plans) << "b got its plan";
 }
 
 TEST(AutoPolicyFeedback, ProfilesUnderABudgetBySendingOutThenFollowsAndRefinesItsPlan) {
