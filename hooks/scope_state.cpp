@@ -177,7 +177,7 @@ void ScopeState::record_pack(const std::shared_ptr<SavedEntry>& entry, const Sav
   t.segment = info.segment;
   step_storages_.emplace_back();
   if (tensor.has_storage()) {  // sparse and opaque tensors have none: they never count as freeable
-    t.storage = reinterpret_cast<std::uintptr_t>(tensor.storage().unsafeGetStorageImpl());
+    t.storage = storage_id(tensor);
     t.storage_bytes = static_cast<std::int64_t>(tensor.storage().nbytes());
     step_storages_.back() = tensor.storage().getWeakStorageImpl();
   }

@@ -35,6 +35,12 @@ inline std::int64_t elapsed_ns(std::chrono::steady_clock::time_point start) {
       .count();
 }
 
+// The id a profile gives a tensor's storage (ProfiledTensor::storage, ProfiledSegment's links):
+// its address. The tensor must have a storage.
+inline std::uint64_t storage_id(const at::Tensor& tensor) {
+  return reinterpret_cast<std::uintptr_t>(tensor.storage().unsafeGetStorageImpl());
+}
+
 // One saved tensor under a scope, shared by its hooks object and, while kept, the eviction list.
 // The mutex guards action, kept and offloaded: eviction may turn a kept tensor into an offloaded
 // one while autograd still holds it.

@@ -289,10 +289,7 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
       link.producer = last->name;
       link.position = frame->chain_position;
       link.bytes = input.has_storage() ? static_cast<std::int64_t>(input.storage().nbytes()) : 0;
-      if (input.has_storage()) {
-        link_storages.push_back(
-            reinterpret_cast<std::uintptr_t>(input.storage().unsafeGetStorageImpl()));
-      }
+      if (input.has_storage()) link_storages.push_back(detail::storage_id(input));
       if (scope->policy().drops_input(link)) {
         dropped_link = true;
         frame->links[i] = detail::SegmentFrame::Link{last, *output};
