@@ -96,7 +96,26 @@ std::string ProcessAllocators::stats_json() {
             "\":" + to_json(allocator->stats(), allocator->backend().name());
     first = false;
   }
-  return json + "}}";
+  json += "}";
+  std::vector<std::pair<std::string, std::function<std::string()>>> sections;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    sections = sections_;
+  }
+  for (const auto& [name, value] : sections) json += ",\"" + name + "\":" + value();
+  return json + "}";
+}
+
+void ProcessAllocators::set_stats_section(const std::string& name,
+                                          std::function<std::string()> json) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (auto& section : sections_) {
+    if (section.first == name) {
+      section.second = std::move(json);
+      return;
+    }
+  }
+  sections_.emplace_back(name, std::move(json));
 }
 
 void ProcessAllocators::empty_cache() {

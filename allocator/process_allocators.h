@@ -8,9 +8,12 @@
 
 #include <array>
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "allocator/caching_allocator.h"
 #include "allocator/config.h"
@@ -35,8 +38,14 @@ class ProcessAllocators {
   // Which backend the allocators use, once resolved ("host" or "cuda").
   BackendKind backend_kind();
 
-  // {"devices":{"0":{...stats...}}} for every device created so far.
+  // {"devices":{"0":{...stats...}}} for every device created so far, followed by each section
+  // added: {"devices":{...},"NAME":VALUE,...}.
   std::string stats_json();
+  // A section of stats_json() (and so of the ACTMEM_STATS file written at exit) that the allocator
+  // does not own: `json` returns its value, a JSON value, whenever the stats are written. Added
+  // again under the same name, it replaces the earlier one. (The Python package adds the
+  // activations' statistics.)
+  void set_stats_section(const std::string& name, std::function<std::string()> json);
   void empty_cache();
 
   // Writes the stats and trace files that the configuration names.
@@ -47,7 +56,8 @@ class ProcessAllocators {
   std::unique_ptr<CachingAllocator> make_allocator(int device);
 
   ProcessConfig config_;
-  std::mutex mutex_;  // guards creation
+  std::mutex mutex_;  // guards creation and sections_
+  std::vector<std::pair<std::string, std::function<std::string()>>> sections_;
   std::once_flag backend_resolved_;
   BackendKind backend_ = BackendKind::kAuto;
   std::array<std::atomic<CachingAllocator*>, kMaxDevices> allocators_{};

@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -38,6 +39,9 @@ struct ActivationStats {
   std::int64_t bytes_dropped = 0;
   std::int64_t steps = 0;  // forward-and-backward passes seen
 };
+
+// The counters as one JSON object, keys as the fields are named ("transfers" nested).
+std::string to_json(const ActivationStats& stats);
 
 struct ScopeOptions {
   std::size_t offload_min_bytes = 64 * 1024;  // smaller tensors are kept
@@ -85,6 +89,8 @@ class ActivationScope {
   ActivationScope& operator=(const ActivationScope&) = delete;
 
   ActivationStats stats() const;
+  // stats(), readable after the scope is gone (the function shares the scope's state).
+  std::function<ActivationStats()> stats_source() const;
   HostStore& host_store();
 
   // While a Pause lives, the scope is not active on this thread (the scope that was active when it

@@ -23,17 +23,13 @@ ForwardContext::ForwardContext()
       cuda_(Autocast::of(c10::DeviceType::CUDA)),
       grad_(c10::GradMode::is_enabled()) {}
 
-void ForwardContext::add_module(torch::nn::Module* module) {
-  if (module == nullptr || std::find(modules_.begin(), modules_.end(), module) != modules_.end()) {
-    return;
+void ForwardContext::add_module(std::shared_ptr<SegmentModule> module) {
+  if (!module) return;
+  for (const auto& added : modules_) {
+    if (added->identity() == module->identity()) return;
   }
-  modules_.push_back(module);
-  // Pre-order, each module after those above it: setting them in this order leaves each with its
-  // own flag, although train() recurses into submodules.
-  training_.emplace_back(module, module->is_training());
-  for (const std::shared_ptr<torch::nn::Module>& m : module->modules(/*include_self=*/false)) {
-    training_.emplace_back(m.get(), m->is_training());
-  }
+  training_.push_back(module->training_flags());
+  modules_.push_back(std::move(module));
 }
 
 void ForwardContext::capture_generator() { rng_start_ = RngState::capture(); }
@@ -51,7 +47,7 @@ ForwardContext::Rerun::Rerun(const ForwardContext& context)
   {
     at::NoGradGuard no_grad;
     std::unordered_set<const c10::TensorImpl*> seen;
-    for (torch::nn::Module* module : context_.modules_) {
+    for (const auto& module : context_.modules_) {
       for (const at::Tensor& buffer : module->buffers()) {
         if (seen.insert(buffer.unsafeGetTensorImpl()).second) {
           buffers_before_.emplace_back(buffer, buffer.clone());
@@ -59,10 +55,10 @@ ForwardContext::Rerun::Rerun(const ForwardContext& context)
       }
     }
   }
-  for (const auto& [module, training] : context_.training_) {
-    training_before_.push_back(module->is_training());
+  for (const auto& module : context_.modules_) training_before_.push_back(module->training_flags());
+  for (std::size_t i = 0; i < context_.modules_.size(); ++i) {
+    context_.modules_[i]->set_training_flags(context_.training_[i]);
   }
-  for (const auto& [module, training] : context_.training_) module->train(training);
   if (context_.rng_end_) {
     rng_before_ = RngState::capture();
     context_.rng_start_->restore();
@@ -92,8 +88,9 @@ ForwardContext::Rerun::~Rerun() {
   cuda_before_.apply(c10::DeviceType::CUDA);
   cpu_before_.apply(c10::DeviceType::CPU);
   if (rng_before_) rng_before_->restore();
-  std::size_t i = 0;
-  for (const auto& entry : context_.training_) entry.first->train(training_before_[i++]);
+  for (std::size_t i = 0; i < context_.modules_.size(); ++i) {
+    context_.modules_[i]->set_training_flags(training_before_[i]);
+  }
   at::NoGradGuard no_grad;
   // Through variable_data(), which has a version counter of its own: the forward saved some
   // buffers (BatchNorm's running stats) for backward, and putting back the values they had must

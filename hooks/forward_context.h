@@ -10,7 +10,8 @@
 #pragma once
 
 #include <c10/core/ScalarType.h>
-#include <torch/nn/module.h>
+
+#include <memory>
 
 #include <optional>
 #include <string>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "hooks/rng_state.h"
+#include "hooks/segment_module.h"
 
 namespace actmem::detail {
 
@@ -38,8 +40,8 @@ class ForwardContext {
   void capture_generator();
 
   // A module whose training flag (and its submodules') the rerun must see as now, and whose
-  // buffers it must leave as it finds them. Modules already added are skipped.
-  void add_module(torch::nn::Module* module);
+  // buffers it must leave as it finds them. Null, and modules already added, are skipped.
+  void add_module(std::shared_ptr<SegmentModule> module);
 
   // The forward has ended: `drew` says whether it drew random numbers. When it did, captures the
   // generator's state then, to check the rerun against (capture_generator must have run).
@@ -67,7 +69,7 @@ class ForwardContext {
     Autocast cpu_before_, cuda_before_;
     bool cache_before_;
     bool grad_before_;
-    std::vector<bool> training_before_;
+    std::vector<std::vector<bool>> training_before_;  // by module
     // Each buffer of the modules, once (nested modules share theirs), with its value now.
     std::vector<std::pair<at::Tensor, at::Tensor>> buffers_before_;
   };
@@ -77,9 +79,8 @@ class ForwardContext {
   std::optional<RngState> rng_end_;    // set when the forward drew
   Autocast cpu_, cuda_;
   bool grad_ = true;
-  std::vector<torch::nn::Module*> modules_;
-  // Each module and submodule of modules_, with its training flag when it was added.
-  std::vector<std::pair<torch::nn::Module*, bool>> training_;
+  std::vector<std::shared_ptr<SegmentModule>> modules_;
+  std::vector<std::vector<bool>> training_;  // each module's flags when it was added
 };
 
 }  // namespace actmem::detail

@@ -16,14 +16,20 @@ namespace actmem {
 namespace {
 
 std::mutex g_install_mutex;
-std::atomic<bool> g_installed{false};
-c10::DeviceType g_device = c10::DeviceType::CPU;  // written once, before g_installed
+std::atomic<bool> g_allocator_installed{false};
+std::atomic<bool> g_installed{false};  // the allocator and the engine
+c10::DeviceType g_device = c10::DeviceType::CPU;  // written once, before g_allocator_installed
 DeviceAllocator* g_cpu_allocator = nullptr;       // the CPU adapter, when the device is the CPU
 
+// Asked once: a process does not become a Python one later in any way actmem supports.
 bool inside_python() {
-  using PyIsInitialized = int (*)();
-  auto* is_initialized = reinterpret_cast<PyIsInitialized>(dlsym(RTLD_DEFAULT, "Py_IsInitialized"));
-  return is_initialized != nullptr && is_initialized() != 0;
+  static const bool python = [] {
+    using PyIsInitialized = int (*)();
+    auto* is_initialized =
+        reinterpret_cast<PyIsInitialized>(dlsym(RTLD_DEFAULT, "Py_IsInitialized"));
+    return is_initialized != nullptr && is_initialized() != 0;
+  }();
+  return python;
 }
 
 }  // namespace
@@ -37,15 +43,10 @@ ActmemEngine& ActmemEngine::instance() {
 
 DeviceAllocator* installed_device_allocator() { return g_cpu_allocator; }
 
-void install() {
-  if (g_installed.load(std::memory_order_acquire)) return;
-  if (inside_python()) {
-    throw std::runtime_error(
-        "actmem: install() inside a Python process would replace PyTorch's autograd engine; use "
-        "the pluggable allocator (libactmem_alloc.so) from Python instead");
-  }
+void install_allocator() {
+  if (g_allocator_installed.load(std::memory_order_acquire)) return;
   std::lock_guard<std::mutex> lock(g_install_mutex);
-  if (g_installed.load(std::memory_order_relaxed)) return;
+  if (g_allocator_installed.load(std::memory_order_relaxed)) return;
   // Reads the environment: a malformed variable throws here, and nothing is installed yet.
   alloc::ProcessAllocators& process = alloc::ProcessAllocators::instance();
   if (process.backend_kind() == alloc::BackendKind::kCuda) {
@@ -58,6 +59,22 @@ void install() {
     g_cpu_allocator = adapter;
     g_device = c10::DeviceType::CPU;
   }
+  g_allocator_installed.store(true, std::memory_order_release);
+}
+
+bool allocator_installed() { return g_allocator_installed.load(std::memory_order_acquire); }
+
+void install() {
+  if (g_installed.load(std::memory_order_acquire)) return;
+  if (inside_python()) {
+    throw std::runtime_error(
+        "actmem: install() inside a Python process would replace PyTorch's autograd engine; use "
+        "the actmem Python package (import actmem; actmem.enable(), or python -m actmem SCRIPT) "
+        "or the pluggable allocator (libactmem_alloc.so) instead");
+  }
+  install_allocator();
+  std::lock_guard<std::mutex> lock(g_install_mutex);
+  if (g_installed.load(std::memory_order_relaxed)) return;
   torch::autograd::set_default_engine_stub(
       []() -> torch::autograd::Engine& { return detail::ActmemEngine::instance(); });
   g_installed.store(true, std::memory_order_release);
@@ -65,13 +82,24 @@ void install() {
 
 bool installed() { return g_installed.load(std::memory_order_acquire); }
 
+namespace {
+void install_what_is_missing() {
+  if (g_installed.load(std::memory_order_acquire)) return;
+  if (inside_python()) {
+    install_allocator();
+  } else {
+    install();
+  }
+}
+}  // namespace
+
 c10::DeviceType managed_device() {
-  install();
+  install_what_is_missing();
   return g_device;
 }
 
 alloc::CachingAllocator& device_memory() {
-  install();
+  install_what_is_missing();
   if (g_device == c10::DeviceType::CUDA) return detail::current_cuda_memory();
   return g_cpu_allocator->caching_allocator();
 }

@@ -26,11 +26,21 @@ void install();
 // True once install() succeeded.
 bool installed();
 
-// The device whose memory actmem manages: kCUDA or kCPU. Calls install() if needed.
+// The allocator half of install(), for a process whose autograd engine must stay PyTorch's own (a
+// Python process: actmem's hooks then reach autograd through PyTorch's default saved-tensor hooks,
+// python/): installs actmem's caching allocator for the managed device as install() does, and no
+// engine. Idempotent and thread-safe; throws as install() does, except inside Python.
+void install_allocator();
+
+// True once install_allocator() or install() succeeded.
+bool allocator_installed();
+
+// The device whose memory actmem manages: kCUDA or kCPU. Installs what is missing first:
+// install() outside Python, install_allocator() inside.
 c10::DeviceType managed_device();
 
-// The caching allocator of the managed device (the current CUDA device's, on CUDA). Calls
-// install() if needed.
+// The caching allocator of the managed device (the current CUDA device's, on CUDA). Installs what
+// is missing first, as managed_device() does.
 alloc::CachingAllocator& device_memory();
 
 }  // namespace actmem

@@ -160,6 +160,8 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
       check_recomputed(tensor);
     }
     scope_->record_unpack(*entry_);
+    // PyTorch's own engine (Python) does not say when a backward returns; actmem's does.
+    if (!installed()) scope_->end_step_with_backward(entry_->step);
     scope_->count([](ActivationStats& s) { ++s.unpacked; });
     return tensor;
   }
@@ -320,6 +322,10 @@ ActivationScope::~ActivationScope() {
 }
 
 ActivationStats ActivationScope::stats() const { return state_->stats(); }
+
+std::function<ActivationStats()> ActivationScope::stats_source() const {
+  return [state = state_] { return state->stats(); };
+}
 
 HostStore& ActivationScope::host_store() { return state_->host(); }
 

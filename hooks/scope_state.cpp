@@ -1,6 +1,7 @@
 #include "hooks/scope_state.h"
 
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/engine.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -270,6 +271,7 @@ void ScopeState::link_segment(std::uint64_t id, const std::string& producer,
 void ScopeState::abort_step() {
   {
     std::lock_guard<std::mutex> lock(step_mutex_);
+    if (in_step_) steps_ended_.fetch_add(1, std::memory_order_acq_rel);
     in_step_ = false;
     profile_ = StepProfile{};
     step_storages_.clear();
@@ -280,14 +282,34 @@ void ScopeState::abort_step() {
   if (timer_) timer_->collect();  // the step's times are worth nothing either
 }
 
-void ScopeState::end_step() {
+void ScopeState::end_step_with_backward(std::uint64_t step) {
+  {
+    std::lock_guard<std::mutex> lock(step_mutex_);
+    if (!in_step_ || step != step_ || end_queued_for_ == step) return;
+    end_queued_for_ = step;
+  }
+  std::weak_ptr<ScopeState> weak = weak_from_this();
+  try {
+    torch::autograd::Engine::get_default_engine().queue_callback([weak, step] {
+      if (const std::shared_ptr<ScopeState> scope = weak.lock()) scope->end_step(step);
+    });
+  } catch (const c10::Error&) {
+    // Not inside a backward (the engine has no graph task on this thread): nothing ends.
+    std::lock_guard<std::mutex> lock(step_mutex_);
+    if (end_queued_for_ == step) end_queued_for_ = 0;
+  }
+}
+
+void ScopeState::end_step(std::optional<std::uint64_t> only) {
   StepProfile profile;
   std::vector<std::pair<std::uint64_t, std::string>> segments;
   std::map<std::uint64_t, Link> links;
   {
     std::lock_guard<std::mutex> lock(step_mutex_);
     if (!in_step_) return;  // a backward with nothing saved under this scope
+    if (only && *only != step_) return;
     in_step_ = false;
+    steps_ended_.fetch_add(1, std::memory_order_acq_rel);
     step_storages_.clear();
     if (policy_->wants_profile()) {
       profile_.step_ns = elapsed_ns(step_start_);

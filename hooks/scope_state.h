@@ -67,7 +67,7 @@ struct SavedEntry {
   std::int64_t profile_index = -1;  // its row in that step's profile, -1 when not recorded
 };
 
-class ScopeState {
+class ScopeState : public std::enable_shared_from_this<ScopeState> {
  public:
   ScopeState(std::shared_ptr<Policy> policy, ScopeOptions options);
   ~ScopeState();  // stops the allocator's trace if it started it
@@ -106,7 +106,17 @@ class ScopeState {
   void link_segment(std::uint64_t id, const std::string& producer,
                     std::vector<std::uint64_t> storages, bool dropped);
   // The outermost backward returned: the step is over; its profile goes to the policy.
-  void end_step();
+  // `only`: if the step in progress is that one (a callback queued by end_step_with_backward).
+  void end_step(std::optional<std::uint64_t> only = std::nullopt);
+  // For an autograd engine actmem did not install (PyTorch's own, in a Python process), which
+  // tells actmem nothing when a backward returns: an unpack of a tensor packed in step `step`.
+  // When that is the step in progress, it ends when the backward running this unpack returns,
+  // through a callback queued on the engine (once per step). Outside a backward (a saved tensor
+  // read from Python) nothing is queued. A backward that throws runs no callback: its step goes on
+  // until its tensors are gone (begin_pack) or a later backward ends it.
+  void end_step_with_backward(std::uint64_t step);
+  // How many steps ended or were aborted: a segment links only to one of the same step.
+  std::uint64_t steps_ended() const { return steps_ended_.load(std::memory_order_acquire); }
   // The backward threw: the step is over, and its profile is worth nothing.
   void abort_step();
 
@@ -146,6 +156,7 @@ class ScopeState {
   ActivationStats stats_;
 
   std::atomic<double> copy_bytes_per_second_{0};
+  std::atomic<std::uint64_t> steps_ended_{0};
 
   // Times segments for the profile: CUPTI when the device is CUDA and CUPTI answers, else clocks.
   // Null when the policy wants no profile.
@@ -156,6 +167,7 @@ class ScopeState {
   std::mutex step_mutex_;  // everything below
   bool in_step_ = false;
   std::uint64_t step_ = 0;
+  std::uint64_t end_queued_for_ = 0;  // the step end_step_with_backward queued an end for
   std::int64_t next_order_ = 0;
   std::chrono::steady_clock::time_point step_start_;
   StepProfile profile_;

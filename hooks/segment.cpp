@@ -43,6 +43,7 @@ class Taking {
 // chain. The weak references keep the addresses from being reused while they are compared.
 struct LastSegment {
   std::weak_ptr<SegmentFrame> frame;
+  std::uint64_t steps_ended = 0;  // its scope's count when it ended: a link stays within a step
   std::vector<std::pair<c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>,
                         std::int64_t>>
       outputs;  // with its version when the segment returned it
@@ -59,9 +60,6 @@ std::optional<std::size_t> last_output(const at::Tensor& input) {
   }
   return std::nullopt;
 }
-
-// Thrown by capture() once the rerun produced every tensor it must: stops the rerun early.
-struct StopRerun {};
 
 // The rerun's thread-local state: hooks that capture what it saves, and no forward frame (a
 // segment called inside the rerun just runs). Undone however the rerun ends.
@@ -256,24 +254,33 @@ at::Tensor SegmentFrame::output_for_chain(std::size_t index) {
 
 TensorList segment(const std::string& name, const SegmentFn& fn, const TensorList& inputs,
                    torch::nn::Module* module) {
+  // The adapter is made only where a frame keeps it.
+  const std::shared_ptr<detail::ScopeState>& scope = detail::active_scope();
+  if (!scope || detail::capturing_frame() != nullptr) return fn(inputs);
+  return segment(name, fn, inputs, torch_segment_module(module));
+}
+
+TensorList segment(const std::string& name, const SegmentFn& fn, const TensorList& inputs,
+                   std::shared_ptr<SegmentModule> module) {
   const std::shared_ptr<detail::ScopeState>& scope = detail::active_scope();
   // Outside a scope or inside a rerun: just run it. Inside another segment's forward: flattened
   // into it, which restores this one's module too when it reruns.
   if (!scope || detail::capturing_frame() != nullptr) return fn(inputs);
   if (const std::shared_ptr<detail::SegmentFrame>& outer = detail::forward_frame()) {
-    outer->context.add_module(module);
+    outer->context.add_module(std::move(module));
     return fn(inputs);
   }
   auto frame = std::make_shared<detail::SegmentFrame>();
   frame->name = name;
   frame->fn = fn;
-  frame->context.add_module(module);
+  frame->context.add_module(std::move(module));
   frame->scope = scope;
   frame->links.resize(inputs.size());
   // A policy that never reruns has no use for links: the last segment is forgotten.
   const std::shared_ptr<detail::SegmentFrame> last =
       scope->policy().may_recompute() ? detail::t_last_segment.frame.lock() : nullptr;
-  const bool linked = last && last->scope == scope;
+  const bool linked = last && last->scope == scope &&
+                      detail::t_last_segment.steps_ended == scope->steps_ended();
   std::vector<std::uint64_t> link_storages;  // for the profile
   bool dropped_link = false;
   for (std::size_t i = 0; i < inputs.size(); ++i) {
@@ -334,6 +341,7 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
   frame->forward_ns = detail::elapsed_ns(start);
   scope->settle(*frame);
   detail::t_last_segment.frame = frame;
+  detail::t_last_segment.steps_ended = scope->steps_ended();
   detail::t_last_segment.outputs.clear();
   for (const at::Tensor& output : outputs) {
     detail::t_last_segment.outputs.emplace_back(output.getIntrusivePtr(), output._version());

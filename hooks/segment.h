@@ -41,6 +41,8 @@
 #include <string>
 #include <vector>
 
+#include "hooks/segment_module.h"
+
 namespace actmem {
 
 using TensorList = std::vector<at::Tensor>;
@@ -48,6 +50,9 @@ using SegmentFn = std::function<TensorList(const TensorList& inputs)>;
 
 TensorList segment(const std::string& name, const SegmentFn& fn, const TensorList& inputs,
                    torch::nn::Module* module = nullptr);
+// The same for any module behind the SegmentModule interface (a Python one, from python/).
+TensorList segment(const std::string& name, const SegmentFn& fn, const TensorList& inputs,
+                   std::shared_ptr<SegmentModule> module);
 
 // The common case of one input and one output: `x = segment("layer1.0", *block, fn, x)`.
 at::Tensor segment(const std::string& name, torch::nn::Module& module,

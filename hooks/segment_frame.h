@@ -15,6 +15,11 @@
 
 namespace actmem::detail {
 
+// Thrown by SegmentFrame::capture once the rerun produced every tensor it must: it stops the rerun
+// early, through the segment's function. Code in between that is not C++ (a Python forward, in
+// python/) must carry it across and throw it again.
+struct StopRerun {};
+
 struct SegmentFrame {
   std::string name;
   SegmentFn fn;

@@ -2,7 +2,7 @@
 # Sourced, not run.
 
 # LibTorch is not among them: it comes from PyPI (actmem_install_torch).
-ACTMEM_PACKAGES=(cmake ninja-build clang g++ libgtest-dev libbenchmark-dev python3 python3-venv)
+ACTMEM_PACKAGES=(cmake ninja-build clang g++ libgtest-dev libbenchmark-dev python3 python3-venv python3-dev)
 
 # The LibTorch every build uses: PyTorch's own wheel from PyPI (a CUDA build, the same as the GPU
 # machine's), in a virtual environment of the project's own. CMake finds it there

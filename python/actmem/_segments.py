@@ -1,0 +1,139 @@
+"""Which modules of an unmodified model become segments, and running them as segments.
+
+A model's modules are named (``named_modules()``) the first time its outermost module is called;
+those the rule picks get a ``forward`` of their own (``SegmentForward``) that runs the class's
+forward through ``_C.segment``. The rule:
+
+- ``ACTMEM_SEGMENTS`` set: a regular expression that must match a module's whole qualified name,
+  or a dotted tail of it (``layer\\d\\.\\d+`` matches ``layer1.0`` and, under DDP,
+  ``module.layer1.0``);
+- unset: the repeated blocks of ``nn.Sequential`` and ``nn.ModuleList`` containers, that is each
+  child of such a container that has children of its own and whose class at least one sibling
+  shares (ResNet's ``layer1.0``, a transformer's ``layers.3``).
+
+Only the outermost of nested matches is a segment (the library flattens nested segments into one
+anyway), and the outermost module itself never is."""
+
+import collections
+import copy
+import re
+import sys
+import warnings
+import weakref
+from typing import Iterable, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from . import _C, _tree
+
+
+class SegmentForward:
+    """A module's ``forward`` run as the actmem segment ``name``: the tensors among its arguments
+    are the segment's inputs, those in its result its outputs. Set as the module's ``forward``
+    attribute; copied (``copy.deepcopy``) and pickled with its module."""
+
+    def __init__(self, name: str, module: nn.Module):
+        self.name = name
+        self.module = module
+
+    def __call__(self, *args, **kwargs):
+        module = self.module
+        forward = type(module).forward
+        inputs, rebuild_arguments = _tree.flatten((args, kwargs))
+        rebuild_result = []
+
+        def run(tensors):
+            call_args, call_kwargs = rebuild_arguments(tensors)
+            outputs, rebuild = _tree.flatten(forward(module, *call_args, **call_kwargs))
+            if not rebuild_result:  # the forward's; a rerun's result is not returned
+                rebuild_result.append(rebuild)
+            return outputs
+
+        outputs = _C.segment(self.name, run, inputs, module)
+        return rebuild_result[0](outputs)
+
+    def __deepcopy__(self, memo):
+        return SegmentForward(self.name, copy.deepcopy(self.module, memo))
+
+    def __reduce__(self):
+        return (SegmentForward, (self.name, self.module))
+
+    def __repr__(self):
+        return f"actmem.SegmentForward({self.name!r})"
+
+
+def make_segment(module: nn.Module, name: str) -> bool:
+    """Makes ``module`` the segment ``name``; False if it is one already."""
+    if isinstance(module.__dict__.get("forward"), SegmentForward):
+        return False
+    module.forward = SegmentForward(name, module)
+    return True
+
+
+def _matches(pattern: re.Pattern, name: str) -> bool:
+    parts = name.split(".")
+    return any(pattern.fullmatch(".".join(parts[i:])) for i in range(len(parts)))
+
+
+def _repeated_blocks(modules: List[Tuple[str, nn.Module]]) -> Iterable[str]:
+    for name, module in modules:
+        if not isinstance(module, (nn.Sequential, nn.ModuleList)):
+            continue
+        children = list(module.named_children())
+        classes = collections.Counter(type(child) for _, child in children)
+        for child_name, child in children:
+            if classes[type(child)] >= 2 and next(child.children(), None) is not None:
+                yield f"{name}.{child_name}" if name else child_name
+
+
+def choose(root: nn.Module, pattern: Optional[re.Pattern]) -> List[Tuple[str, nn.Module]]:
+    """The modules of ``root`` that the rule makes segments, outermost only, in model order."""
+    modules = list(root.named_modules())
+    if pattern is not None:
+        candidates = {name for name, _ in modules if name and _matches(pattern, name)}
+    else:
+        candidates = set(_repeated_blocks(modules))
+    chosen: List[Tuple[str, nn.Module]] = []
+    for name, module in modules:
+        if name not in candidates:
+            continue
+        if any(name.startswith(outer + ".") for outer, _ in chosen):
+            continue
+        chosen.append((name, module))
+    return chosen
+
+
+class Segmenter:
+    """A global forward pre-hook: names each model's modules at its first call and makes the
+    chosen ones segments. A model none of whose modules the rule picks gets a warning that names
+    the modules it has."""
+
+    def __init__(self, pattern: Optional[re.Pattern], source: str):
+        self.pattern = pattern
+        self.source = source  # how the rule was set, for the warning
+        self._named = weakref.WeakSet()
+        self.segments: List[str] = []
+
+    def __call__(self, module: nn.Module, args) -> None:
+        if module in self._named:
+            return None
+        modules = list(module.named_modules())
+        for _, m in modules:
+            self._named.add(m)
+        if len(modules) == 1:
+            return None  # a layer called on its own (a loss): nothing to choose from
+        chosen = choose(module, self.pattern)
+        for name, m in chosen:
+            if make_segment(m, name):
+                self.segments.append(name)
+        if not chosen:
+            shown = [name for name, _ in modules[1:13]]
+            more = f" and {len(modules) - 13} more" if len(modules) > 13 else ""
+            warnings.warn(
+                f"actmem: {self.source} picks no module of {type(module).__name__} as a segment, "
+                f"so none of its activations can be recomputed; its modules are "
+                f"{', '.join(shown)}{more}",
+                stacklevel=2,
+            )
+        return None

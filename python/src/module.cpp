@@ -1,0 +1,96 @@
+// actmem._C: the Python package's C++ half. It reuses hooks/ and policy/ as the C++ library does;
+// only the route into autograd differs (PyTorch's default saved-tensor hooks instead of an engine
+// of actmem's, see saved_tensor_packing.h).
+#include <torch/csrc/utils/pybind.h>
+
+#include <cstdlib>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+#include "allocator/config.h"
+#include "allocator/process_allocators.h"
+#include "hooks/activation_scope.h"
+#include "hooks/install.h"
+#include "policy/policy_config.h"
+#include "python/src/python_errors.h"
+#include "python/src/python_segment.h"
+#include "python/src/saved_tensor_packing.h"
+
+namespace py = pybind11;
+
+namespace actmem::python {
+namespace {
+
+// The scope enable() made, active on the thread that made it; never destroyed at exit (its
+// thread-local state may be gone by then, and autograd may still hold what it packed).
+ActivationScope* g_scope = nullptr;
+std::thread::id g_scope_thread;
+
+using Overrides = std::map<std::string, std::string>;
+
+void enable(const Overrides& overrides) {
+  if (g_scope != nullptr) {
+    throw std::logic_error("actmem: enable() was called already; call disable() first");
+  }
+  for (const auto& [name, value] : overrides) {
+    if (name != "ACTMEM_POLICY" && name != "ACTMEM_BUDGET" && name != "ACTMEM_HOST_BUDGET" &&
+        name != "ACTMEM_LOG" && name != "ACTMEM_OFFLOAD_MIN_BYTES" &&
+        name != "ACTMEM_PREFETCH_WINDOW") {
+      throw std::invalid_argument("actmem: enable() cannot set " + name);
+    }
+  }
+  const auto getenv = [&overrides](const char* name) -> const char* {
+    const auto found = overrides.find(name);
+    return found != overrides.end() ? found->second.c_str() : std::getenv(name);
+  };
+  // Everything is read and checked before anything is installed.
+  const PolicyConfig config = PolicyConfig::from_environment(getenv);
+  std::optional<std::size_t> budget;
+  if (const auto found = overrides.find("ACTMEM_BUDGET"); found != overrides.end()) {
+    budget = alloc::parse_bytes(found->second, "ACTMEM_BUDGET");
+  }
+  alloc::ProcessAllocators::instance();  // the allocator's variables (ACTMEM_BUDGET, ...)
+  alloc::CachingAllocator& memory = device_memory();
+  if (budget) memory.set_budget(budget);
+  g_scope = new ActivationScope(make_device_policy(config), ScopeOptions::from(config));
+  g_scope_thread = std::this_thread::get_id();
+  alloc::ProcessAllocators::instance().set_stats_section(
+      "activations", [source = g_scope->stats_source()] { return to_json(source()); });
+}
+
+void disable() {
+  if (g_scope == nullptr) return;
+  if (std::this_thread::get_id() != g_scope_thread) {
+    throw std::logic_error("actmem: disable() must be called on the thread that called enable()");
+  }
+  delete g_scope;
+  g_scope = nullptr;
+}
+
+std::string device_name() {
+  return managed_device() == c10::DeviceType::CUDA ? "cuda" : "cpu";
+}
+
+}  // namespace
+}  // namespace actmem::python
+
+PYBIND11_MODULE(_C, m) {
+  using namespace actmem::python;
+  m.doc() = "actmem's C++ half: hooks, segments and policies for PyTorch's autograd";
+  register_errors(m);
+  m.add_object("pack", py::reinterpret_steal<py::object>(make_pack_function(m.ptr())));
+  m.add_object("unpack", py::reinterpret_steal<py::object>(make_unpack_function(m.ptr())));
+  m.def("enable", &enable, py::arg("overrides"),
+        "Installs actmem's allocator (if not yet) and makes a scope with the policy the "
+        "environment names, with `overrides` (ACTMEM_* name -> value) taking precedence, active "
+        "on this thread. Raises ValueError naming a malformed variable.");
+  m.def("disable", &disable, "Ends the scope enable() made (on the thread that made it).");
+  m.def("enabled", [] { return g_scope != nullptr; });
+  m.def("segment", &run_segment, py::arg("name"), py::arg("fn"), py::arg("inputs"),
+        py::arg("module"));
+  m.def("stats_json", [] { return actmem::alloc::ProcessAllocators::instance().stats_json(); },
+        "The allocator's statistics and, once enabled, the activations', as JSON.");
+  m.def("device", &device_name, "The device whose memory actmem manages: 'cuda' or 'cpu'.");
+}
