@@ -13,6 +13,7 @@ source scripts/setup.sh
 actmem_install_missing
 actmem_install_torch
 actmem_build release
+actmem_install_python_package release
 if [[ ${1:-} == --alloc ]]; then
   shift
   exec build/release/bench/alloc_bench "$@"

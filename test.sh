@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test: installs missing Debian packages and (once) torch into .venv/, builds, runs
-# ctest.
+# Runs every test: installs missing Debian packages and (once) torch into .venv/, builds, installs
+# the actmem Python package into .venv/, runs ctest (the GoogleTest suites and the pytest suite).
 #
 #   ./test.sh                     the release build, all tests
 #   ./test.sh --preset asan       another preset: release, debug, asan (address+undefined), tsan
@@ -22,4 +22,5 @@ fi
 actmem_install_missing
 actmem_install_torch
 actmem_build "$preset"
+actmem_install_python_package "$preset"
 ctest --preset "$preset" "$@"

@@ -18,7 +18,9 @@ PolicyConfig PolicyConfig::from_environment(const std::function<const char*(cons
     try {
       make_policy(policy);
     } catch (const std::invalid_argument& error) {
-      throw std::invalid_argument(std::string("ACTMEM_POLICY='") + policy + "': " + error.what());
+      std::string reason = error.what();
+      if (reason.rfind("actmem: ", 0) == 0) reason.erase(0, 8);
+      throw std::invalid_argument(std::string("actmem: ACTMEM_POLICY='") + policy + "': " + reason);
     }
     config.policy = policy;
   }

@@ -19,6 +19,9 @@
 #   torch      tests/gpu/pytorch_side_by_side.py: the four models at full size, plain,
 #              torch.utils.checkpoint and save_on_cpu, max batch under 8 GiB
 #                                                                    OUTDIR/side_by_side.log, torch_side_by_side.json
+#   python     tests/gpu/python_policies.py: the Python package's unmodified scripts on CUDA under
+#              python -m actmem (each policy) beside plain, checkpoint and save_on_cpu
+#                                                                    OUTDIR/python_policies.log, .json
 # Then OUTDIR/summary.txt: pass/fail per step and where each result went. Exit status 0 when every
 # step passed, 1 when one failed or was skipped, 2 on a usage error.
 #
@@ -71,14 +74,14 @@ ctest_jobs=${ACTMEM_CTEST_JOBS:-8}
 say() { printf 'gpu-check: %s\n' "$*" | tee -a "$out/gpu-check.log"; }
 
 # --- step bookkeeping -----------------------------------------------------------------------------
-order=(probe configure build test compare pluggable preload torch)
+order=(probe configure build test compare pluggable preload torch python)
 # Most seconds a step may take, and the least it is worth starting with. The time of the steps
 # still to come (their floors) is held back from each step's timeout, so a slow build cannot
 # leave no time for the Python steps.
 declare -A cap=([probe]=90 [configure]=150 [build]=330 [test]=180 [compare]=270
-  [pluggable]=90 [preload]=90 [torch]=240)
+  [pluggable]=90 [preload]=90 [torch]=240 [python]=150)
 declare -A floor=([probe]=20 [configure]=40 [build]=90 [test]=45 [compare]=60
-  [pluggable]=30 [preload]=30 [torch]=45)
+  [pluggable]=30 [preload]=30 [torch]=45 [python]=45)
 declare -A result=() note=() took=()
 
 # step_timeout NAME: prints the seconds NAME may run, or fails when too little time is left.
@@ -257,7 +260,8 @@ EOF
   [[ $deps =~ benchmark=(1|TRUE|ON|YES) ]] && have_bench=1
 
   args=(-S "$root" -B "$build" -G "$generator" -DCMAKE_BUILD_TYPE=Release
-    -DCMAKE_PREFIX_PATH="$torch_prefix" -DACTMEM_WERROR=OFF)
+    -DCMAKE_PREFIX_PATH="$torch_prefix" -DACTMEM_WERROR=OFF
+    -DACTMEM_PYTHON="$(command -v "$PY")")
   [[ -n $nvcc ]] && args+=(-DCMAKE_CUDA_COMPILER="$nvcc" -DCUDAToolkit_ROOT="$cuda_root")
   [[ -n $capability ]] && args+=(-DCMAKE_CUDA_ARCHITECTURES="${capability/./}")
   # LibTorch 2.5-2.7 looked for NVTX3 in the consuming project's own third_party/ unless told to
@@ -398,6 +402,17 @@ else
   fi
 fi
 
+# --- 9. python: the Python package's unmodified scripts on CUDA under each policy -----------------
+if [[ $torch_rc != 0 ]]; then
+  skip python "torch is not importable (probe)"
+elif ! compgen -G "$build/python/actmem/_C*.so" >/dev/null; then
+  skip python "the Python package (actmem._C) was not built (Python headers missing?)"
+else
+  TEE=1 run python "$out/python_policies.log" env PYTHONPATH="$build/python" "$PY" \
+    tests/gpu/python_policies.py --out "$out/python_policies.json"
+  finish python "$rc" "$(grep '^python policies:' "$out/python_policies.log" | tail -n 1 | cut -c1-200)" ""
+fi
+
 # --- summary --------------------------------------------------------------------------------------
 failed=0
 {
@@ -434,6 +449,8 @@ LD_PRELOAD test log|$out/preload.log
 LD_PRELOAD stats (ACTMEM_STATS)|$preload_stats
 PyTorch side-by-side log|$out/side_by_side.log
 PyTorch side-by-side records|$out/torch_side_by_side.json
+Python package on CUDA log|$out/python_policies.log
+Python package on CUDA records|$out/python_policies.json
 EOF
   [[ -n $archive ]] && echo "  all of the above but the build tree, as one file: $archive"
 } >"$out/summary.txt"

@@ -53,6 +53,23 @@ actmem_install_torch() {
   }
 }
 
+# Installs the Python package from build/PRESET into $ACTMEM_VENV (python/setup.py reuses that
+# build), with pytest for its tests; skipped for presets that do not build it (the sanitizers').
+actmem_install_python_package() {
+  local preset=$1 python=$ACTMEM_VENV/bin/python
+  [[ -d build/$preset/python/actmem ]] || return 0
+  "$python" -c 'import pytest' 2>/dev/null ||
+    "$python" -m pip install --quiet --disable-pip-version-check --progress-bar off pytest >&2 || {
+      echo "actmem: pip could not install pytest into $ACTMEM_VENV" >&2
+      return 1
+    }
+  ACTMEM_BUILD_DIR=build/$preset "$python" -m pip install --quiet --disable-pip-version-check \
+    --no-deps --force-reinstall ./python >&2 || {
+    echo "actmem: pip could not install the actmem package (python/) into $ACTMEM_VENV" >&2
+    return 1
+  }
+}
+
 # actmem_build PRESET: configures (once) and builds build/PRESET, quietly unless it fails.
 actmem_build() {
   local preset=$1 log

@@ -20,9 +20,13 @@ The environment variables (``ACTMEM_POLICY``, ``ACTMEM_BUDGET``, ``ACTMEM_HOST_B
 ``ACTMEM_LOG``, ``ACTMEM_SEGMENTS``, ``ACTMEM_STATS`` and the rest) are described in the README.
 """
 
+import atexit
 import json
 import os
 import re
+import threading
+import time
+import weakref
 from typing import Optional, Union
 
 import torch  # loads LibTorch, which _C links against
@@ -84,11 +88,14 @@ def enable(
         if value is not None:
             overrides[name] = str(value)
     _C.enable(overrides)
-    hooks = torch.autograd.graph.saved_tensors_hooks(_C.pack, _C.unpack)
+    pack, unpack = _C.make_hooks()
+    hooks = torch.autograd.graph.saved_tensors_hooks(pack, unpack)
     hooks.__enter__()
+    global _hooks_in_use
+    _hooks_in_use = weakref.ref(pack)
     segmenter = Segmenter(pattern, source)
     handle = torch.nn.modules.module.register_module_forward_pre_hook(segmenter)
-    _state = (hooks, handle, segmenter)
+    _state = (hooks, handle, segmenter, threading.get_ident())
 
 
 def disable() -> None:
@@ -97,11 +104,37 @@ def disable() -> None:
     global _state
     if _state is None:
         return
-    hooks, handle, _ = _state
+    hooks, handle, _, thread = _state
+    if threading.get_ident() != thread:
+        raise RuntimeError("actmem: disable() must be called on the thread that called enable()")
     handle.remove()
     hooks.__exit__(None, None, None)
     _C.disable()
     _state = None
+
+
+# Note [Hooks held by other threads at exit]
+# PyTorch copies the thread-local state, the default saved-tensor hooks included, into work it
+# hands to other threads: autograd's, and gloo's AsyncWork under DistributedDataParallel. The last
+# copy may be released by such a thread after the interpreter began to finalize; releasing a Python
+# object takes the GIL, which then ends the thread through pthread_exit, and that unwinding through
+# C++ code kills the process (std::terminate, exit status -6) after the script succeeded. So at
+# exit, before finalization, actmem pops its hooks and waits (at most 2 s) until no copy of them is
+# left anywhere. (Found with 2-process gloo DDP runs: about 1 in 8 died so.)
+_hooks_in_use = None  # a weak reference to the pack hook enable() pushed
+
+
+@atexit.register
+def _release_hooks_at_exit() -> None:
+    global _hooks_in_use
+    if _state is not None and _state[3] == threading.get_ident():
+        disable()
+    deadline = time.monotonic() + 2.0
+    while _hooks_in_use is not None and _hooks_in_use() is not None:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.001)  # lets the thread holding the last copy take the GIL
+    _hooks_in_use = None
 
 
 def enabled() -> bool:

@@ -134,6 +134,6 @@ class Segmenter:
                 f"actmem: {self.source} picks no module of {type(module).__name__} as a segment, "
                 f"so none of its activations can be recomputed; its modules are "
                 f"{', '.join(shown)}{more}",
-                stacklevel=2,
+                stacklevel=4,  # past Module._call_impl: the line that called the model
             )
         return None

@@ -80,8 +80,15 @@ PYBIND11_MODULE(_C, m) {
   using namespace actmem::python;
   m.doc() = "actmem's C++ half: hooks, segments and policies for PyTorch's autograd";
   register_errors(m);
-  m.add_object("pack", py::reinterpret_steal<py::object>(make_pack_function(m.ptr())));
-  m.add_object("unpack", py::reinterpret_steal<py::object>(make_unpack_function(m.ptr())));
+  m.def(
+      "make_hooks",
+      [m]() {
+        return py::make_tuple(py::reinterpret_steal<py::object>(make_pack_function(m.ptr())),
+                              py::reinterpret_steal<py::object>(make_unpack_function(m.ptr())));
+      },
+      "(pack, unpack): new function objects of actmem's pack and unpack hooks, for "
+      "torch.autograd.graph.saved_tensors_hooks; their own objects, so that whoever holds one "
+      "can be waited for (actmem.__init__'s exit handler).");
   m.def("enable", &enable, py::arg("overrides"),
         "Installs actmem's allocator (if not yet) and makes a scope with the policy the "
         "environment names, with `overrides` (ACTMEM_* name -> value) taking precedence, active "

@@ -13,7 +13,7 @@
 
 namespace actmem::python {
 
-// New references to the two builtin functions.
+// New builtin function objects (new references) for the two hooks; each call makes new ones.
 PyObject* make_pack_function(PyObject* module);
 PyObject* make_unpack_function(PyObject* module);
 
