@@ -31,21 +31,28 @@ from . import _C, _tree
 class SegmentForward:
     """A module's ``forward`` run as the actmem segment ``name``: the tensors among its arguments
     are the segment's inputs, those in its result its outputs. Set as the module's ``forward``
-    attribute; copied (``copy.deepcopy``) and pickled with its module."""
+    attribute; copied (``copy.deepcopy``) and pickled with its module. ``inner`` is the forward it
+    runs: a ``forward`` the module had of its own (a wrapper the script set, such as
+    torch.utils.checkpoint's), else None for its class's."""
 
-    def __init__(self, name: str, module: nn.Module):
+    def __init__(self, name: str, module: nn.Module, inner=None):
         self.name = name
         self.module = module
+        self.inner = inner
 
     def __call__(self, *args, **kwargs):
         module = self.module
-        forward = type(module).forward
+        inner = self.inner
         inputs, rebuild_arguments = _tree.flatten((args, kwargs))
         rebuild_result = []
 
         def run(tensors):
             call_args, call_kwargs = rebuild_arguments(tensors)
-            outputs, rebuild = _tree.flatten(forward(module, *call_args, **call_kwargs))
+            if inner is None:
+                result = type(module).forward(module, *call_args, **call_kwargs)
+            else:
+                result = inner(*call_args, **call_kwargs)
+            outputs, rebuild = _tree.flatten(result)
             if not rebuild_result:  # the forward's; a rerun's result is not returned
                 rebuild_result.append(rebuild)
             return outputs
@@ -54,10 +61,11 @@ class SegmentForward:
         return rebuild_result[0](outputs)
 
     def __deepcopy__(self, memo):
-        return SegmentForward(self.name, copy.deepcopy(self.module, memo))
+        return SegmentForward(self.name, copy.deepcopy(self.module, memo),
+                              copy.deepcopy(self.inner, memo))
 
     def __reduce__(self):
-        return (SegmentForward, (self.name, self.module))
+        return (SegmentForward, (self.name, self.module, self.inner))
 
     def __repr__(self):
         return f"actmem.SegmentForward({self.name!r})"
@@ -65,9 +73,10 @@ class SegmentForward:
 
 def make_segment(module: nn.Module, name: str) -> bool:
     """Makes ``module`` the segment ``name``; False if it is one already."""
-    if isinstance(module.__dict__.get("forward"), SegmentForward):
+    own = module.__dict__.get("forward")
+    if isinstance(own, SegmentForward):
         return False
-    module.forward = SegmentForward(name, module)
+    module.forward = SegmentForward(name, module, own)
     return True
 
 

@@ -41,3 +41,14 @@ def test_segments_by_regular_expression(run_script):
     run = run_script("cnn_train", ACTMEM_POLICY="recompute", ACTMEM_SEGMENTS=r"1\.[345]")
     assert_same_bits(plain.digest, run.digest)
     assert run.stats["activations"]["recomputations"] == 3 * 3
+
+
+def test_a_forward_the_script_wrapped_itself_still_runs(run_script):
+    # The script wraps each block's forward in torch.utils.checkpoint; the segments actmem makes of
+    # those blocks must run that wrapper, not the class's forward (they did at first: checkpoint's
+    # saving was lost).
+    plain = run_script("cnn_train", "--torch-mode", "checkpoint", actmem=False)
+    keep = run_script("cnn_train", ACTMEM_POLICY="keep")
+    wrapped = run_script("cnn_train", "--torch-mode", "checkpoint", ACTMEM_POLICY="keep")
+    assert_same_bits(plain.digest, wrapped.digest)
+    assert wrapped.peak() < keep.peak()
