@@ -23,6 +23,7 @@ struct Block {
   Block* prev = nullptr;
   Block* next = nullptr;
   bool allocated = false;
+  bool growable = false;              // lies in a growable segment (Note [Growable segments])
   int pending_events = 0;             // freed, but still in use on other streams
   std::vector<Stream> stream_uses;    // other streams this allocation was used on
 

@@ -65,9 +65,12 @@ class CachingAllocator::Impl {
   using LiveNode = std::unordered_map<void*, Block*>::node_type;
 
  public:
-  Impl(std::unique_ptr<Backend> backend, std::unique_ptr<StreamEvents> events,
-       AllocatorOptions options)
-      : backend_(std::move(backend)), events_(std::move(events)), options_(options) {
+  Impl(std::unique_ptr<Backend> backend, std::unique_ptr<VirtualMemory> virtual_memory,
+       std::unique_ptr<StreamEvents> events, AllocatorOptions options)
+      : backend_(std::move(backend)),
+        vm_(std::move(virtual_memory)),
+        events_(std::move(events)),
+        options_(options) {
     if (!backend_) throw std::invalid_argument("actmem: CachingAllocator needs a backend");
     if (!events_) events_ = std::make_unique<ImmediateEvents>();
     trace_enabled_ = options_.record_trace;
@@ -87,10 +90,18 @@ class CachingAllocator::Impl {
     for (Block* block : blocks) delete block;
     for (Block* block : spare_blocks_) delete block;
     for (auto& [start, size] : segments_) {
+      if (growable_base(start)) continue;
       try {
         backend_->deallocate(reinterpret_cast<void*>(start), size);
       } catch (const std::exception&) {
         // At teardown (a CUDA runtime already unloading, say) there is nobody left to tell.
+      }
+    }
+    for (auto& [stream, segment] : growable_) {
+      try {
+        vm_->release(segment.base, segment.reserved);
+      } catch (const std::exception&) {
+        // As above.
       }
     }
   }
@@ -271,6 +282,7 @@ class CachingAllocator::Impl {
   }
 
   const Backend& backend() const { return *backend_; }
+  const VirtualMemory* virtual_memory() const { return vm_.get(); }
 
   void check_invariants();
 
@@ -303,8 +315,10 @@ class CachingAllocator::Impl {
            static_cast<std::size_t>(stats_.reserved_bytes.current) > *options_.budget_bytes;
   }
 
-  // A fresh segment for a request of `size`, or nullptr if the budget or the backend refuses.
+  // A fresh segment for a request of `size`, or nullptr if the budget or the backend refuses; in
+  // the vmm layout, a large request's stream segment grown instead.
   Block* new_segment(BlockPool& pool, std::size_t size, Stream stream) {
+    if (vm_ && !pool.is_small) return grow_segment(size, stream);
     std::size_t segment = segment_size_for(size);
     void* ptr = nullptr;
     if (fits_budget(segment)) ptr = backend_->allocate(segment);
@@ -343,6 +357,10 @@ class CachingAllocator::Impl {
       rest->size = block->size - size;
       rest->stream = block->stream;
       rest->pool = block->pool;
+      rest->growable = block->growable;
+      if (block->growable && growable_[block->stream].last == block) {
+        growable_[block->stream].last = rest;
+      }
       rest->prev = block;
       rest->next = block->next;
       if (rest->next != nullptr) rest->next->prev = rest;
@@ -441,12 +459,20 @@ class CachingAllocator::Impl {
     }
     if (block->next != nullptr && block->next->is_free()) {
       Block* next = block->next;
+      if (next->growable && growable_[next->stream].last == next) {
+        growable_[next->stream].last = block;
+      }
       release_node(pool.blocks.extract(next));
       block->size += next->size;
       block->next = next->next;
       if (block->next != nullptr) block->next->prev = block;
       delete_block(next);
       ++stats_.merges;
+    }
+    if (block->growable) {
+      insert_free(pool, block);
+      if (over_budget()) shrink_growable_segments();
+      return;
     }
     if (block->is_whole_segment() && over_budget()) {
       release_segment(block);
@@ -483,7 +509,7 @@ class CachingAllocator::Impl {
     for (BlockPool* pool : {&small_, &large_}) {
       for (auto it = pool->blocks.begin(); it != pool->blocks.end();) {
         Block* block = *it;
-        if (!block->is_whole_segment()) {
+        if (!block->is_whole_segment() || block->growable) {
           ++it;
           continue;
         }
@@ -491,6 +517,122 @@ class CachingAllocator::Impl {
         released += block->size;
         release_segment(block);
       }
+    }
+    return released + shrink_growable_segments();
+  }
+
+  // --- Growable segments (the vmm layout; mutex_ held) ---
+  //
+  // Note [Growable segments]
+  // In the vmm layout each stream's large requests come from one segment of address space the
+  // size of vm_->reservation(), reserved at the stream's first large request and backed from its
+  // start up to `mapped`, a multiple of the granularity (2 MiB). Its blocks tile [base,
+  // base + mapped) like a classic segment's, and `last` is the one that ends at base + mapped.
+  // A request no free block serves grows the mapping at the end by what it needs beyond a free
+  // last block (rounded up to the granularity) and takes the last block; so large requests cost
+  // reserved bytes in granules of 2 MiB, not in 20 MiB segments, and what one step frees the next
+  // reuses without a hole between segments. The mapped part of a free last block from its first
+  // granule boundary on is unmapped when memory is released (empty_cache, over budget, before a
+  // request fails): the segment shrinks in place. Free blocks inside the segment stay mapped
+  // (unmapping them would leave holes that a later request could not grow into). A steady state
+  // maps and unmaps nothing, as in the classic layout. Small requests keep the classic 2 MiB
+  // segments from backend_.
+
+  struct GrowableSegment {
+    char* base = nullptr;
+    std::size_t reserved = 0;
+    std::size_t mapped = 0;
+    Block* last = nullptr;  // null while nothing is mapped
+  };
+
+  bool growable_base(std::uintptr_t start) const {
+    for (const auto& [stream, segment] : growable_) {
+      if (reinterpret_cast<std::uintptr_t>(segment.base) == start) return true;
+    }
+    return false;
+  }
+
+  // The stream's growable segment, reserved on first use; nullptr when no address space is left.
+  GrowableSegment* growable_segment(Stream stream) {
+    auto it = growable_.find(stream);
+    if (it != growable_.end()) return &it->second;
+    const std::size_t bytes = vm_->reservation();
+    void* base = vm_->reserve(bytes);
+    if (base == nullptr) return nullptr;
+    GrowableSegment& segment = growable_[stream];
+    segment.base = static_cast<char*>(base);
+    segment.reserved = bytes;
+    return &segment;
+  }
+
+  // The stream segment grown so that its last block (free) holds `size`; nullptr when the budget,
+  // the reservation or the device refuses.
+  Block* grow_segment(std::size_t size, Stream stream) {
+    GrowableSegment* segment = growable_segment(stream);
+    if (segment == nullptr) return nullptr;
+    Block* tail = segment->last;
+    // A free last block too small for the request (else take_free_block had it) is extended.
+    const bool extend = tail != nullptr && tail->is_free() && tail->size < size;
+    const std::size_t growth = round_up(size - (extend ? tail->size : 0), vm_->granularity());
+    if (segment->mapped + growth > segment->reserved || !fits_budget(growth)) return nullptr;
+    char* at = segment->base + segment->mapped;
+    if (!vm_->map(at, growth)) return nullptr;
+    ++stats_.backend_allocs;
+    stats_.reserved_bytes.increase(static_cast<std::int64_t>(growth));
+    if (segment->mapped == 0) stats_.segments.increase(1);
+    segment->mapped += growth;
+    segments_[reinterpret_cast<std::uintptr_t>(segment->base)] = segment->mapped;
+    record_trace(TraceEntry::Action::kSegmentAlloc, at, growth, stream);
+    if (extend) {
+      release_node(large_.blocks.extract(tail));
+      tail->size += growth;
+      return tail;
+    }
+    Block* block = new_block();
+    block->ptr = at;
+    block->size = growth;
+    block->stream = stream;
+    block->pool = &large_;
+    block->growable = true;
+    block->prev = tail;
+    if (tail != nullptr) tail->next = block;
+    segment->last = block;
+    return block;
+  }
+
+  // Unmaps each growable segment's free tail from its first granule boundary; the bytes released.
+  std::size_t shrink_growable_segments() {
+    std::size_t released = 0;
+    for (auto& [stream, segment] : growable_) {
+      Block* tail = segment.last;
+      if (tail == nullptr || !tail->is_free()) continue;
+      char* end = segment.base + segment.mapped;
+      char* from = segment.base + round_up(static_cast<std::size_t>(tail->ptr - segment.base),
+                                           vm_->granularity());
+      if (from >= end) continue;
+      const auto bytes = static_cast<std::size_t>(end - from);
+      release_node(large_.blocks.extract(tail));
+      vm_->unmap(from, bytes);
+      ++stats_.backend_frees;
+      stats_.reserved_bytes.decrease(static_cast<std::int64_t>(bytes));
+      record_trace(TraceEntry::Action::kSegmentFree, from, bytes, stream);
+      if (from == tail->ptr) {
+        segment.last = tail->prev;
+        if (segment.last != nullptr) segment.last->next = nullptr;
+        delete_block(tail);
+      } else {
+        tail->size = static_cast<std::size_t>(from - tail->ptr);
+        insert_free(large_, tail);
+      }
+      segment.mapped -= bytes;
+      const auto base = reinterpret_cast<std::uintptr_t>(segment.base);
+      if (segment.mapped == 0) {
+        segments_.erase(base);
+        stats_.segments.decrease(1);
+      } else {
+        segments_[base] = segment.mapped;
+      }
+      released += bytes;
     }
     return released;
   }
@@ -588,6 +730,7 @@ class CachingAllocator::Impl {
   }
 
   std::unique_ptr<Backend> backend_;
+  std::unique_ptr<VirtualMemory> vm_;  // the vmm layout's; null in the classic one
   std::unique_ptr<StreamEvents> events_;
   AllocatorOptions options_;
 
@@ -599,7 +742,8 @@ class CachingAllocator::Impl {
   std::vector<LiveNode> spare_live_nodes_;
   std::vector<Block*> spare_blocks_;
   std::vector<std::pair<Event, Block*>> pending_;  // freed blocks waiting on other streams
-  std::map<std::uintptr_t, std::size_t> segments_;  // start -> size
+  std::map<std::uintptr_t, std::size_t> segments_;  // start -> size (a growable one's: mapped)
+  std::map<Stream, GrowableSegment> growable_;
   AllocatorStats stats_;
   bool trace_enabled_ = false;
   std::vector<TraceEntry> trace_;
@@ -660,12 +804,30 @@ void CachingAllocator::Impl::check_invariants() {
     if (previous != nullptr && previous->next != nullptr) fail("a segment's last block has a next");
   }
   if (index != blocks.size()) fail("a block lies outside every segment");
+  for (const auto& [stream, segment] : growable_) {
+    const Block* last = segment.last;
+    if ((segment.mapped == 0) != (last == nullptr)) fail("a growable segment's last block is wrong");
+    if (last != nullptr && (last->ptr + last->size != segment.base + segment.mapped ||
+                            last->next != nullptr || !last->growable)) {
+      fail("a growable segment's last block does not end its mapping");
+    }
+    if (segment.mapped % vm_->granularity() != 0) fail("a growable segment maps part of a granule");
+  }
   if (reserved != stats_.reserved_bytes.current) fail("reserved bytes do not add up");
 }
 
 CachingAllocator::CachingAllocator(std::unique_ptr<Backend> backend,
                                    std::unique_ptr<StreamEvents> events, AllocatorOptions options)
-    : impl_(std::make_unique<Impl>(std::move(backend), std::move(events), options)) {}
+    : impl_(std::make_unique<Impl>(std::move(backend), nullptr, std::move(events), options)) {}
+CachingAllocator::CachingAllocator(std::unique_ptr<Backend> backend,
+                                   std::unique_ptr<VirtualMemory> virtual_memory,
+                                   std::unique_ptr<StreamEvents> events, AllocatorOptions options)
+    : impl_(std::make_unique<Impl>(std::move(backend), std::move(virtual_memory),
+                                   std::move(events), options)) {
+  if (!impl_->virtual_memory()) {
+    throw std::invalid_argument("actmem: the vmm layout needs a VirtualMemory");
+  }
+}
 CachingAllocator::CachingAllocator(std::unique_ptr<Backend> backend, AllocatorOptions options)
     : CachingAllocator(std::move(backend), std::make_unique<ImmediateEvents>(), options) {}
 CachingAllocator::~CachingAllocator() = default;
@@ -697,6 +859,7 @@ std::vector<TraceEntry> CachingAllocator::trace(std::size_t first) const {
 std::size_t CachingAllocator::trace_size() const { return impl_->trace_size(); }
 void CachingAllocator::clear_trace() { impl_->clear_trace(); }
 const Backend& CachingAllocator::backend() const { return impl_->backend(); }
+const VirtualMemory* CachingAllocator::virtual_memory() const { return impl_->virtual_memory(); }
 void CachingAllocator::check_invariants() const { impl_->check_invariants(); }
 
 }  // namespace actmem::alloc

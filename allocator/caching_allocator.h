@@ -21,7 +21,8 @@
 // the small pool, more than 1 MiB in the large one); a freed block is merged with free neighbours
 // in its segment, so a segment whose blocks are all free becomes one block again and can be
 // returned to the backend. Under budget pressure, a request that would need a 20 MiB segment takes
-// one of its own rounded size instead.
+// one of its own rounded size instead. With a VirtualMemory, the large pool's segments grow and
+// shrink in place instead: Note [Growable segments] in caching_allocator.cpp.
 #pragma once
 
 #include <cstddef>
@@ -36,6 +37,7 @@
 #include "allocator/stats.h"
 #include "allocator/stream_events.h"
 #include "allocator/trace.h"
+#include "allocator/virtual_memory.h"
 
 namespace actmem::alloc {
 
@@ -57,6 +59,10 @@ class CachingAllocator {
                    AllocatorOptions options = {});
   // Host streams: every event completes at once.
   explicit CachingAllocator(std::unique_ptr<Backend> backend, AllocatorOptions options = {});
+  // The `vmm` layout: large requests come from one growable segment per stream over
+  // `virtual_memory` (Note [Growable segments]); small ones from `backend`'s 2 MiB segments.
+  CachingAllocator(std::unique_ptr<Backend> backend, std::unique_ptr<VirtualMemory> virtual_memory,
+                   std::unique_ptr<StreamEvents> events, AllocatorOptions options = {});
   // Returns every segment to the backend. Allocations still live become dangling.
   ~CachingAllocator();
 
@@ -100,6 +106,8 @@ class CachingAllocator {
   void clear_trace();
 
   const Backend& backend() const;
+  // The virtual memory growable segments come from; nullptr in the classic layout.
+  const VirtualMemory* virtual_memory() const;
 
   // Checks the pools against the stats: blocks tile their segments without overlap, free
   // neighbours are merged, byte counts add up. Throws std::logic_error describing the first

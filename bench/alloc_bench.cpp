@@ -10,6 +10,7 @@
 
 #include "allocator/caching_allocator.h"
 #include "allocator/host_backend.h"
+#include "allocator/host_virtual_memory.h"
 #include "allocator/trace.h"
 #include "bench/baseline_ratio_reporter.h"
 
@@ -64,9 +65,20 @@ BENCHMARK(BM_BackendPair)->Apply(size_args);
 // Many live blocks with random sizes (log-uniform, 512 B to 16 MiB) and random lifetimes.
 // Reports reserved bytes at the allocated peak over the peak itself: what caching and
 // fragmentation cost in memory.
+// The layouts the workloads run over: 0 classic (fixed 2 and 20 MiB segments), 1 vmm (growable
+// segments over the CPU twin of the CUDA driver's virtual memory, Note [Growable segments]).
+std::unique_ptr<CachingAllocator> make_layout(benchmark::State& state, std::int64_t layout) {
+  state.SetLabel(layout == 0 ? "classic" : "vmm");
+  if (layout == 0) return std::make_unique<CachingAllocator>(std::make_unique<HostBackend>());
+  return std::make_unique<CachingAllocator>(std::make_unique<HostBackend>(),
+                                            std::make_unique<HostVirtualMemory>(),
+                                            std::make_unique<ImmediateEvents>());
+}
+
 void BM_RandomWorkload(benchmark::State& state) {
   const int live_target = static_cast<int>(state.range(0));
-  CachingAllocator allocator(std::make_unique<HostBackend>());
+  const std::unique_ptr<CachingAllocator> owned = make_layout(state, state.range(1));
+  CachingAllocator& allocator = *owned;
   std::mt19937_64 rng(42);
   std::uniform_real_distribution<double> exponent(9.0, 24.0);
   std::vector<void*> live;
@@ -91,7 +103,7 @@ void BM_RandomWorkload(benchmark::State& state) {
   state.counters["hit_rate"] = s.cache_hit_rate();
   state.SetItemsProcessed(state.iterations());
 }
-BENCHMARK(BM_RandomWorkload)->Arg(64)->Arg(512);
+BENCHMARK(BM_RandomWorkload)->ArgsProduct({{64, 512}, {0, 1}});
 
 // A training step's allocation pattern, recorded once and replayed: forward allocates activations
 // of varied sizes with short-lived temporaries between them, backward frees them in reverse.
@@ -114,7 +126,8 @@ std::vector<TraceEntry> training_step_trace() {
 
 void BM_TraceReplay(benchmark::State& state) {
   const std::vector<TraceEntry> trace = training_step_trace();
-  CachingAllocator allocator(std::make_unique<HostBackend>());
+  const std::unique_ptr<CachingAllocator> owned = make_layout(state, state.range(0));
+  CachingAllocator& allocator = *owned;
   replay(trace, allocator);  // warm-up: the first step reserves what the step needs
   const std::int64_t warm_backend_allocs = allocator.stats().backend_allocs;
   std::size_t allocations = 0;
@@ -123,9 +136,11 @@ void BM_TraceReplay(benchmark::State& state) {
   state.counters["steady_backend_allocs"] =
       static_cast<double>(s.backend_allocs - warm_backend_allocs);
   state.counters["allocs_per_step"] = static_cast<double>(allocations) / state.iterations();
+  state.counters["reserved_over_peak_allocated"] =
+      static_cast<double>(s.reserved_bytes.peak) / static_cast<double>(s.allocated_bytes.peak);
   state.SetItemsProcessed(static_cast<std::int64_t>(allocations));
 }
-BENCHMARK(BM_TraceReplay);
+BENCHMARK(BM_TraceReplay)->Arg(0)->Arg(1);
 
 }  // namespace
 }  // namespace actmem::alloc
