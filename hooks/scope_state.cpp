@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/engine.h>
+#include <torch/csrc/autograd/graph_task.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -283,6 +284,10 @@ void ScopeState::abort_step() {
 }
 
 void ScopeState::end_step_with_backward(std::uint64_t step) {
+  // A backward for some inputs only (torch.autograd.grad, backward(inputs=...)) is taken for one
+  // nested in the step, such as a gradient penalty's, and ends nothing: the next full one does.
+  const auto* exec_info = torch::autograd::get_current_graph_task_exec_info();
+  if (exec_info != nullptr && !exec_info->empty()) return;
   {
     std::lock_guard<std::mutex> lock(step_mutex_);
     if (!in_step_ || step != step_ || end_queued_for_ == step) return;
@@ -458,6 +463,10 @@ std::size_t ScopeState::evict(std::size_t bytes_needed) {
     }
   };
   std::unordered_map<const void*, Group> groups;
+  // Entries looked at and passed over. Released only after step_mutex_: the last reference to one
+  // may be this, and letting it go can release its segment's frame and what that holds (a Python
+  // forward, whose release takes the GIL, which a thread waiting for step_mutex_ may hold).
+  std::vector<std::shared_ptr<SavedEntry>> passed_over;
   {
     std::lock_guard<std::mutex> lock(step_mutex_);
     const auto now = std::chrono::steady_clock::now();
@@ -469,6 +478,7 @@ std::size_t ScopeState::evict(std::size_t bytes_needed) {
       std::unique_lock<std::mutex> entry_lock(entry->mutex, std::try_to_lock);
       if (!entry_lock.owns_lock() || entry->action != Action::kKeep || !entry->kept.defined() ||
           !entry->kept.has_storage()) {
+        passed_over.push_back(std::move(entry));
         continue;  // being unpacked right now, already out, or not plain memory
       }
       auto [it, added] = groups.try_emplace(entry->kept.storage().unsafeGetStorageImpl());

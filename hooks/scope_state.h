@@ -112,7 +112,8 @@ class ScopeState : public std::enable_shared_from_this<ScopeState> {
   // tells actmem nothing when a backward returns: an unpack of a tensor packed in step `step`.
   // When that is the step in progress, it ends when the backward running this unpack returns,
   // through a callback queued on the engine (once per step). Outside a backward (a saved tensor
-  // read from Python) nothing is queued. A backward that throws runs no callback: its step goes on
+  // read from Python), and in a backward for some inputs only (torch.autograd.grad, taken for one
+  // nested in the step), nothing is queued. A backward that throws runs no callback: its step goes on
   // until its tensors are gone (begin_pack) or a later backward ends it.
   void end_step_with_backward(std::uint64_t step);
   // How many steps ended or were aborted: a segment links only to one of the same step.

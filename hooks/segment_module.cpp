@@ -19,10 +19,16 @@ class TorchSegmentModule final : public SegmentModule {
     return flags;
   }
 
+  // Called from a destructor too (ForwardContext::Rerun's): flags for submodules added since are
+  // left out, never thrown for.
   void set_training_flags(const std::vector<bool>& flags) override {
-    module_.train(flags.at(0));
+    if (flags.empty()) return;
+    module_.train(flags[0]);
     std::size_t i = 1;
-    for (const auto& m : module_.modules(/*include_self=*/false)) m->train(flags.at(i++));
+    for (const auto& m : module_.modules(/*include_self=*/false)) {
+      if (i >= flags.size()) break;
+      m->train(flags[i++]);
+    }
   }
 
   std::vector<at::Tensor> buffers() const override { return module_.buffers(); }

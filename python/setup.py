@@ -9,7 +9,8 @@ that runs pip, which must have torch 2.x installed:
                                                  the project instead; ./test.sh does this
 
 pip's build isolation hides the environment's torch from the build; the build looks for it with
-an isolated interpreter (python -I), so both plain and --no-build-isolation installs work.
+an interpreter that ignores pip's PYTHON* variables (python -E), so both plain and
+--no-build-isolation installs work.
 """
 
 import os
@@ -28,17 +29,25 @@ ROOT = HERE.parent
 def _torch_cmake_dir() -> str:
     """The torch package's CMake folder, seen from the environment itself (not pip's isolated
     build environment, which lacks torch)."""
+    # -E: without the PYTHON* variables through which pip's isolated build hides the environment.
     probe = subprocess.run(
-        [sys.executable, "-I", "-c",
+        [sys.executable, "-E", "-c",
          "import torch.utils, sys; print(torch.utils.cmake_prefix_path); print(torch.__version__)"],
         capture_output=True, text=True)
     if probe.returncode != 0:
         detail = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else ""
         sys.exit(f"actmem: this environment has no usable torch (pip install torch first): {detail}")
-    prefix, version = probe.stdout.split()
+    prefix, version = probe.stdout.strip().splitlines()[-2:]
     if int(version.split(".")[0]) < 2:
         sys.exit(f"actmem: torch {version} is too old: actmem needs torch 2.x")
     return str(pathlib.Path(prefix) / "Torch")
+
+
+def _environment_of(python: str) -> str:
+    """The environment (sys.prefix) an interpreter runs in, outside pip's isolation."""
+    probe = subprocess.run([python, "-E", "-c", "import sys; print(sys.prefix)"],
+                           capture_output=True, text=True)
+    return probe.stdout.strip() if probe.returncode == 0 else f"? ({python})"
 
 
 def _build_extension(build_temp: pathlib.Path) -> pathlib.Path:
@@ -48,8 +57,18 @@ def _build_extension(build_temp: pathlib.Path) -> pathlib.Path:
         build = pathlib.Path(build_dir)
         if not build.is_absolute():
             build = ROOT / build
-        if not (build / "CMakeCache.txt").exists():
+        cache = build / "CMakeCache.txt"
+        if not cache.exists():
             sys.exit(f"actmem: ACTMEM_BUILD_DIR={build_dir}: not a configured build of actmem")
+        # The extension there was built for one interpreter (and its torch): this one only.
+        configured = next((line.split("=", 1)[1] for line in cache.read_text().splitlines()
+                           if line.startswith("ACTMEM_PYTHON_INTERPRETER:")), None)
+        if configured is None:
+            sys.exit(f"actmem: ACTMEM_BUILD_DIR={build_dir} builds no Python package "
+                     "(Python's headers were missing, or a sanitizer preset)")
+        if _environment_of(configured) != _environment_of(sys.executable):
+            sys.exit(f"actmem: ACTMEM_BUILD_DIR={build_dir} was configured for {configured}, not "
+                     f"{sys.executable}: its extension would not load here")
     else:
         build = build_temp / "actmem-cmake"
         configure = [

@@ -91,8 +91,9 @@ def enable(
     pack, unpack = _C.make_hooks()
     hooks = torch.autograd.graph.saved_tensors_hooks(pack, unpack)
     hooks.__enter__()
-    global _hooks_in_use
+    global _hooks_in_use, _hooks_popped
     _hooks_in_use = weakref.ref(pack)
+    _hooks_popped = False
     segmenter = Segmenter(pattern, source)
     handle = torch.nn.modules.module.register_module_forward_pre_hook(segmenter)
     _state = (hooks, handle, segmenter, threading.get_ident())
@@ -101,7 +102,7 @@ def enable(
 def disable() -> None:
     """Turns actmem off (on the thread that enabled it). Segments already chosen stay segments,
     which run as plain modules while actmem is off; the allocator stays installed."""
-    global _state
+    global _state, _hooks_popped
     if _state is None:
         return
     hooks, handle, _, thread = _state
@@ -111,6 +112,7 @@ def disable() -> None:
     hooks.__exit__(None, None, None)
     _C.disable()
     _state = None
+    _hooks_popped = True
 
 
 # Note [Hooks held by other threads at exit]
@@ -122,6 +124,7 @@ def disable() -> None:
 # exit, before finalization, actmem pops its hooks and waits (at most 2 s) until no copy of them is
 # left anywhere. (Found with 2-process gloo DDP runs: about 1 in 8 died so.)
 _hooks_in_use = None  # a weak reference to the pack hook enable() pushed
+_hooks_popped = False  # disable() popped them (else another thread holds them: no wait)
 
 
 @atexit.register
@@ -130,7 +133,7 @@ def _release_hooks_at_exit() -> None:
     if _state is not None and _state[3] == threading.get_ident():
         disable()
     deadline = time.monotonic() + 2.0
-    while _hooks_in_use is not None and _hooks_in_use() is not None:
+    while _hooks_popped and _hooks_in_use is not None and _hooks_in_use() is not None:
         if time.monotonic() > deadline:
             break
         time.sleep(0.001)  # lets the thread holding the last copy take the GIL

@@ -1,8 +1,8 @@
 """Which modules of an unmodified model become segments, and running them as segments.
 
 A model's modules are named (``named_modules()``) the first time its outermost module is called;
-those the rule picks get a ``forward`` of their own (``SegmentForward``) that runs the class's
-forward through ``_C.segment``. The rule:
+those the rule picks become segments: their forward runs through ``_C.segment`` (Note [Segments by
+class]). The rule:
 
 - ``ACTMEM_SEGMENTS`` set: a regular expression that must match a module's whole qualified name,
   or a dotted tail of it (``layer\\d\\.\\d+`` matches ``layer1.0`` and, under DDP,
@@ -15,9 +15,7 @@ Only the outermost of nested matches is a segment (the library flattens nested s
 anyway), and the outermost module itself never is."""
 
 import collections
-import copy
 import re
-import sys
 import warnings
 import weakref
 from typing import Iterable, List, Optional, Tuple
@@ -28,55 +26,85 @@ from torch import nn
 from . import _C, _tree
 
 
-class SegmentForward:
-    """A module's ``forward`` run as the actmem segment ``name``: the tensors among its arguments
-    are the segment's inputs, those in its result its outputs. Set as the module's ``forward``
-    attribute; copied (``copy.deepcopy``) and pickled with its module. ``inner`` is the forward it
-    runs: a ``forward`` the module had of its own (a wrapper the script set, such as
-    torch.utils.checkpoint's), else None for its class's."""
+# Note [Segments by class]
+# A segment module's class is swapped for a subclass of it whose forward runs the class's forward
+# (or a forward the module had of its own, such as a torch.utils.checkpoint wrapper the script set)
+# through _C.segment, as torch.nn.utils.parametrize does. The forward is the class's, so it runs
+# on whichever module calls it: a copy (copy.copy, nn.DataParallel's replicas) runs its own
+# parameters, not those of the module that was chosen. The segment's name lives in the module's
+# __dict__. Pickled (torch.save of a whole model) or deep-copied, a segment module comes back as
+# its plain class: segments are chosen again when the copy is first called.
 
-    def __init__(self, name: str, module: nn.Module, inner=None):
-        self.name = name
-        self.module = module
-        self.inner = inner
+_SEGMENT_CLASSES = {}
 
-    def __call__(self, *args, **kwargs):
-        module = self.module
-        inner = self.inner
-        inputs, rebuild_arguments = _tree.flatten((args, kwargs))
-        rebuild_result = []
 
-        def run(tensors):
-            call_args, call_kwargs = rebuild_arguments(tensors)
-            if inner is None:
-                result = type(module).forward(module, *call_args, **call_kwargs)
-            else:
-                result = inner(*call_args, **call_kwargs)
-            outputs, rebuild = _tree.flatten(result)
-            if not rebuild_result:  # the forward's; a rerun's result is not returned
-                rebuild_result.append(rebuild)
-            return outputs
+def _segment_forward(self, *args, **kwargs):
+    plain = _plain_class(type(self))
+    inner = self.__dict__.get("_actmem_inner_forward")
+    inputs, rebuild_arguments = _tree.flatten((args, kwargs))
+    forward = {"running": True}  # what the forward's run leaves for the result; reruns leave none
 
-        outputs = _C.segment(self.name, run, inputs, module)
-        return rebuild_result[0](outputs)
+    def run(tensors):
+        call_args, call_kwargs = rebuild_arguments(tensors)
+        if inner is None:
+            result = plain.forward(self, *call_args, **call_kwargs)
+        else:
+            result = inner(*call_args, **call_kwargs)
+        outputs, rebuild = _tree.flatten(result)
+        if forward["running"]:
+            forward["rebuild"] = rebuild
+        return outputs
 
-    def __deepcopy__(self, memo):
-        return SegmentForward(self.name, copy.deepcopy(self.module, memo),
-                              copy.deepcopy(self.inner, memo))
+    outputs = _C.segment(self.__dict__["_actmem_segment"], run, inputs, self)
+    # `run` stays with the segment until its backward and must hold nothing of the result: an
+    # object in it holding a tensor would tie the graph to itself.
+    forward["running"] = False
+    return forward.pop("rebuild")(outputs)
 
-    def __reduce__(self):
-        return (SegmentForward, (self.name, self.module, self.inner))
 
-    def __repr__(self):
-        return f"actmem.SegmentForward({self.name!r})"
+def _reduce_as_plain(self, protocol):
+    state = {k: v for k, v in self.__dict__.items() if k != "_actmem_segment"}
+    inner = state.pop("_actmem_inner_forward", None)
+    if inner is not None:
+        state["forward"] = inner
+    return (_new_plain, (_plain_class(type(self)),), state)
+
+
+def _new_plain(cls):
+    return cls.__new__(cls)
+
+
+def _plain_class(cls):
+    return cls.__dict__["_actmem_plain_class"]
+
+
+def _segment_class(cls):
+    segment_class = _SEGMENT_CLASSES.get(cls)
+    if segment_class is None:
+        segment_class = type(cls.__name__, (cls,), {
+            "forward": _segment_forward,
+            "__reduce_ex__": _reduce_as_plain,
+            "_actmem_plain_class": cls,
+        })
+        segment_class.__qualname__ = cls.__qualname__
+        segment_class.__module__ = cls.__module__
+        _SEGMENT_CLASSES[cls] = segment_class
+    return segment_class
+
+
+def is_segment(module: nn.Module) -> bool:
+    return "_actmem_plain_class" in type(module).__dict__
 
 
 def make_segment(module: nn.Module, name: str) -> bool:
     """Makes ``module`` the segment ``name``; False if it is one already."""
-    own = module.__dict__.get("forward")
-    if isinstance(own, SegmentForward):
+    if is_segment(module):
         return False
-    module.forward = SegmentForward(name, module, own)
+    own = module.__dict__.pop("forward", None)
+    if own is not None:
+        module.__dict__["_actmem_inner_forward"] = own
+    module.__dict__["_actmem_segment"] = name
+    module.__class__ = _segment_class(type(module))
     return True
 
 

@@ -27,6 +27,7 @@ namespace {
 // thread-local state may be gone by then, and autograd may still hold what it packed).
 ActivationScope* g_scope = nullptr;
 std::thread::id g_scope_thread;
+bool g_budget_given = false;  // enable() set the budget: disable() puts the environment's back
 
 using Overrides = std::map<std::string, std::string>;
 
@@ -54,6 +55,7 @@ void enable(const Overrides& overrides) {
   alloc::ProcessAllocators::instance();  // the allocator's variables (ACTMEM_BUDGET, ...)
   alloc::CachingAllocator& memory = device_memory();
   if (budget) memory.set_budget(budget);
+  g_budget_given = budget.has_value();
   g_scope = new ActivationScope(make_device_policy(config), ScopeOptions::from(config));
   g_scope_thread = std::this_thread::get_id();
   alloc::ProcessAllocators::instance().set_stats_section(
@@ -65,8 +67,16 @@ void disable() {
   if (std::this_thread::get_id() != g_scope_thread) {
     throw std::logic_error("actmem: disable() must be called on the thread that called enable()");
   }
+  // The statistics stay readable as they were; the scope's state (its host pool) goes.
+  const std::string snapshot = to_json(g_scope->stats());
+  alloc::ProcessAllocators::instance().set_stats_section("activations",
+                                                          [snapshot] { return snapshot; });
   delete g_scope;
   g_scope = nullptr;
+  if (g_budget_given) {
+    device_memory().set_budget(alloc::ProcessAllocators::instance().config().allocator.budget_bytes);
+    g_budget_given = false;
+  }
 }
 
 std::string device_name() {

@@ -85,3 +85,93 @@ def test_enable_twice_and_bad_arguments_raise():
             print("RuntimeError")
     """)
     assert out.splitlines() == ["ValueError True", "ValueError True", "False", "RuntimeError"]
+
+
+def test_a_segment_without_random_numbers_stops_its_rerun_early():
+    # No dropout: the rerun stops once it produced what backward needs (StopRerun crosses the
+    # Python forward), and training still matches plain PyTorch.
+    out = python("""
+        plain_model = nn.Sequential(*[nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 64),
+                                                    nn.Tanh()) for _ in range(3)])
+        def run():
+            plain_model.zero_grad()
+            loss = plain_model(torch.randn(512, 64, generator=torch.Generator().manual_seed(3)))
+            loss.square().mean().backward()
+            return [p.grad.clone() for p in plain_model.parameters()]
+        plain = run()
+        actmem.enable(policy="recompute")
+        managed = run()
+        print(all(torch.equal(a, b) for a, b in zip(plain, managed)),
+              actmem.stats()["activations"]["recomputations"])
+    """)
+    assert out.splitlines() == ["True 3"]
+
+
+def test_a_graph_dropped_without_backward_is_freed_whatever_its_blocks_return():
+    # Blocks return a dataclass (a pytree leaf) holding their tensor: nothing the segment keeps
+    # for its rerun may hold the result, or the graph would hold itself.
+    out = python("""
+        import dataclasses, gc
+        @dataclasses.dataclass
+        class Out:
+            h: torch.Tensor
+        class Block(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.linear = nn.Linear(64, 64)
+            def forward(self, x):
+                x = x.h if isinstance(x, Out) else x
+                return Out(torch.tanh(self.linear(x)))
+        actmem.enable(policy="recompute", segments=r"\\d+")
+        net = nn.Sequential(*[Block() for _ in range(6)])
+        x = torch.randn(512, 64)
+        def allocated():
+            gc.collect()
+            return actmem.stats()["devices"]["0"]["allocated_bytes"]["current"]
+        before = allocated()
+        out = net(x)
+        during = allocated()
+        del out
+        print(during > before, allocated() == before)
+    """)
+    assert out.splitlines() == ["True True"]
+
+
+def test_a_nested_gradient_does_not_end_the_step():
+    # A gradient penalty through torch.autograd.grad inside the step: one step per backward().
+    out = python("""
+        actmem.enable(policy="recompute")
+        for _ in range(3):
+            model.zero_grad()
+            x = torch.randn(512, 64, requires_grad=True)
+            y = model(x)
+            (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+            (y.square().mean() + g.square().mean()).backward()
+        print(actmem.stats()["activations"]["steps"])
+    """)
+    assert out.splitlines() == ["3"]
+
+
+def test_copies_of_a_segment_module_run_their_own_parameters():
+    out = python("""
+        import copy, pickle
+        actmem.enable(policy="recompute")
+        step()  # the blocks are segments now
+        model.eval()  # no dropout: outputs compare
+        twin = copy.deepcopy(model)
+        with torch.no_grad():
+            for p in twin.parameters():
+                p.zero_()
+        x = torch.randn(8, 64)
+        print(torch.equal(twin(x), torch.zeros(8, 64)), not torch.equal(model(x), twin(x)))
+        # What nn.DataParallel makes of a block: a replica (a shallow copy of its __dict__) whose
+        # children are replicas with the device's parameters.
+        replica = model[0]._replicate_for_data_parallel()
+        linear = replica[0]._replicate_for_data_parallel()
+        linear._parameters = {k: torch.zeros_like(v) for k, v in model[0][0]._parameters.items()}
+        replica._modules = dict(replica._modules, **{"0": linear})
+        print(torch.equal(replica(x), torch.zeros(8, 64)))
+        back = pickle.loads(pickle.dumps(model))
+        print(type(back[0]) is nn.Sequential, torch.equal(back(x), model(x)))
+    """)
+    assert out.splitlines() == ["True True", "True", "True True"]
