@@ -71,6 +71,18 @@ struct ConfKey {
 };
 
 constexpr ConfKey kConfKeys[] = {
+    {"backend",
+     [](std::string_view value, AllocatorOptions& o) {
+       const std::string_view v = trim(value);
+       if (iequals(v, "vmm")) {
+         o.growable = true;
+       } else if (iequals(v, "classic") || iequals(v, "cuda")) {
+         o.growable = false;
+       } else {
+         fail("ACTMEM_ALLOC_CONF backend", value,
+              "expected vmm (growable segments) or classic (fixed segments; cuda is the same)");
+       }
+     }},
     {"max_split_size_mb",
      [](std::string_view value, AllocatorOptions& o) {
        o.max_split_size = static_cast<std::size_t>(parse_integer(

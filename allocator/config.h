@@ -31,6 +31,10 @@ struct AllocatorOptions {
   int pressure_rounds = 4;
   bool record_trace = false;
   std::size_t trace_capacity = std::size_t{1} << 22;  // entries; later ones are dropped
+  // The layout of the process allocators (ACTMEM_ALLOC_CONF backend): true for growable segments
+  // over the device's virtual memory (`vmm`, Note [Growable segments]), false for the classic
+  // fixed segments (`classic`, or `cuda`); empty: the device's default (classic, for now, on both).
+  std::optional<bool> growable;
 };
 
 // What a process-wide allocator (the C ABI, the LD_PRELOAD shim) needs on top.

@@ -7,6 +7,7 @@
 
 #include "allocator/errors.h"
 #include "allocator/host_backend.h"
+#include "allocator/host_virtual_memory.h"
 #if defined(ACTMEM_HAVE_CUDA)
 #include "allocator/cuda_backend.h"
 #endif
@@ -40,8 +41,20 @@ BackendKind ProcessAllocators::backend_kind() {
 }
 
 std::unique_ptr<CachingAllocator> ProcessAllocators::make_allocator(int device) {
+  const bool growable = config_.allocator.growable.value_or(false);
   if (backend_kind() == BackendKind::kHost) {
+    if (growable) {
+      return std::make_unique<CachingAllocator>(std::make_unique<HostBackend>(),
+                                                std::make_unique<HostVirtualMemory>(),
+                                                std::make_unique<ImmediateEvents>(),
+                                                config_.allocator);
+    }
     return std::make_unique<CachingAllocator>(std::make_unique<HostBackend>(), config_.allocator);
+  }
+  if (growable) {
+    throw ConfigError(
+        "actmem: ACTMEM_ALLOC_CONF backend:vmm: growable segments over the CUDA driver's virtual "
+        "memory are not built yet (the host backend has them); use backend:classic on CUDA");
   }
 #if defined(ACTMEM_HAVE_CUDA)
   const CudaRuntime* runtime = detail::resolve_cuda_runtime();
@@ -93,7 +106,9 @@ std::string ProcessAllocators::stats_json() {
     CachingAllocator* allocator = allocators_[device].load(std::memory_order_acquire);
     if (allocator == nullptr) continue;
     json += (first ? "\"" : ",\"") + std::to_string(device) +
-            "\":" + to_json(allocator->stats(), allocator->backend().name());
+            "\":" + to_json(allocator->stats(), allocator->virtual_memory() != nullptr
+                                                    ? allocator->virtual_memory()->name()
+                                                    : allocator->backend().name());
     first = false;
   }
   json += "}";

@@ -66,7 +66,7 @@ TEST(ProcessConfig, ReadsEveryVariable) {
                                      {"ACTMEM_BUDGET", "6GiB"},
                                      {"ACTMEM_ALLOC_CONF",
                                       "max_split_size_mb:128, pressure_rounds:2,trace:true,"
-                                      "trace_capacity:1000"},
+                                      "trace_capacity:1000,backend:vmm"},
                                      {"ACTMEM_STATS", "/tmp/stats.json"}});
   EXPECT_EQ(config.backend, BackendKind::kHost);
   EXPECT_EQ(config.allocator.budget_bytes, std::optional<std::size_t>(6ull << 30));
@@ -74,6 +74,10 @@ TEST(ProcessConfig, ReadsEveryVariable) {
   EXPECT_EQ(config.allocator.pressure_rounds, 2);
   EXPECT_TRUE(config.allocator.record_trace);
   EXPECT_EQ(config.allocator.trace_capacity, 1000u);
+  EXPECT_EQ(config.allocator.growable, std::optional<bool>(true));
+  EXPECT_EQ(from({{"ACTMEM_ALLOC_CONF", "backend:cuda"}}).allocator.growable,
+            std::optional<bool>(false));
+  EXPECT_EQ(from({}).allocator.growable, std::nullopt);
   EXPECT_EQ(config.stats_path, "/tmp/stats.json");
   const ProcessConfig traced = from({{"ACTMEM_TRACE", "/tmp/trace.txt"}});
   EXPECT_TRUE(traced.allocator.record_trace);
@@ -84,12 +88,13 @@ TEST(ProcessConfig, MalformedValuesAreClearErrors) {
   const std::map<std::string, std::map<std::string, std::string>> cases = {
       {"expected one of host, cuda, auto", {{"ACTMEM_BACKEND", "gpu"}}},
       {"unknown key 'max_split_mb'", {{"ACTMEM_ALLOC_CONF", "max_split_mb:128"}}},
-      {"keys: max_split_size_mb, pressure_rounds, trace, trace_capacity",
+      {"keys: backend, max_split_size_mb, pressure_rounds, trace, trace_capacity",
        {{"ACTMEM_ALLOC_CONF", "bogus:1"}}},
       {"expected key:value", {{"ACTMEM_ALLOC_CONF", "max_split_size_mb"}}},
       {"expected a whole number from 21", {{"ACTMEM_ALLOC_CONF", "max_split_size_mb:20"}}},
       {"expected a whole number", {{"ACTMEM_ALLOC_CONF", "pressure_rounds:many"}}},
       {"expected true or false", {{"ACTMEM_ALLOC_CONF", "trace:yes please"}}},
+      {"expected vmm (growable segments) or classic", {{"ACTMEM_ALLOC_CONF", "backend:gpu"}}},
       {"expected a file path", {{"ACTMEM_STATS", "  "}}},
   };
   for (const auto& [expected, env] : cases) {
