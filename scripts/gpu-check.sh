@@ -22,6 +22,8 @@
 #   python     tests/gpu/python_policies.py: the Python package's unmodified scripts on CUDA under
 #              python -m actmem (each policy) beside plain, checkpoint and save_on_cpu
 #                                                                    OUTDIR/python_policies.log, .json
+#   allocators tests/gpu/allocator_side_by_side.py: training loops under PyTorch's default
+#              allocator, expandable_segments and actmem's layouts   OUTDIR/allocators.log, .json
 # Then OUTDIR/summary.txt: pass/fail per step and where each result went. Exit status 0 when every
 # step passed, 1 when one failed or was skipped, 2 on a usage error.
 #
@@ -33,7 +35,8 @@
 # Environment: PYTHON (default python3), ACTMEM_GPU_CHECK_BUDGET_S (the whole run's time, default
 # 540 s: every step's timeout is cut to fit), ACTMEM_CTEST_JOBS (default 8), ACTMEM_COMPARE_ARGS
 # (actmem_compare's arguments, default --preset gpu-check), ACTMEM_TORCH_ARGS (the torch step's,
-# default --max-batch-budget 8GiB; e.g. --models resnet,lstm to fit a shorter run).
+# default --max-batch-budget 8GiB; e.g. --models resnet,lstm to fit a shorter run),
+# ACTMEM_ALLOCATOR_ARGS (the allocators step's, e.g. --steps 10 --workloads resnet,lm).
 set -uo pipefail
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
@@ -74,14 +77,14 @@ ctest_jobs=${ACTMEM_CTEST_JOBS:-8}
 say() { printf 'gpu-check: %s\n' "$*" | tee -a "$out/gpu-check.log"; }
 
 # --- step bookkeeping -----------------------------------------------------------------------------
-order=(probe configure build test compare pluggable preload torch python)
+order=(probe configure build test compare pluggable preload torch python allocators)
 # Most seconds a step may take, and the least it is worth starting with. The time of the steps
 # still to come (their floors) is held back from each step's timeout, so a slow build cannot
 # leave no time for the Python steps.
 declare -A cap=([probe]=90 [configure]=150 [build]=330 [test]=180 [compare]=270
-  [pluggable]=90 [preload]=90 [torch]=240 [python]=150)
+  [pluggable]=90 [preload]=90 [torch]=240 [python]=150 [allocators]=180)
 declare -A floor=([probe]=20 [configure]=40 [build]=90 [test]=45 [compare]=60
-  [pluggable]=30 [preload]=30 [torch]=45 [python]=45)
+  [pluggable]=30 [preload]=30 [torch]=45 [python]=45 [allocators]=40)
 declare -A result=() note=() took=()
 
 # step_timeout NAME: prints the seconds NAME may run, or fails when too little time is left.
@@ -413,6 +416,18 @@ else
   finish python "$rc" "$(grep '^python policies:' "$out/python_policies.log" | tail -n 1 | cut -c1-200)" ""
 fi
 
+# --- 10. allocators: PyTorch's default, expandable_segments and actmem's layouts, side by side -----
+if [[ $torch_rc != 0 ]]; then
+  skip allocators "torch is not importable (probe)"
+elif [[ ! -f $alloc_so ]]; then
+  skip allocators "$alloc_so was not built"
+else
+  # shellcheck disable=SC2086  # ACTMEM_ALLOCATOR_ARGS is a list of words
+  TEE=1 run allocators "$out/allocators.log" "$PY" tests/gpu/allocator_side_by_side.py "$alloc_so" \
+    --out "$out/allocators.json" ${ACTMEM_ALLOCATOR_ARGS:-}
+  finish allocators "$rc" "$(grep '^allocator side by side:' "$out/allocators.log" | tail -n 1 | cut -c1-200)" ""
+fi
+
 # --- summary --------------------------------------------------------------------------------------
 failed=0
 {
@@ -451,6 +466,8 @@ PyTorch side-by-side log|$out/side_by_side.log
 PyTorch side-by-side records|$out/torch_side_by_side.json
 Python package on CUDA log|$out/python_policies.log
 Python package on CUDA records|$out/python_policies.json
+allocators side by side log|$out/allocators.log
+allocators side by side records|$out/allocators.json
 EOF
   [[ -n $archive ]] && echo "  all of the above but the build tree, as one file: $archive"
 } >"$out/summary.txt"
