@@ -10,6 +10,7 @@
 #include "allocator/host_virtual_memory.h"
 #if defined(ACTMEM_HAVE_CUDA)
 #include "allocator/cuda_backend.h"
+#include "allocator/cuda_virtual_memory.h"
 #endif
 
 namespace actmem::alloc {
@@ -51,11 +52,7 @@ std::unique_ptr<CachingAllocator> ProcessAllocators::make_allocator(int device) 
     }
     return std::make_unique<CachingAllocator>(std::make_unique<HostBackend>(), config_.allocator);
   }
-  if (growable) {
-    throw ConfigError(
-        "actmem: ACTMEM_ALLOC_CONF backend:vmm: growable segments over the CUDA driver's virtual "
-        "memory are not built yet (the host backend has them); use backend:classic on CUDA");
-  }
+
 #if defined(ACTMEM_HAVE_CUDA)
   const CudaRuntime* runtime = detail::resolve_cuda_runtime();
   if (runtime == nullptr) {
@@ -65,6 +62,18 @@ std::unique_ptr<CachingAllocator> ProcessAllocators::make_allocator(int device) 
   if (device >= count) {
     throw AllocatorError("actmem: CUDA device " + std::to_string(device) + " does not exist (" +
                          std::to_string(count) + " found)");
+  }
+  if (growable) {
+    std::string why;
+    std::unique_ptr<CudaVirtualMemory> virtual_memory = CudaVirtualMemory::create(device, &why);
+    if (!virtual_memory) {
+      throw ConfigError("actmem: ACTMEM_ALLOC_CONF backend:vmm: " + why +
+                        "; use backend:classic");
+    }
+    return std::make_unique<CachingAllocator>(std::make_unique<CudaBackend>(*runtime, device),
+                                              std::move(virtual_memory),
+                                              std::make_unique<CudaEvents>(*runtime, device),
+                                              config_.allocator);
   }
   return std::make_unique<CachingAllocator>(std::make_unique<CudaBackend>(*runtime, device),
                                             std::make_unique<CudaEvents>(*runtime, device),

@@ -15,6 +15,13 @@
 #include "allocator/errors.h"
 #include "allocator/host_backend.h"
 #include "allocator/host_virtual_memory.h"
+#if defined(ACTMEM_HAVE_CUDA)
+#include <cuda_runtime_api.h>
+
+#include "allocator/cuda_backend.h"
+#include "allocator/cuda_runtime.h"
+#include "allocator/cuda_virtual_memory.h"
+#endif
 
 namespace actmem::alloc {
 namespace {
@@ -229,6 +236,39 @@ TEST(GrowableSegments, RandomWorkloadKeepsEveryByteAccountedFor) {
   a->empty_cache();
   EXPECT_EQ(a->stats().reserved_bytes.current, 0);
 }
+
+#if defined(ACTMEM_HAVE_CUDA)
+// The same layout over the CUDA driver's virtual memory, where a device answers.
+TEST(GrowableSegmentsOnCuda, GrowContiguouslyOnTheDeviceAndShrinkOnRelease) {
+  const CudaRuntime* runtime = detail::resolve_cuda_runtime();
+  if (runtime == nullptr || cuda_device_count(*runtime) == 0) {
+    GTEST_SKIP() << "no CUDA device answers on this machine";
+  }
+  std::string why;
+  std::unique_ptr<CudaVirtualMemory> vm = CudaVirtualMemory::create(0, &why);
+  if (!vm) GTEST_SKIP() << why;
+  const std::size_t granule = vm->granularity();
+  CachingAllocator a(std::make_unique<CudaBackend>(*runtime, 0), std::move(vm),
+                     std::make_unique<CudaEvents>(*runtime, 0));
+  char* p = static_cast<char*>(a.allocate(3 * MiB));
+  char* q = static_cast<char*>(a.allocate(5 * MiB));
+  ASSERT_EQ(cudaMemset(p, 1, 3 * MiB), cudaSuccess);
+  ASSERT_EQ(cudaMemset(q, 2, 5 * MiB), cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(q, p + ((3 * MiB + granule - 1) / granule) * granule);
+  EXPECT_EQ(a.stats().segments.current, 1);
+  a.deallocate(q);
+  a.empty_cache();
+  EXPECT_EQ(static_cast<std::size_t>(a.stats().reserved_bytes.current),
+            (3 * MiB + granule - 1) / granule * granule);
+  char* r = static_cast<char*>(a.allocate(7 * MiB));
+  ASSERT_EQ(cudaMemset(r, 3, 7 * MiB), cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  a.check_invariants();
+  a.deallocate(p);
+  a.deallocate(r);
+}
+#endif
 
 }  // namespace
 }  // namespace actmem::alloc

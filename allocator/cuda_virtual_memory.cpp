@@ -1,0 +1,186 @@
+#include "allocator/cuda_virtual_memory.h"
+
+#include <cuda.h>
+#include <dlfcn.h>
+
+#include <type_traits>
+
+#include <stdexcept>
+
+#include "allocator/errors.h"
+
+namespace actmem::alloc {
+
+struct CudaVirtualMemory::Driver {
+  CUresult (*get_error_string)(CUresult, const char**);
+  CUresult (*device_get)(CUdevice*, int);
+  CUresult (*device_get_attribute)(int*, CUdevice_attribute, CUdevice);
+  CUresult (*device_total_mem)(size_t*, CUdevice);
+  CUresult (*granularity)(size_t*, const CUmemAllocationProp*, CUmemAllocationGranularity_flags);
+  CUresult (*address_reserve)(CUdeviceptr*, size_t, size_t, CUdeviceptr, unsigned long long);
+  CUresult (*address_free)(CUdeviceptr, size_t);
+  CUresult (*create)(CUmemGenericAllocationHandle*, size_t, const CUmemAllocationProp*,
+                     unsigned long long);
+  CUresult (*release)(CUmemGenericAllocationHandle);
+  CUresult (*map)(CUdeviceptr, size_t, size_t, CUmemGenericAllocationHandle, unsigned long long);
+  CUresult (*unmap)(CUdeviceptr, size_t);
+  CUresult (*set_access)(CUdeviceptr, size_t, const CUmemAccessDesc*, size_t);
+  CUresult (*synchronize)();
+
+  // The driver's functions, or nullptr with `why` set.
+  static const Driver* open(std::string* why) {
+    static std::string failure;
+    static const Driver* driver = [] () -> const Driver* {
+      void* library = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+      if (library == nullptr) {
+        failure = "the CUDA driver (libcuda.so.1) could not be opened";
+        return nullptr;
+      }
+      auto* d = new Driver{};
+      bool complete = true;
+      auto find = [&](auto& slot, const char* symbol) {
+        slot = reinterpret_cast<std::remove_reference_t<decltype(slot)>>(dlsym(library, symbol));
+        if (slot == nullptr) {
+          complete = false;
+          failure = std::string("the CUDA driver lacks ") + symbol;
+        }
+      };
+      find(d->get_error_string, "cuGetErrorString");
+      find(d->device_get, "cuDeviceGet");
+      find(d->device_get_attribute, "cuDeviceGetAttribute");
+      find(d->device_total_mem, "cuDeviceTotalMem_v2");
+      find(d->granularity, "cuMemGetAllocationGranularity");
+      find(d->address_reserve, "cuMemAddressReserve");
+      find(d->address_free, "cuMemAddressFree");
+      find(d->create, "cuMemCreate");
+      find(d->release, "cuMemRelease");
+      find(d->map, "cuMemMap");
+      find(d->unmap, "cuMemUnmap");
+      find(d->set_access, "cuMemSetAccess");
+      find(d->synchronize, "cuCtxSynchronize");
+      if (!complete) {
+        delete d;
+        return nullptr;
+      }
+      return d;  // lives as long as the process, as the driver does
+    }();
+    if (driver == nullptr && why != nullptr) *why = failure;
+    return driver;
+  }
+
+  [[noreturn]] void fail(const char* call, CUresult result) const {
+    const char* text = nullptr;
+    get_error_string(result, &text);
+    throw AllocatorError(std::string("actmem: vmm: ") + call + " failed: " +
+                         (text != nullptr ? text : "unknown CUDA driver error"));
+  }
+};
+
+namespace {
+
+CUmemAllocationProp device_memory(int device) {
+  CUmemAllocationProp prop{};
+  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  prop.location.id = device;
+  return prop;
+}
+
+}  // namespace
+
+std::unique_ptr<CudaVirtualMemory> CudaVirtualMemory::create(int device, std::string* why) {
+  const Driver* driver = Driver::open(why);
+  if (driver == nullptr) return nullptr;
+  CUdevice handle = 0;
+  int supported = 0;
+  if (driver->device_get(&handle, device) != CUDA_SUCCESS ||
+      driver->device_get_attribute(
+          &supported, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, handle) !=
+          CUDA_SUCCESS ||
+      supported == 0) {
+    if (why != nullptr) *why = "CUDA device " + std::to_string(device) +
+                               " does not support virtual memory management";
+    return nullptr;
+  }
+  const CUmemAllocationProp prop = device_memory(device);
+  std::size_t granularity = 0;
+  std::size_t total = 0;
+  if (driver->granularity(&granularity, &prop, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED) !=
+          CUDA_SUCCESS ||
+      granularity == 0 || driver->device_total_mem(&total, handle) != CUDA_SUCCESS) {
+    if (why != nullptr) *why = "the CUDA driver gave no allocation granularity or memory size";
+    return nullptr;
+  }
+  const std::size_t reservation = (total + granularity - 1) / granularity * granularity;
+  return std::unique_ptr<CudaVirtualMemory>(
+      new CudaVirtualMemory(*driver, device, granularity, reservation));
+}
+
+CudaVirtualMemory::CudaVirtualMemory(const Driver& driver, int device, std::size_t granularity,
+                                     std::size_t reservation)
+    : driver_(driver), device_(device), granularity_(granularity), reservation_(reservation) {}
+
+CudaVirtualMemory::~CudaVirtualMemory() {
+  for (const auto& [address, handle] : handles_) {
+    driver_.unmap(static_cast<CUdeviceptr>(address), granularity_);
+    driver_.release(handle);
+  }
+}
+
+void* CudaVirtualMemory::reserve(std::size_t bytes) {
+  CUdeviceptr base = 0;
+  if (driver_.address_reserve(&base, bytes, granularity_, 0, 0) != CUDA_SUCCESS) return nullptr;
+  return reinterpret_cast<void*>(base);
+}
+
+void CudaVirtualMemory::release(void* base, std::size_t bytes) {
+  const auto start = reinterpret_cast<std::uintptr_t>(base);
+  if (handles_.lower_bound(start) != handles_.lower_bound(start + bytes)) unmap(base, bytes);
+  const CUresult result = driver_.address_free(static_cast<CUdeviceptr>(start), bytes);
+  if (result != CUDA_SUCCESS) driver_.fail("cuMemAddressFree", result);
+}
+
+bool CudaVirtualMemory::map(void* ptr, std::size_t bytes) {
+  const CUmemAllocationProp prop = device_memory(device_);
+  const auto start = reinterpret_cast<std::uintptr_t>(ptr);
+  std::size_t done = 0;
+  for (; done < bytes; done += granularity_) {
+    CUmemGenericAllocationHandle handle = 0;
+    const CUresult created = driver_.create(&handle, granularity_, &prop, 0);
+    if (created == CUDA_ERROR_OUT_OF_MEMORY) break;
+    if (created != CUDA_SUCCESS) driver_.fail("cuMemCreate", created);
+    const CUresult mapped =
+        driver_.map(static_cast<CUdeviceptr>(start + done), granularity_, 0, handle, 0);
+    if (mapped != CUDA_SUCCESS) {
+      driver_.release(handle);
+      driver_.fail("cuMemMap", mapped);
+    }
+    handles_[start + done] = handle;
+  }
+  if (done < bytes) {  // out of device memory: give back what this call mapped
+    if (done > 0) unmap(ptr, done);
+    return false;
+  }
+  CUmemAccessDesc access{};
+  access.location = prop.location;
+  access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+  const CUresult result = driver_.set_access(static_cast<CUdeviceptr>(start), bytes, &access, 1);
+  if (result != CUDA_SUCCESS) driver_.fail("cuMemSetAccess", result);
+  return true;
+}
+
+void CudaVirtualMemory::unmap(void* ptr, std::size_t bytes) {
+  const CUresult synced = driver_.synchronize();
+  if (synced != CUDA_SUCCESS) driver_.fail("cuCtxSynchronize", synced);
+  const auto start = reinterpret_cast<std::uintptr_t>(ptr);
+  for (std::uintptr_t at = start; at < start + bytes; at += granularity_) {
+    const auto found = handles_.find(at);
+    if (found == handles_.end()) continue;
+    const CUresult unmapped = driver_.unmap(static_cast<CUdeviceptr>(at), granularity_);
+    if (unmapped != CUDA_SUCCESS) driver_.fail("cuMemUnmap", unmapped);
+    driver_.release(found->second);
+    handles_.erase(found);
+  }
+}
+
+}  // namespace actmem::alloc
