@@ -124,14 +124,18 @@ class CachingAllocator::Impl {
         }
         if (!pending_.empty()) process_events();
         BlockPool& pool = size <= kSmallSize ? small_ : large_;
-        if (Block* block = take_free_block(pool, size, stream)) {
+        if (Block* block = backed_for(take_free_block(pool, size, stream), size)) {
           return hand_out(block, size, bytes, /*cache_hit=*/true);
         }
-        if (Block* block = new_segment(pool, size, stream)) {
+        if (Block* block = backed_for(new_segment(pool, size, stream), size)) {
           return hand_out(block, size, bytes, /*cache_hit=*/false);
         }
         if (release_cached_segments() > 0) {
-          if (Block* block = new_segment(pool, size, stream)) {
+          // (In the vmm layout a free block may now lack granules it had: backed again if used.)
+          if (Block* block = backed_for(take_free_block(pool, size, stream), size)) {
+            return hand_out(block, size, bytes, /*cache_hit=*/true);
+          }
+          if (Block* block = backed_for(new_segment(pool, size, stream), size)) {
             return hand_out(block, size, bytes, /*cache_hit=*/false);
           }
         }
@@ -525,24 +529,30 @@ class CachingAllocator::Impl {
   //
   // Note [Growable segments]
   // In the vmm layout each stream's large requests come from one segment of address space the
-  // size of vm_->reservation(), reserved at the stream's first large request and backed from its
-  // start up to `mapped`, a multiple of the granularity (2 MiB). Its blocks tile [base,
-  // base + mapped) like a classic segment's, and `last` is the one that ends at base + mapped.
-  // A request no free block serves grows the mapping at the end by what it needs beyond a free
-  // last block (rounded up to the granularity) and takes the last block; so large requests cost
-  // reserved bytes in granules of 2 MiB, not in 20 MiB segments, and what one step frees the next
-  // reuses without a hole between segments. The mapped part of a free last block from its first
-  // granule boundary on is unmapped when memory is released (empty_cache, over budget, before a
-  // request fails): the segment shrinks in place. Free blocks inside the segment stay mapped
-  // (unmapping them would leave holes that a later request could not grow into). A steady state
-  // maps and unmaps nothing, as in the classic layout. Small requests keep the classic 2 MiB
-  // segments from backend_.
+  // size of vm_->reservation(), reserved at the stream's first large request. Its blocks tile
+  // [base, base + extent), extent a multiple of the granularity (2 MiB), and `last` is the block
+  // that ends there. Memory backs the extent granule by granule (`backed`): every granule an
+  // allocated block touches is backed; a free block may have granules that are not. Reserved
+  // bytes are the backed granules.
+  // - A request no free block serves grows the extent at the end by what it needs beyond a free
+  //   last block, backing the new granules, and takes the last block: large requests cost
+  //   reserved bytes in 2 MiB granules, not in 20 MiB segments, and what one step frees the next
+  //   reuses in place.
+  // - A free block handed out has the granules it lacks backed first (within the budget, else it
+  //   is passed over like a block that does not fit).
+  // - When memory is released (empty_cache, over budget, before a request fails), every granule
+  //   that lies wholly inside a free block is unmapped, and the extent shrinks to the first
+  //   granule boundary in a free last block: holes inside the segment go back too, not only its
+  //   tail.
+  // A steady state backs and unmaps nothing, as the classic layout allocates nothing. Small
+  // requests keep the classic 2 MiB segments from backend_.
 
   struct GrowableSegment {
     char* base = nullptr;
-    std::size_t reserved = 0;
-    std::size_t mapped = 0;
-    Block* last = nullptr;  // null while nothing is mapped
+    std::size_t reserved = 0;   // address space
+    std::size_t extent = 0;     // bytes from base that blocks tile
+    std::vector<bool> backed;   // per granule of the extent
+    Block* last = nullptr;      // null while the extent is empty
   };
 
   bool growable_base(std::uintptr_t start) const {
@@ -565,31 +575,116 @@ class CachingAllocator::Impl {
     return &segment;
   }
 
-  // The stream segment grown so that its last block (free) holds `size`; nullptr when the budget,
-  // the reservation or the device refuses.
+  // The granules [first, end) of `segment` that [from, to) overlaps.
+  std::pair<std::size_t, std::size_t> granules_over(const GrowableSegment& segment,
+                                                    const char* from, const char* to) const {
+    const std::size_t granule = vm_->granularity();
+    return {static_cast<std::size_t>(from - segment.base) / granule,
+            round_up(static_cast<std::size_t>(to - segment.base), granule) / granule};
+  }
+
+  std::size_t unbacked_bytes(const GrowableSegment& segment, const char* from,
+                             const char* to) const {
+    const auto [first, end] = granules_over(segment, from, to);
+    std::size_t missing = 0;
+    for (std::size_t g = first; g < end; ++g) missing += !segment.backed[g];
+    return missing * vm_->granularity();
+  }
+
+  // Backs every granule [from, to) overlaps; false when the budget or the device refuses (what
+  // was backed before that stays backed, free, for a later release).
+  bool back(GrowableSegment& segment, const char* from, const char* to, Stream stream) {
+    if (!fits_budget(unbacked_bytes(segment, from, to))) return false;
+    const std::size_t granule = vm_->granularity();
+    const auto [first, end] = granules_over(segment, from, to);
+    for (std::size_t g = first; g < end;) {
+      if (segment.backed[g]) {
+        ++g;
+        continue;
+      }
+      std::size_t run = g;
+      while (run < end && !segment.backed[run]) ++run;
+      char* at = segment.base + g * granule;
+      const std::size_t bytes = (run - g) * granule;
+      if (!vm_->map(at, bytes)) return false;
+      for (std::size_t i = g; i < run; ++i) segment.backed[i] = true;
+      ++stats_.backend_allocs;
+      stats_.reserved_bytes.increase(static_cast<std::int64_t>(bytes));
+      record_trace(TraceEntry::Action::kSegmentAlloc, at, bytes, stream);
+      g = run;
+    }
+    return true;
+  }
+
+  // Unmaps every backed granule that lies wholly inside [from, to); the bytes released.
+  std::size_t unback(GrowableSegment& segment, const char* from, const char* to, Stream stream) {
+    const std::size_t granule = vm_->granularity();
+    const std::size_t first = round_up(static_cast<std::size_t>(from - segment.base), granule) /
+                              granule;
+    const std::size_t end = static_cast<std::size_t>(to - segment.base) / granule;
+    std::size_t released = 0;
+    for (std::size_t g = first; g < end;) {
+      if (!segment.backed[g]) {
+        ++g;
+        continue;
+      }
+      std::size_t run = g;
+      while (run < end && segment.backed[run]) ++run;
+      char* at = segment.base + g * granule;
+      const std::size_t bytes = (run - g) * granule;
+      vm_->unmap(at, bytes);
+      for (std::size_t i = g; i < run; ++i) segment.backed[i] = false;
+      ++stats_.backend_frees;
+      stats_.reserved_bytes.decrease(static_cast<std::int64_t>(bytes));
+      record_trace(TraceEntry::Action::kSegmentFree, at, bytes, stream);
+      released += bytes;
+      g = run;
+    }
+    return released;
+  }
+
+  // `block` (taken from its pool) ready to hand out for `size`: a growable one with every granule
+  // of [ptr, ptr + size) backed. nullptr, the block back in its pool, when that cannot be done.
+  Block* backed_for(Block* block, std::size_t size) {
+    if (block == nullptr || !block->growable) return block;
+    if (back(growable_[block->stream], block->ptr, block->ptr + size, block->stream)) return block;
+    insert_free(*block->pool, block);
+    return nullptr;
+  }
+
+  // The stream segment's extent grown so that its last block (free) holds `size`, the new
+  // granules backed; nullptr when the budget, the reservation or the device refuses.
   Block* grow_segment(std::size_t size, Stream stream) {
     GrowableSegment* segment = growable_segment(stream);
     if (segment == nullptr) return nullptr;
     Block* tail = segment->last;
     // A free last block too small for the request (else take_free_block had it) is extended.
     const bool extend = tail != nullptr && tail->is_free() && tail->size < size;
-    const std::size_t growth = round_up(size - (extend ? tail->size : 0), vm_->granularity());
-    if (segment->mapped + growth > segment->reserved || !fits_budget(growth)) return nullptr;
-    char* at = segment->base + segment->mapped;
-    if (!vm_->map(at, growth)) return nullptr;
-    ++stats_.backend_allocs;
-    stats_.reserved_bytes.increase(static_cast<std::int64_t>(growth));
-    if (segment->mapped == 0) stats_.segments.increase(1);
-    segment->mapped += growth;
-    segments_[reinterpret_cast<std::uintptr_t>(segment->base)] = segment->mapped;
-    record_trace(TraceEntry::Action::kSegmentAlloc, at, growth, stream);
+    char* end = segment->base + segment->extent;
+    char* start = extend ? tail->ptr : end;
+    const std::size_t extent =
+        round_up(static_cast<std::size_t>(start + size - segment->base), vm_->granularity());
+    const std::size_t growth = extent - segment->extent;
+    if (extent > segment->reserved) return nullptr;
+    if (!fits_budget(growth + unbacked_bytes(*segment, start, end))) return nullptr;
+    const std::size_t old_extent = segment->extent;
+    segment->extent = extent;
+    segment->backed.resize(extent / vm_->granularity(), false);
+    if (!back(*segment, end, segment->base + extent, stream)) {
+      unback(*segment, end, segment->base + extent, stream);
+      segment->extent = old_extent;
+      segment->backed.resize(old_extent / vm_->granularity());
+      return nullptr;
+    }
+    if (old_extent == 0) stats_.segments.increase(1);
+    segments_[reinterpret_cast<std::uintptr_t>(segment->base)] = segment->extent;
     if (extend) {
       release_node(large_.blocks.extract(tail));
       tail->size += growth;
       return tail;
     }
     Block* block = new_block();
-    block->ptr = at;
+    block->ptr = end;
     block->size = growth;
     block->stream = stream;
     block->pool = &large_;
@@ -600,22 +695,23 @@ class CachingAllocator::Impl {
     return block;
   }
 
-  // Unmaps each growable segment's free tail from its first granule boundary; the bytes released.
+  // Unmaps the granules wholly inside free blocks of the growable segments, and trims each
+  // segment's extent to the first granule boundary in a free last block; the bytes released.
   std::size_t shrink_growable_segments() {
     std::size_t released = 0;
+    for (Block* block : large_.blocks) {
+      if (!block->growable) continue;
+      released += unback(growable_[block->stream], block->ptr, block->ptr + block->size,
+                         block->stream);
+    }
     for (auto& [stream, segment] : growable_) {
       Block* tail = segment.last;
       if (tail == nullptr || !tail->is_free()) continue;
-      char* end = segment.base + segment.mapped;
-      char* from = segment.base + round_up(static_cast<std::size_t>(tail->ptr - segment.base),
-                                           vm_->granularity());
-      if (from >= end) continue;
-      const auto bytes = static_cast<std::size_t>(end - from);
+      const std::size_t extent =
+          round_up(static_cast<std::size_t>(tail->ptr - segment.base), vm_->granularity());
+      if (extent >= segment.extent) continue;
+      char* from = segment.base + extent;  // everything from here on is unbacked now
       release_node(large_.blocks.extract(tail));
-      vm_->unmap(from, bytes);
-      ++stats_.backend_frees;
-      stats_.reserved_bytes.decrease(static_cast<std::int64_t>(bytes));
-      record_trace(TraceEntry::Action::kSegmentFree, from, bytes, stream);
       if (from == tail->ptr) {
         segment.last = tail->prev;
         if (segment.last != nullptr) segment.last->next = nullptr;
@@ -624,15 +720,15 @@ class CachingAllocator::Impl {
         tail->size = static_cast<std::size_t>(from - tail->ptr);
         insert_free(large_, tail);
       }
-      segment.mapped -= bytes;
+      segment.extent = extent;
+      segment.backed.resize(extent / vm_->granularity());
       const auto base = reinterpret_cast<std::uintptr_t>(segment.base);
-      if (segment.mapped == 0) {
+      if (segment.extent == 0) {
         segments_.erase(base);
         stats_.segments.decrease(1);
       } else {
-        segments_[base] = segment.mapped;
+        segments_[base] = segment.extent;
       }
-      released += bytes;
     }
     return released;
   }
@@ -781,7 +877,7 @@ void CachingAllocator::Impl::check_invariants() {
   std::int64_t reserved = 0;
   std::size_t index = 0;
   for (const auto& [start, size] : segments_) {
-    reserved += static_cast<std::int64_t>(size);
+    if (!growable_base(start)) reserved += static_cast<std::int64_t>(size);
     const char* cursor = reinterpret_cast<const char*>(start);
     const Block* previous = nullptr;
     while (cursor < reinterpret_cast<const char*>(start) + size) {
@@ -806,12 +902,25 @@ void CachingAllocator::Impl::check_invariants() {
   if (index != blocks.size()) fail("a block lies outside every segment");
   for (const auto& [stream, segment] : growable_) {
     const Block* last = segment.last;
-    if ((segment.mapped == 0) != (last == nullptr)) fail("a growable segment's last block is wrong");
-    if (last != nullptr && (last->ptr + last->size != segment.base + segment.mapped ||
+    if ((segment.extent == 0) != (last == nullptr)) fail("a growable segment's last block is wrong");
+    if (last != nullptr && (last->ptr + last->size != segment.base + segment.extent ||
                             last->next != nullptr || !last->growable)) {
-      fail("a growable segment's last block does not end its mapping");
+      fail("a growable segment's last block does not end its extent");
     }
-    if (segment.mapped % vm_->granularity() != 0) fail("a growable segment maps part of a granule");
+    if (segment.extent % vm_->granularity() != 0 ||
+        segment.backed.size() != segment.extent / vm_->granularity()) {
+      fail("a growable segment's extent is not whole granules");
+    }
+    for (const bool backed : segment.backed) {
+      reserved += backed ? static_cast<std::int64_t>(vm_->granularity()) : 0;
+    }
+  }
+  for (const Block* b : blocks) {
+    if (!b->growable || b->is_free()) continue;
+    const GrowableSegment& segment = growable_.at(b->stream);
+    if (unbacked_bytes(segment, b->ptr, b->ptr + b->size) != 0) {
+      fail("a block in use lies on an unbacked granule");
+    }
   }
   if (reserved != stats_.reserved_bytes.current) fail("reserved bytes do not add up");
 }

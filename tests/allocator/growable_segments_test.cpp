@@ -120,6 +120,40 @@ TEST(GrowableSegments, AFreeTailIsUnmappedFromItsFirstGranuleBoundary) {
   a->deallocate(p);
 }
 
+TEST(GrowableSegments, AHoleIsUnmappedOnReleaseAndBackedAgainWhenUsed) {
+  auto a = make_vmm();
+  char* p = static_cast<char*>(a->allocate(4 * MiB));
+  char* q = static_cast<char*>(a->allocate(4 * MiB));
+  char* r = static_cast<char*>(a->allocate(4 * MiB));
+  a->deallocate(q);
+  a->empty_cache();
+  EXPECT_EQ(reserved(*a), static_cast<std::int64_t>(8 * MiB)) << "the hole between p and r went back";
+  EXPECT_EQ(a->stats().backend_frees, 1);
+  a->check_invariants();
+  char* again = static_cast<char*>(a->allocate(3 * MiB));
+  EXPECT_EQ(again, q);
+  std::memset(again, 5, 3 * MiB);  // backed: writing faults otherwise
+  EXPECT_EQ(reserved(*a), static_cast<std::int64_t>(12 * MiB));
+  a->check_invariants();
+  for (char* block : {p, r, again}) a->deallocate(block);
+}
+
+TEST(GrowableSegments, AHoleGoesBackWhenAnotherStreamNeedsTheBudget) {
+  AllocatorOptions options;
+  options.budget_bytes = 12 * MiB;
+  auto a = make_vmm(options);
+  void* p = a->allocate(4 * MiB, stream_handle(1));
+  void* q = a->allocate(4 * MiB, stream_handle(1));
+  void* r = a->allocate(4 * MiB, stream_handle(1));
+  a->deallocate(q);  // a hole: the classic layout could not give it back while p and r live
+  void* other = a->allocate(4 * MiB, stream_handle(2));
+  std::memset(other, 6, 4 * MiB);
+  EXPECT_LE(a->stats().reserved_bytes.peak, static_cast<std::int64_t>(12 * MiB));
+  EXPECT_EQ(a->stats().ooms, 0);
+  a->check_invariants();
+  for (void* block : {p, r, other}) a->deallocate(block);
+}
+
 TEST(GrowableSegments, StreamsGrowSegmentsOfTheirOwn) {
   auto a = make_vmm();
   void* p = a->allocate(4 * MiB, stream_handle(1));
