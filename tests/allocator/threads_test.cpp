@@ -10,14 +10,29 @@
 #include "allocator/caching_allocator.h"
 #include "allocator/errors.h"
 #include "allocator/host_backend.h"
+#include "allocator/host_virtual_memory.h"
 
 namespace actmem::alloc {
 namespace {
 
-TEST(AllocatorThreads, FourThreadsShareOneAllocatorSafely) {
+// In both layouts: the classic one, and vmm over the CPU twin of the driver's virtual memory.
+class AllocatorThreads : public ::testing::TestWithParam<bool> {
+ protected:
+  std::unique_ptr<CachingAllocator> make(AllocatorOptions options) {
+    if (!GetParam()) {
+      return std::make_unique<CachingAllocator>(std::make_unique<HostBackend>(), options);
+    }
+    return std::make_unique<CachingAllocator>(std::make_unique<HostBackend>(),
+                                              std::make_unique<HostVirtualMemory>(),
+                                              std::make_unique<ImmediateEvents>(), options);
+  }
+};
+
+TEST_P(AllocatorThreads, FourThreadsShareOneAllocatorSafely) {
   AllocatorOptions options;
   options.budget_bytes = std::size_t{256} << 20;
-  CachingAllocator allocator(std::make_unique<HostBackend>(), options);
+  const std::unique_ptr<CachingAllocator> owned = make(options);
+  CachingAllocator& allocator = *owned;
   std::atomic<std::size_t> pressure_calls{0};
   allocator.add_pressure_handler([&](std::size_t) {
     ++pressure_calls;
@@ -59,6 +74,11 @@ TEST(AllocatorThreads, FourThreadsShareOneAllocatorSafely) {
   EXPECT_LE(s.reserved_bytes.peak, static_cast<std::int64_t>(256) << 20);
   EXPECT_EQ(s.ooms, ooms.load());
 }
+
+INSTANTIATE_TEST_SUITE_P(Layouts, AllocatorThreads, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& layout) {
+                           return layout.param ? "vmm" : "classic";
+                         });
 
 }  // namespace
 }  // namespace actmem::alloc
