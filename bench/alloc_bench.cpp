@@ -5,10 +5,12 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <optional>
 #include <random>
 #include <vector>
 
 #include "allocator/caching_allocator.h"
+#include "allocator/errors.h"
 #include "allocator/host_backend.h"
 #include "allocator/host_virtual_memory.h"
 #include "allocator/trace.h"
@@ -104,6 +106,54 @@ void BM_RandomWorkload(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
 }
 BENCHMARK(BM_RandomWorkload)->ArgsProduct({{64, 512}, {0, 1}});
+
+// The random workload's first 200,000 operations run twice on a fresh allocator: without a budget,
+// for the peak they allocate, then under a budget of 1.05 x that peak. "fits" is 1 when the second
+// run met every request (a layout that keeps reserved bytes close to allocated ones can run under
+// a budget that close to the peak); "ooms" counts the requests it could not.
+void BM_RandomWorkloadAtBudget(benchmark::State& state) {
+  const int live_target = static_cast<int>(state.range(0));
+  auto run = [&](std::optional<std::size_t> budget, AllocatorStats* stats) {
+    const std::unique_ptr<CachingAllocator> owned = make_layout(state, state.range(1));
+    CachingAllocator& allocator = *owned;
+    allocator.set_budget(budget);
+    std::mt19937_64 rng(42);
+    std::uniform_real_distribution<double> exponent(9.0, 24.0);
+    std::vector<void*> live;
+    std::int64_t ooms = 0;
+    for (int op = 0; op < 200000; ++op) {
+      if (static_cast<int>(live.size()) < live_target && (live.empty() || rng() % 2 == 0)) {
+        const auto bytes = static_cast<std::size_t>(std::exp2(exponent(rng)));
+        try {
+          live.push_back(allocator.allocate(bytes));
+        } catch (const OutOfMemoryError&) {
+          ++ooms;
+        }
+      } else {
+        const std::size_t i = rng() % live.size();
+        allocator.deallocate(live[i]);
+        live[i] = live.back();
+        live.pop_back();
+      }
+    }
+    for (void* p : live) allocator.deallocate(p);
+    *stats = allocator.stats();
+    return ooms;
+  };
+  std::int64_t ooms = 0;
+  AllocatorStats free_run, budget_run;
+  for (auto _ : state) {
+    run(std::nullopt, &free_run);
+    const auto budget = static_cast<std::size_t>(1.05 * free_run.allocated_bytes.peak);
+    ooms = run(budget, &budget_run);
+  }
+  state.counters["peak_allocated_MiB"] =
+      static_cast<double>(free_run.allocated_bytes.peak) / (1 << 20);
+  state.counters["budget_MiB"] = 1.05 * free_run.allocated_bytes.peak / (1 << 20);
+  state.counters["fits"] = ooms == 0 ? 1 : 0;
+  state.counters["ooms"] = static_cast<double>(ooms);
+}
+BENCHMARK(BM_RandomWorkloadAtBudget)->ArgsProduct({{64, 512}, {0, 1}})->Iterations(1);
 
 // A training step's allocation pattern, recorded once and replayed: forward allocates activations
 // of varied sizes with short-lived temporaries between them, backward frees them in reverse.
