@@ -9,8 +9,10 @@ and on CPU, for bench/RESULTS.md: --device cpu. PyTorch's two mechanisms run und
 allocator with the keep policy (their own hooks take the tensors they see), so that every row's
 peak is counted the same way; plain PyTorch's peak is torch.cuda's on CUDA, none on CPU.
 
-Exit status 1 when an actmem run failed or trained to other bits than plain PyTorch (the
-deterministic kernels are asked for: common.options), 0 otherwise."""
+Exit status 1 when an actmem run failed, trained to other bits than plain PyTorch (the
+deterministic kernels are asked for: common.options), or held more at its peak than PyTorch's own
+mechanism for the same thing (recompute against torch.utils.checkpoint, offload against
+save_on_cpu, 2 % slack); 0 otherwise."""
 
 import argparse
 import json
@@ -113,6 +115,16 @@ def main():
                 if row["returncode"] != 0 or not row.get("same_bits", False):
                     failed = True
                 rows.append(row)
+            # actmem must hold no more than PyTorch's own mechanism for the same thing (2 % slack
+            # for the allocator's rounding): recompute against checkpoint, offload against
+            # save_on_cpu. Both peaks are counted by actmem's allocator.
+            by_label = {row["label"]: row for row in rows if row["returncode"] == 0}
+            for ours, theirs in [("actmem recompute", "torch checkpoint"),
+                                 ("actmem offload", "torch save_on_cpu")]:
+                if ours in by_label and theirs in by_label:
+                    held, reference = by_label[ours]["peak_bytes"], by_label[theirs]["peak_bytes"]
+                    by_label[ours]["within_torch"] = held <= 1.02 * reference
+                    failed |= not by_label[ours]["within_torch"]
             report[script] = rows
             base = plain.get("step_ms")
             print(f"\n{script} ({' '.join(WORKLOADS[args.device][script])}, {args.steps} steps, "
