@@ -29,7 +29,27 @@ void ForwardContext::add_module(std::shared_ptr<SegmentModule> module) {
     if (added->identity() == module->identity()) return;
   }
   training_.push_back(module->training_flags());
+  if (capture_buffers_) snapshot_buffers(*module);
   modules_.push_back(std::move(module));
+}
+
+void ForwardContext::capture_buffers() {
+  if (capture_buffers_) return;
+  capture_buffers_ = true;
+  for (const auto& module : modules_) snapshot_buffers(*module);
+}
+
+void ForwardContext::snapshot_buffers(const SegmentModule& module) {
+  at::NoGradGuard no_grad;
+  for (const at::Tensor& buffer : module.buffers()) {
+    if (!buffer.defined()) continue;
+    const bool seen = std::any_of(buffers_at_start_.begin(), buffers_at_start_.end(),
+                                  [&](const auto& entry) {
+                                    return entry.first.unsafeGetTensorImpl() ==
+                                           buffer.unsafeGetTensorImpl();
+                                  });
+    if (!seen) buffers_at_start_.emplace_back(buffer, buffer.clone());
+  }
 }
 
 void ForwardContext::capture_generator() { rng_start_ = RngState::capture(); }
@@ -53,6 +73,14 @@ ForwardContext::Rerun::Rerun(const ForwardContext& context)
           buffers_before_.emplace_back(buffer, buffer.clone());
         }
       }
+    }
+  }
+  {
+    // The forward's own values, where it changed a buffer before reading it (through
+    // variable_data(), as below: no in-place change for autograd to see).
+    at::NoGradGuard no_grad;
+    for (const auto& [buffer, value] : context_.buffers_at_start_) {
+      buffer.variable_data().copy_(value);
     }
   }
   for (const auto& module : context_.modules_) training_before_.push_back(module->training_flags());

@@ -9,6 +9,7 @@
 //   they move once per step.
 #pragma once
 
+#include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
 
 #include <memory>
@@ -42,6 +43,13 @@ class ForwardContext {
   // A module whose training flag (and its submodules') the rerun must see as now, and whose
   // buffers it must leave as it finds them. Null, and modules already added, are skipped.
   void add_module(std::shared_ptr<SegmentModule> module);
+
+  // The forward about to run may be rerun: the buffers of the modules added, and of those added
+  // later (when they are added), are copied, so that the rerun reads them as the forward did (a
+  // block that updates a buffer and reads it, spectral norm's power iteration).
+  void capture_buffers();
+  // No rerun can come (the segment's tensors are all kept, none may be dropped): the copies go.
+  void forget_buffers() { buffers_at_start_.clear(); }
 
   // The forward has ended: `drew` says whether it drew random numbers. When it did, captures the
   // generator's state then, to check the rerun against (capture_generator must have run).
@@ -80,6 +88,10 @@ class ForwardContext {
   Autocast cpu_, cuda_;
   bool grad_ = true;
   std::vector<std::shared_ptr<SegmentModule>> modules_;
+  bool capture_buffers_ = false;
+  // Each buffer of the modules, once, with its value when its module was added (capture_buffers).
+  std::vector<std::pair<at::Tensor, at::Tensor>> buffers_at_start_;
+  void snapshot_buffers(const SegmentModule& module);
   std::vector<std::vector<bool>> training_;  // each module's flags when it was added
 };
 

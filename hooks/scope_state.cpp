@@ -388,7 +388,11 @@ bool ScopeState::may_drop(const SavedTensorInfo& info, bool segment_input) const
 }
 
 void ScopeState::settle(SegmentFrame& frame) {
-  if (frame.droppable.empty()) return;
+  if (frame.droppable.empty()) {
+    // Nothing of it is recomputed or may be dropped: no rerun, no use for the buffers' copies.
+    if (!frame.recomputes_any()) frame.context.forget_buffers();
+    return;
+  }
   struct Clear {
     SegmentFrame& frame;
     ~Clear() {

@@ -327,6 +327,7 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
     std::optional<RngUseWatch> watch;
     if (scope->policy().may_recompute()) {
       frame->context.capture_generator();
+      frame->context.capture_buffers();
       watch.emplace();
     }
     try {

@@ -32,7 +32,7 @@ from typing import Optional, Union
 import torch  # loads LibTorch, which _C links against
 
 from . import _C
-from ._segments import Segmenter, make_segment
+from ._segments import Segmenter, make_segment, replicas_run_their_own_segments
 
 __all__ = ["enable", "disable", "enabled", "segment", "segments", "stats", "device"]
 __version__ = "0.1.0"
@@ -94,6 +94,7 @@ def enable(
     global _hooks_in_use, _hooks_popped
     _hooks_in_use = weakref.ref(pack)
     _hooks_popped = False
+    replicas_run_their_own_segments()
     segmenter = Segmenter(pattern, source)
     handle = torch.nn.modules.module.register_module_forward_pre_hook(segmenter)
     _state = (hooks, handle, segmenter, threading.get_ident())

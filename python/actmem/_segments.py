@@ -1,8 +1,8 @@
 """Which modules of an unmodified model become segments, and running them as segments.
 
 A model's modules are named (``named_modules()``) the first time its outermost module is called;
-those the rule picks become segments: their forward runs through ``_C.segment`` (Note [Segments by
-class]). The rule:
+those the rule picks become segments: their forward runs through ``_C.segment`` (Note [Segments as a
+forward of their own]). The rule:
 
 - ``ACTMEM_SEGMENTS`` set: a regular expression that must match a module's whole qualified name,
   or a dotted tail of it (``layer\\d\\.\\d+`` matches ``layer1.0`` and, under DDP,
@@ -15,6 +15,7 @@ Only the outermost of nested matches is a segment (the library flattens nested s
 anyway), and the outermost module itself never is."""
 
 import collections
+import copy
 import re
 import warnings
 import weakref
@@ -26,86 +27,114 @@ from torch import nn
 from . import _C, _tree
 
 
-# Note [Segments by class]
-# A segment module's class is swapped for a subclass of it whose forward runs the class's forward
-# (or a forward the module had of its own, such as a torch.utils.checkpoint wrapper the script set)
-# through _C.segment, as torch.nn.utils.parametrize does. The forward is the class's, so it runs
-# on whichever module calls it: a copy (copy.copy, nn.DataParallel's replicas) runs its own
-# parameters, not those of the module that was chosen. The segment's name lives in the module's
-# __dict__. Pickled (torch.save of a whole model) or deep-copied, a segment module comes back as
-# its plain class: segments are chosen again when the copy is first called.
-
-_SEGMENT_CLASSES = {}
-
-
-def _segment_forward(self, *args, **kwargs):
-    plain = _plain_class(type(self))
-    inner = self.__dict__.get("_actmem_inner_forward")
-    inputs, rebuild_arguments = _tree.flatten((args, kwargs))
-    forward = {"running": True}  # what the forward's run leaves for the result; reruns leave none
-
-    def run(tensors):
-        call_args, call_kwargs = rebuild_arguments(tensors)
-        if inner is None:
-            result = plain.forward(self, *call_args, **call_kwargs)
-        else:
-            result = inner(*call_args, **call_kwargs)
-        outputs, rebuild = _tree.flatten(result)
-        if forward["running"]:
-            forward["rebuild"] = rebuild
-        return outputs
-
-    outputs = _C.segment(self.__dict__["_actmem_segment"], run, inputs, self)
-    # `run` stays with the segment until its backward and must hold nothing of the result: an
-    # object in it holding a tensor would tie the graph to itself.
-    forward["running"] = False
-    return forward.pop("rebuild")(outputs)
+# Note [Segments as a forward of their own]
+# A segment module gets an instance attribute `forward` (SegmentForward) that runs what its forward
+# was (the class's, or a forward the module had of its own, such as a torch.utils.checkpoint
+# wrapper the script set) through _C.segment. Its class stays what it was: code that tests
+# `type(m) is Block` (a parameter group, an init function) sees no difference. (Swapping the
+# class, as torch.nn.utils.parametrize does, was tried: such a test then silently picked no
+# module, and training diverged.) What an instance attribute costs, and how it is paid:
+# - the attribute names its module, so a copy of the module's __dict__ would run the original:
+#   copy.deepcopy maps it to the copy (__deepcopy__), nn.DataParallel's replicas get their own
+#   (Module._replicate_for_data_parallel is wrapped at enable()); a shallow copy.copy still runs
+#   the original, as a bound method stored the same way would;
+# - a whole-module pickle (torch.save(model)) holds it, and loading needs actmem importable.
+# A rerun puts back the attributes its forward rebinds (`self.h = …; self.h.retain_grad()`): the
+# tensors the forward left there are the ones in the graph.
 
 
-def _reduce_as_plain(self, protocol):
-    state = {k: v for k, v in self.__dict__.items() if k != "_actmem_segment"}
-    inner = state.pop("_actmem_inner_forward", None)
-    if inner is not None:
-        state["forward"] = inner
-    return (_new_plain, (_plain_class(type(self)),), state)
+def _attributes(module: nn.Module):
+    return [(m, dict(m.__dict__)) for m in module.modules()]
 
 
-def _new_plain(cls):
-    return cls.__new__(cls)
+def _put_back(saved) -> None:
+    for m, attributes in saved:
+        for key in [k for k in m.__dict__ if k not in attributes]:
+            del m.__dict__[key]
+        m.__dict__.update(attributes)
 
 
-def _plain_class(cls):
-    return cls.__dict__["_actmem_plain_class"]
+class SegmentForward:
+    """A module's ``forward`` run as the actmem segment ``name`` (Note [Segments as a forward of
+    their own]): the tensors among its arguments are the segment's inputs, those in its result its
+    outputs. ``inner`` is the forward it runs: one the module had of its own, else None for its
+    class's."""
 
+    def __init__(self, name: str, module: nn.Module, inner=None):
+        self.name = name
+        self.module = module
+        self.inner = inner
 
-def _segment_class(cls):
-    segment_class = _SEGMENT_CLASSES.get(cls)
-    if segment_class is None:
-        segment_class = type(cls.__name__, (cls,), {
-            "forward": _segment_forward,
-            "__reduce_ex__": _reduce_as_plain,
-            "_actmem_plain_class": cls,
-        })
-        segment_class.__qualname__ = cls.__qualname__
-        segment_class.__module__ = cls.__module__
-        _SEGMENT_CLASSES[cls] = segment_class
-    return segment_class
+    def __call__(self, *args, **kwargs):
+        module = self.module
+        inner = self.inner
+        inputs, rebuild_arguments = _tree.flatten((args, kwargs))
+        forward = {"running": True}  # the forward's run leaves the result's shape; reruns none
+
+        def run(tensors):
+            call_args, call_kwargs = rebuild_arguments(tensors)
+            saved = None if forward["running"] else _attributes(module)
+            try:
+                if inner is None:
+                    result = type(module).forward(module, *call_args, **call_kwargs)
+                else:
+                    result = inner(*call_args, **call_kwargs)
+            finally:
+                if saved is not None:
+                    _put_back(saved)
+            outputs, rebuild = _tree.flatten(result)
+            if forward["running"]:
+                forward["rebuild"] = rebuild
+            return outputs
+
+        outputs = _C.segment(self.name, run, inputs, module)
+        # `run` stays with the segment until its backward and must hold nothing of the result: an
+        # object in it holding a tensor would tie the graph to itself.
+        forward["running"] = False
+        return forward.pop("rebuild")(outputs)
+
+    def for_module(self, module: nn.Module) -> "SegmentForward":
+        return SegmentForward(self.name, module, self.inner)
+
+    def __deepcopy__(self, memo):
+        return SegmentForward(self.name, copy.deepcopy(self.module, memo),
+                              copy.deepcopy(self.inner, memo))
+
+    def __reduce__(self):
+        return (SegmentForward, (self.name, self.module, self.inner))
+
+    def __repr__(self):
+        return f"actmem.SegmentForward({self.name!r})"
 
 
 def is_segment(module: nn.Module) -> bool:
-    return "_actmem_plain_class" in type(module).__dict__
+    return isinstance(module.__dict__.get("forward"), SegmentForward)
 
 
 def make_segment(module: nn.Module, name: str) -> bool:
     """Makes ``module`` the segment ``name``; False if it is one already."""
     if is_segment(module):
         return False
-    own = module.__dict__.pop("forward", None)
-    if own is not None:
-        module.__dict__["_actmem_inner_forward"] = own
-    module.__dict__["_actmem_segment"] = name
-    module.__class__ = _segment_class(type(module))
+    module.forward = SegmentForward(name, module, module.__dict__.get("forward"))
     return True
+
+
+def replicas_run_their_own_segments() -> None:
+    """Wraps Module._replicate_for_data_parallel (once) so that an nn.DataParallel replica of a
+    segment module runs itself, not the module it was copied from."""
+    replicate = getattr(nn.Module, "_replicate_for_data_parallel", None)
+    if replicate is None or getattr(replicate, "_actmem", False):
+        return
+
+    def replicate_with_segment(self):
+        replica = replicate(self)
+        forward = replica.__dict__.get("forward")
+        if isinstance(forward, SegmentForward):
+            replica.__dict__["forward"] = forward.for_module(replica)
+        return replica
+
+    replicate_with_segment._actmem = True
+    nn.Module._replicate_for_data_parallel = replicate_with_segment
 
 
 def _matches(pattern: re.Pattern, name: str) -> bool:

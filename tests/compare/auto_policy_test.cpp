@@ -70,6 +70,18 @@ INSTANTIATE_TEST_SUITE_P(Tiny, AutoOnModels,
                                            Case{"lstm", 75}, Case{"vnet", 75}),
                          [](const auto& param_info) { return param_info.param.model; });
 
+// The bytes of a model's buffers (BatchNorm's running stats), rounded up to the allocator's 512 B
+// per buffer. A policy that may rerun segments holds a copy of each segment's buffers as its
+// forward began (ForwardContext::capture_buffers), while a rerun may come: at most twice these,
+// since VNet's input segment names the whole model as its module, and each stage its own.
+std::int64_t buffer_bytes(const std::string& name) {
+  std::int64_t bytes = 0;
+  for (const at::Tensor& buffer : models::make_model(name, models::Size::kTiny)->buffers()) {
+    bytes += (static_cast<std::int64_t>(buffer.nbytes()) + 511) / 512 * 512;
+  }
+  return bytes;
+}
+
 // Once its plan has settled: the profiled step sends everything out (it must fit before anything
 // is known), and a plan may send some out until the allocator's overhead under it is measured
 // (a few steps at most).
@@ -82,7 +94,9 @@ TEST(AutoPolicy, BehavesAsKeepWhenTheBudgetHoldsKeepsPeak) {
     for (int i = kSettled; i < kLongerSteps; ++i) {
       EXPECT_EQ(planned.costs[i].offloaded_bytes, 0) << model << " step " << i;
       EXPECT_EQ(planned.costs[i].recomputed_bytes, 0) << model << " step " << i;
-      EXPECT_EQ(planned.costs[i].peak_bytes, keep.costs[i].peak_bytes) << model << " step " << i;
+      EXPECT_GE(planned.costs[i].peak_bytes, keep.costs[i].peak_bytes) << model << " step " << i;
+      EXPECT_LE(planned.costs[i].peak_bytes, keep.costs[i].peak_bytes + 2 * buffer_bytes(model))
+          << model << " step " << i;
     }
     EXPECT_EQ(planned.grads, keep.grads) << model;
   }

@@ -173,5 +173,75 @@ def test_copies_of_a_segment_module_run_their_own_parameters():
         print(torch.equal(replica(x), torch.zeros(8, 64)))
         back = pickle.loads(pickle.dumps(model))
         print(type(back[0]) is nn.Sequential, torch.equal(back(x), model(x)))
+        print(type(model[0]) is nn.Sequential)  # a segment module keeps its class
     """)
-    assert out.splitlines() == ["True True", "True", "True True"]
+    assert out.splitlines() == ["True True", "True", "True True", "True"]
+
+
+# Programs a downstream review found differing from plain PyTorch (each runs plain, then under
+# recompute, in one process, and prints whether the two agree to the bit).
+AGREE = """
+def agree(build):
+    import copy
+    torch.manual_seed(5)
+    net = build()
+    state = copy.deepcopy(net.state_dict())
+    def run():
+        net.load_state_dict(state)
+        net.zero_grad()
+        torch.manual_seed(6)
+        loss = net(torch.randn(256, 64)).square().mean()
+        loss.backward()
+        return [loss.detach()] + [p.grad.clone() for p in net.parameters()] + [
+            b.clone() for b in net.buffers()]
+    plain = run()
+    actmem.enable(policy="recompute", segments=r"\\d+")
+    managed = run()
+    actmem.disable()
+    return all(torch.equal(a, b) for a, b in zip(plain, managed)), \
+        actmem.stats()["activations"]["recomputations"] > 0
+"""
+
+
+def test_a_block_that_updates_a_buffer_and_reads_it_reruns_with_the_forwards_value():
+    out = python(AGREE + textwrap.dedent("""
+        class Ema(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.linear = nn.Linear(64, 64)
+                self.register_buffer("ema", torch.zeros(64))
+            def forward(self, x):
+                self.ema.mul_(0.9).add_(x.detach().mean(0), alpha=0.1)
+                return x + torch.tanh(self.linear(x - self.ema))
+        print(*agree(lambda: nn.Sequential(Ema(), Ema(), Ema())))
+    """))
+    assert out.splitlines() == ["True True"]
+
+
+def test_spectral_norm_reruns_with_the_forwards_power_iteration():
+    out = python(AGREE + textwrap.dedent("""
+        from torch.nn.utils.parametrizations import spectral_norm
+        block = lambda: nn.Sequential(spectral_norm(nn.Linear(64, 64)), nn.Tanh())
+        print(*agree(lambda: nn.Sequential(block(), block(), block())))
+    """))
+    assert out.splitlines() == ["True True"]
+
+
+def test_an_attribute_the_forward_sets_keeps_the_forwards_tensor():
+    # `self.h = ...; self.h.retain_grad()`: after backward, h.grad is there as without actmem.
+    out = python("""
+        class Keeps(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.linear = nn.Linear(64, 64)
+            def forward(self, x):
+                self.h = torch.tanh(self.linear(x))
+                self.h.retain_grad()
+                return x + self.h
+        net = nn.Sequential(Keeps(), Keeps())
+        actmem.enable(policy="recompute", segments=r"\\d+")
+        net(torch.randn(256, 64)).square().mean().backward()
+        print(net[0].h.grad is not None, actmem.stats()["activations"]["recomputations"])
+    """)
+    assert out.splitlines() == ["True 2"]
+
