@@ -64,9 +64,6 @@ void BM_BackendPair(benchmark::State& state) {
 }
 BENCHMARK(BM_BackendPair)->Apply(size_args);
 
-// Many live blocks with random sizes (log-uniform, 512 B to 16 MiB) and random lifetimes.
-// Reports reserved bytes at the allocated peak over the peak itself: what caching and
-// fragmentation cost in memory.
 // The layouts the workloads run over: 0 classic (fixed 2 and 20 MiB segments), 1 vmm (growable
 // segments over the CPU twin of the CUDA driver's virtual memory, Note [Growable segments]).
 std::unique_ptr<CachingAllocator> make_layout(benchmark::State& state, std::int64_t layout) {
@@ -77,24 +74,54 @@ std::unique_ptr<CachingAllocator> make_layout(benchmark::State& state, std::int6
                                             std::make_unique<ImmediateEvents>());
 }
 
+// Many live blocks with random sizes (log-uniform, 512 B to 16 MiB) and random lifetimes, one
+// operation at a time: an allocation, half the time while fewer than `live_target` blocks live,
+// else the free of one at random. The same seed gives the same operations.
+class RandomWorkload {
+ public:
+  RandomWorkload(CachingAllocator& allocator, int live_target)
+      : allocator_(allocator), live_target_(live_target) {}
+  ~RandomWorkload() {
+    for (void* p : live_) allocator_.deallocate(p);
+  }
+  RandomWorkload(const RandomWorkload&) = delete;
+  RandomWorkload& operator=(const RandomWorkload&) = delete;
+
+  // One operation; false when the allocator refused an allocation (OutOfMemoryError).
+  bool step() {
+    if (static_cast<int>(live_.size()) < live_target_ && (live_.empty() || rng_() % 2 == 0)) {
+      const auto bytes = static_cast<std::size_t>(std::exp2(exponent_(rng_)));
+      try {
+        live_.push_back(allocator_.allocate(bytes));
+      } catch (const OutOfMemoryError&) {
+        return false;
+      }
+      return true;
+    }
+    const std::size_t i = rng_() % live_.size();
+    allocator_.deallocate(live_[i]);
+    live_[i] = live_.back();
+    live_.pop_back();
+    return true;
+  }
+
+ private:
+  CachingAllocator& allocator_;
+  int live_target_;
+  std::mt19937_64 rng_{42};
+  std::uniform_real_distribution<double> exponent_{9.0, 24.0};
+  std::vector<void*> live_;
+};
+
+// Reports reserved bytes at the allocated peak over the peak itself: what caching and
+// fragmentation cost in memory.
 void BM_RandomWorkload(benchmark::State& state) {
-  const int live_target = static_cast<int>(state.range(0));
   const std::unique_ptr<CachingAllocator> owned = make_layout(state, state.range(1));
   CachingAllocator& allocator = *owned;
-  std::mt19937_64 rng(42);
-  std::uniform_real_distribution<double> exponent(9.0, 24.0);
-  std::vector<void*> live;
-  for (auto _ : state) {
-    if (static_cast<int>(live.size()) < live_target && (live.empty() || rng() % 2 == 0)) {
-      live.push_back(allocator.allocate(static_cast<std::size_t>(std::exp2(exponent(rng)))));
-    } else {
-      const std::size_t i = rng() % live.size();
-      allocator.deallocate(live[i]);
-      live[i] = live.back();
-      live.pop_back();
-    }
+  {
+    RandomWorkload work(allocator, static_cast<int>(state.range(0)));
+    for (auto _ : state) work.step();
   }
-  for (void* p : live) allocator.deallocate(p);
   const AllocatorStats s = allocator.stats();
   state.counters["peak_allocated_MiB"] = static_cast<double>(s.allocated_bytes.peak) / (1 << 20);
   state.counters["peak_reserved_MiB"] = static_cast<double>(s.reserved_bytes.peak) / (1 << 20);
@@ -112,33 +139,16 @@ BENCHMARK(BM_RandomWorkload)->ArgsProduct({{64, 512}, {0, 1}});
 // run met every request (a layout that keeps reserved bytes close to allocated ones can run under
 // a budget that close to the peak); "ooms" counts the requests it could not.
 void BM_RandomWorkloadAtBudget(benchmark::State& state) {
-  const int live_target = static_cast<int>(state.range(0));
   auto run = [&](std::optional<std::size_t> budget, AllocatorStats* stats) {
     const std::unique_ptr<CachingAllocator> owned = make_layout(state, state.range(1));
-    CachingAllocator& allocator = *owned;
-    allocator.set_budget(budget);
-    std::mt19937_64 rng(42);
-    std::uniform_real_distribution<double> exponent(9.0, 24.0);
-    std::vector<void*> live;
-    std::int64_t ooms = 0;
-    for (int op = 0; op < 200000; ++op) {
-      if (static_cast<int>(live.size()) < live_target && (live.empty() || rng() % 2 == 0)) {
-        const auto bytes = static_cast<std::size_t>(std::exp2(exponent(rng)));
-        try {
-          live.push_back(allocator.allocate(bytes));
-        } catch (const OutOfMemoryError&) {
-          ++ooms;
-        }
-      } else {
-        const std::size_t i = rng() % live.size();
-        allocator.deallocate(live[i]);
-        live[i] = live.back();
-        live.pop_back();
-      }
+    owned->set_budget(budget);
+    std::int64_t refused = 0;
+    {
+      RandomWorkload work(*owned, static_cast<int>(state.range(0)));
+      for (int op = 0; op < 200000; ++op) refused += work.step() ? 0 : 1;
     }
-    for (void* p : live) allocator.deallocate(p);
-    *stats = allocator.stats();
-    return ooms;
+    *stats = owned->stats();
+    return refused;
   };
   std::int64_t ooms = 0;
   AllocatorStats free_run, budget_run;
