@@ -21,7 +21,6 @@ import warnings
 import weakref
 from typing import Iterable, List, Optional, Tuple
 
-import torch
 from torch import nn
 
 from . import _C, _tree
