@@ -138,6 +138,13 @@ void SegmentFrame::capture(const at::Tensor& tensor) {
 
 TensorList SegmentFrame::rerun_inputs() {
   for (std::size_t i = 0; i < input_counters.size(); ++i) {
+    if (i < changed_by_forward.size() && changed_by_forward[i]) {
+      throw std::runtime_error(
+          "actmem: segment '" + name + "': input " + std::to_string(i) +
+          " was modified in place by the segment's own forward, so it cannot be recomputed (a "
+          "rerun would start from the changed values); keep or offload this segment, or change a "
+          "copy of the input");
+    }
     if (input_changed(i)) {
       throw std::runtime_error("actmem: segment '" + name + "': input " + std::to_string(i) +
                                " was modified in place after the segment ran, so it cannot be "
@@ -339,6 +346,9 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
     frame->context.forward_ended(watch && watch->drew());
   }
   if (bracket) scope->end_segment(*bracket);
+  for (std::size_t i = 0; i < frame->input_counters.size(); ++i) {
+    frame->changed_by_forward.push_back(frame->input_changed(i));
+  }
   frame->forward_ns = detail::elapsed_ns(start);
   scope->settle(*frame);
   detail::t_last_segment.frame = frame;

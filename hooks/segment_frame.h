@@ -42,6 +42,9 @@ struct SegmentFrame {
   // Each input's version when the segment began, and its version counter (which holds no memory):
   // a rerun on an input changed in place since would compute something else.
   std::vector<std::int64_t> input_versions;
+  // Inputs the segment's own forward changed in place (found when it ends): a rerun would start
+  // from the changed values. Written by the forward's thread before the frame is shared.
+  std::vector<char> changed_by_forward;
   std::vector<c10::VariableVersion> input_counters;
   // What the forward ran under (generator, autocast, grad mode, the modules' training flags): in
   // force again while the segment is rerun. Written by the forward's thread while it runs.

@@ -245,3 +245,20 @@ def test_an_attribute_the_forward_sets_keeps_the_forwards_tensor():
     """)
     assert out.splitlines() == ["True 2"]
 
+
+
+def test_a_segment_that_changes_its_own_input_says_so_when_recomputed():
+    result = subprocess.run([sys.executable, "-c", MODEL + textwrap.dedent("""
+        class Scales(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.linear = nn.Linear(64, 64)
+            def forward(self, x):
+                x.mul_(0.9)
+                return x + self.linear(x)
+        net = nn.Sequential(Scales(), Scales())
+        actmem.enable(policy="recompute", segments=r"\\d+")
+        net(torch.randn(256, 64) * 1).square().mean().backward()
+    """)], env=environment(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "segment '1': input 0 was modified in place by the segment's own forward" in result.stderr
