@@ -62,8 +62,6 @@ void install_allocator() {
   g_allocator_installed.store(true, std::memory_order_release);
 }
 
-bool allocator_installed() { return g_allocator_installed.load(std::memory_order_acquire); }
-
 void install() {
   if (g_installed.load(std::memory_order_acquire)) return;
   if (inside_python()) {

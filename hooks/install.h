@@ -32,9 +32,6 @@ bool installed();
 // engine. Idempotent and thread-safe; throws as install() does, except inside Python.
 void install_allocator();
 
-// True once install_allocator() or install() succeeded.
-bool allocator_installed();
-
 // The device whose memory actmem manages: kCUDA or kCPU. Installs what is missing first:
 // install() outside Python, install_allocator() inside.
 c10::DeviceType managed_device();
