@@ -284,14 +284,18 @@ void ScopeState::abort_step() {
 }
 
 void ScopeState::end_step_with_backward(std::uint64_t step) {
+  // Called for every unpack: once the end is queued, nothing else is looked at or locked.
+  if (end_queued_for_.load(std::memory_order_acquire) == step) return;
   // A backward for some inputs only (torch.autograd.grad, backward(inputs=...)) is taken for one
   // nested in the step, such as a gradient penalty's, and ends nothing: the next full one does.
   const auto* exec_info = torch::autograd::get_current_graph_task_exec_info();
   if (exec_info != nullptr && !exec_info->empty()) return;
   {
     std::lock_guard<std::mutex> lock(step_mutex_);
-    if (!in_step_ || step != step_ || end_queued_for_ == step) return;
-    end_queued_for_ = step;
+    if (!in_step_ || step != step_ || end_queued_for_.load(std::memory_order_relaxed) == step) {
+      return;
+    }
+    end_queued_for_.store(step, std::memory_order_release);
   }
   std::weak_ptr<ScopeState> weak = weak_from_this();
   try {
@@ -301,7 +305,7 @@ void ScopeState::end_step_with_backward(std::uint64_t step) {
   } catch (const c10::Error&) {
     // Not inside a backward (the engine has no graph task on this thread): nothing ends.
     std::lock_guard<std::mutex> lock(step_mutex_);
-    if (end_queued_for_ == step) end_queued_for_ = 0;
+    if (end_queued_for_.load(std::memory_order_relaxed) == step) end_queued_for_.store(0);
   }
 }
 

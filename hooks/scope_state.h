@@ -168,7 +168,9 @@ class ScopeState : public std::enable_shared_from_this<ScopeState> {
   std::mutex step_mutex_;  // everything below
   bool in_step_ = false;
   std::uint64_t step_ = 0;
-  std::uint64_t end_queued_for_ = 0;  // the step end_step_with_backward queued an end for
+  // The step end_step_with_backward queued an end for: written under step_mutex_, read without
+  // it on the unpack's path.
+  std::atomic<std::uint64_t> end_queued_for_{0};
   std::int64_t next_order_ = 0;
   std::chrono::steady_clock::time_point step_start_;
   StepProfile profile_;
