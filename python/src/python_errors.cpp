@@ -26,16 +26,18 @@ void register_errors(py::module_& module) {
       PyExc_BaseException, nullptr);
   module.add_object("StopRerun", py::handle(g_stop_rerun));
   g_out_of_memory = py::object(py::module_::import("torch").attr("OutOfMemoryError")).release().ptr();
+  // For the functions pybind11 binds: actmem's own exceptions as set_python_error maps them;
+  // any other goes on to pybind11's translators.
   py::register_exception_translator([](std::exception_ptr error) {
     if (!error) return;
     try {
       std::rethrow_exception(error);
     } catch (const detail::StopRerun&) {
-      PyErr_SetNone(g_stop_rerun);
-    } catch (const alloc::OutOfMemoryError& e) {
-      PyErr_SetString(g_out_of_memory, e.what());
-    } catch (const alloc::ConfigError& e) {
-      PyErr_SetString(PyExc_ValueError, e.what());
+      set_python_error();
+    } catch (const alloc::OutOfMemoryError&) {
+      set_python_error();
+    } catch (const alloc::ConfigError&) {
+      set_python_error();
     }
   });
 }
