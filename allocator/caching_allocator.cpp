@@ -124,20 +124,20 @@ class CachingAllocator::Impl {
         }
         if (!pending_.empty()) process_events();
         BlockPool& pool = size <= kSmallSize ? small_ : large_;
-        if (Block* block = backed_for(take_free_block(pool, size, stream), size)) {
-          return hand_out(block, size, bytes, /*cache_hit=*/true);
-        }
-        if (Block* block = backed_for(new_segment(pool, size, stream), size)) {
-          return hand_out(block, size, bytes, /*cache_hit=*/false);
-        }
-        if (release_cached_segments() > 0) {
-          // (In the vmm layout a free block may now lack granules it had: backed again if used.)
+        // A free block, else a new segment (in the vmm layout, a free block may lack granules
+        // after a release: backed again if used).
+        const auto serve = [&]() -> void* {
           if (Block* block = backed_for(take_free_block(pool, size, stream), size)) {
             return hand_out(block, size, bytes, /*cache_hit=*/true);
           }
           if (Block* block = backed_for(new_segment(pool, size, stream), size)) {
             return hand_out(block, size, bytes, /*cache_hit=*/false);
           }
+          return nullptr;
+        };
+        if (void* ptr = serve()) return ptr;
+        if (release_cached_segments() > 0) {
+          if (void* ptr = serve()) return ptr;
         }
         if (round >= options_.pressure_rounds || handler_count_ == 0 || t_in_handler) {
           throw out_of_memory(bytes, stream,
