@@ -91,9 +91,8 @@ def enable(
     pack, unpack = _C.make_hooks()
     hooks = torch.autograd.graph.saved_tensors_hooks(pack, unpack)
     hooks.__enter__()
-    global _hooks_in_use, _hooks_popped
+    global _hooks_in_use
     _hooks_in_use = weakref.ref(pack)
-    _hooks_popped = False
     replicas_run_their_own_segments()
     segmenter = Segmenter(pattern, source)
     handle = torch.nn.modules.module.register_module_forward_pre_hook(segmenter)
@@ -103,7 +102,7 @@ def enable(
 def disable() -> None:
     """Turns actmem off (on the thread that enabled it). Segments already chosen stay segments,
     which run as plain modules while actmem is off; the allocator stays installed."""
-    global _state, _hooks_popped
+    global _state
     if _state is None:
         return
     hooks, handle, _, thread = _state
@@ -113,7 +112,6 @@ def disable() -> None:
     hooks.__exit__(None, None, None)
     _C.disable()
     _state = None
-    _hooks_popped = True
 
 
 # Note [Hooks held by other threads at exit]
@@ -124,8 +122,9 @@ def disable() -> None:
 # C++ code kills the process (std::terminate, exit status -6) after the script succeeded. So at
 # exit, before finalization, actmem pops its hooks and waits (at most 2 s) until no copy of them is
 # left anywhere. (Found with 2-process gloo DDP runs: about 1 in 8 died so.)
-_hooks_in_use = None  # a weak reference to the pack hook enable() pushed
-_hooks_popped = False  # disable() popped them (else another thread holds them: no wait)
+# A weak reference to the pack hook enable() pushed. While _state is set the hooks are still
+# pushed (enabled on another thread than the one exiting): nothing to wait for then.
+_hooks_in_use = None
 
 
 @atexit.register
@@ -134,7 +133,7 @@ def _release_hooks_at_exit() -> None:
     if _state is not None and _state[3] == threading.get_ident():
         disable()
     deadline = time.monotonic() + 2.0
-    while _hooks_popped and _hooks_in_use is not None and _hooks_in_use() is not None:
+    while _state is None and _hooks_in_use is not None and _hooks_in_use() is not None:
         if time.monotonic() > deadline:
             break
         time.sleep(0.001)  # lets the thread holding the last copy take the GIL
