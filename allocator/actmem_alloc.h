@@ -46,7 +46,8 @@ ACTMEM_EXPORT void actmem_record_stream(void* ptr, int device, cudaStream_t stre
  * call of actmem_stats_json on the same thread. */
 ACTMEM_EXPORT const char* actmem_stats_json(void);
 
-/* Returns cached, unused segments of every device to the backend. */
+/* Returns cached, unused segments of every device to the backend. A segment the backend will not
+ * take back (cudaFree failing) stays cached; the error is printed and kept for actmem_last_error. */
 ACTMEM_EXPORT void actmem_empty_cache(void);
 
 /* Caps the bytes reserved on `device`; 0 removes the cap. Memory already reserved above a lowered
@@ -55,7 +56,8 @@ ACTMEM_EXPORT void actmem_set_budget(int device, size_t bytes);
 /* The cap on `device`, or 0 when there is none. */
 ACTMEM_EXPORT size_t actmem_get_budget(int device);
 
-/* The message of the last failed actmem_malloc on this thread, or NULL. */
+/* The message of the last failed actmem_malloc, actmem_empty_cache or actmem_set_budget on this
+ * thread, or NULL. */
 ACTMEM_EXPORT const char* actmem_last_error(void);
 
 #ifdef __cplusplus

@@ -28,8 +28,9 @@ struct Block {
   std::vector<Stream> stream_uses;    // other streams this allocation was used on
 
   bool is_whole_segment() const { return prev == nullptr && next == nullptr; }
-  // In the pool: neither handed out nor waiting for another stream.
-  bool is_free() const { return !allocated && pending_events == 0; }
+  // In the pool: neither handed out nor waiting for another stream (stream_uses left over after
+  // a free: streams an event could not be recorded on yet).
+  bool is_free() const { return !allocated && pending_events == 0 && stream_uses.empty(); }
 };
 
 // Orders free blocks by (stream, size, address), so lower_bound finds the best fit on a stream.

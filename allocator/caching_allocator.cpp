@@ -85,6 +85,7 @@ class CachingAllocator::Impl {
     }
     for (auto& [ptr, block] : live_) blocks.push_back(block);
     for (auto& [event, block] : pending_) blocks.push_back(block);
+    blocks.insert(blocks.end(), awaiting_events_.begin(), awaiting_events_.end());
     std::sort(blocks.begin(), blocks.end());
     blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
     for (Block* block : blocks) delete block;
@@ -122,7 +123,7 @@ class CachingAllocator::Impl {
                               "the smallest segment this request needs exceeds the budget alone",
                               smallest_segment_for(size));
         }
-        if (!pending_.empty()) process_events();
+        if (!pending_.empty() || !awaiting_events_.empty()) process_events();
         BlockPool& pool = size <= kSmallSize ? small_ : large_;
         // A free block, else a new segment (in the vmm layout, a free block may lack granules
         // after a release: backed again if used).
@@ -179,11 +180,7 @@ class CachingAllocator::Impl {
       retire(block);
       return;
     }
-    for (Stream use : block->stream_uses) {
-      pending_.emplace_back(events_->record(use), block);
-      ++block->pending_events;
-    }
-    block->stream_uses.clear();
+    if (!record_use_events(block)) awaiting_events_.push_back(block);
   }
 
   void record_stream(void* ptr, Stream stream) {
@@ -211,7 +208,7 @@ class CachingAllocator::Impl {
 
   void empty_cache() {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (!pending_.empty()) process_events();
+    if (!pending_.empty() || !awaiting_events_.empty()) process_events();
     release_cached_segments();
   }
 
@@ -475,26 +472,97 @@ class CachingAllocator::Impl {
     }
     if (block->growable) {
       insert_free(pool, block);
-      if (over_budget()) shrink_growable_segments();
+      if (over_budget()) {
+        try {
+          shrink_growable_segments();
+        } catch (const std::exception& error) {
+          report_backend_error(error, "the granules stay mapped");
+        }
+      }
       return;
     }
     if (block->is_whole_segment() && over_budget()) {
-      release_segment(block);
+      try {
+        release_segment(block);
+      } catch (const std::exception& error) {
+        report_backend_error(error, "the segment stays cached");
+        insert_free(pool, block);
+      }
       return;
     }
     insert_free(pool, block);
   }
 
-  void process_events() {
-    auto done = std::stable_partition(pending_.begin(), pending_.end(), [this](const auto& entry) {
-      return !events_->is_complete(entry.first);
-    });
-    std::vector<std::pair<Event, Block*>> completed(done, pending_.end());
-    pending_.erase(done, pending_.end());
-    for (auto& [event, block] : completed) {
-      events_->release(event);
-      if (--block->pending_events == 0) retire(block);
+  // --- Events, and the CUDA errors that may come with them (mutex_ held) ---
+  //
+  // Note [A failed CUDA call in the middle of a free]
+  // A free must not fail: PyTorch's deleters and the C ABI have nowhere to send the error, and a
+  // free that throws after half its work leaves the pools inconsistent. So the failures that can
+  // come during one are handled where they happen, each reported on stderr and counted in
+  // stats().backend_errors:
+  // - An event that cannot be created or recorded for a stream the block was used on: the block
+  //   is no longer allocated, but it stays out of every pool (its stream_uses keep the streams
+  //   still without an event) until process_events records the event. Never reused early.
+  // - An event query that fails with anything but "not ready": the event is kept, as not yet
+  //   complete, and asked again next time.
+  // - A segment the backend will not take back (cudaFree failing) while a free releases it over
+  //   the budget: it stays cached.
+  // A failure while memory is released on request (empty_cache, set_budget, a release before a
+  // request fails) leaves the segment cached and throws to the caller. A failure to get memory is
+  // out of memory, as before. Every path leaves check_invariants() true.
+
+  // Records an event on each stream `block` was used on; false, the streams without one left in
+  // stream_uses, when the events cannot be recorded (reported).
+  bool record_use_events(Block* block) {
+    auto& uses = block->stream_uses;
+    std::size_t recorded = 0;
+    try {
+      for (; recorded < uses.size(); ++recorded) {
+        const Event event = events_->record(uses[recorded]);
+        pending_.emplace_back(event, block);
+        ++block->pending_events;
+      }
+    } catch (const std::exception& error) {
+      uses.erase(uses.begin(), uses.begin() + static_cast<std::ptrdiff_t>(recorded));
+      report_backend_error(error, "the freed block is not reused until an event can be recorded");
+      return false;
     }
+    uses.clear();
+    return true;
+  }
+
+  bool event_complete(Event event) {
+    try {
+      return events_->is_complete(event);
+    } catch (const std::exception& error) {
+      report_backend_error(error, "the freed block waits, and is asked again later");
+      return false;
+    }
+  }
+
+  void process_events() {
+    while (!awaiting_events_.empty() && record_use_events(awaiting_events_.front())) {
+      awaiting_events_.erase(awaiting_events_.begin());
+    }
+    std::vector<Block*> completed;
+    auto kept = pending_.begin();
+    for (auto& entry : pending_) {
+      if (event_complete(entry.first)) {
+        events_->release(entry.first);
+        completed.push_back(entry.second);
+      } else {
+        *kept++ = entry;
+      }
+    }
+    pending_.erase(kept, pending_.end());
+    for (Block* block : completed) {
+      if (--block->pending_events == 0 && block->stream_uses.empty()) retire(block);
+    }
+  }
+
+  void report_backend_error(const std::exception& error, const char* consequence) {
+    ++stats_.backend_errors;
+    std::fprintf(stderr, "%s; %s\n", error.what(), consequence);
   }
 
   void release_segment(Block* block) {
@@ -518,8 +586,14 @@ class CachingAllocator::Impl {
           continue;
         }
         it = pool->blocks.erase(it);
-        released += block->size;
-        release_segment(block);
+        const std::size_t size = block->size;
+        try {
+          release_segment(block);
+        } catch (...) {
+          insert_free(*pool, block);
+          throw;
+        }
+        released += size;
       }
     }
     return released + shrink_growable_segments();
@@ -652,8 +726,10 @@ class CachingAllocator::Impl {
     return nullptr;
   }
 
-  // The stream segment's extent grown so that its last block (free) holds `size`, the new
-  // granules backed; nullptr when the budget, the reservation or the device refuses.
+  // The stream segment's extent grown so that its last block (free, taken from its pool) holds
+  // `size`; nullptr when the budget or the reservation refuses. The new granules are not backed
+  // yet: backed_for() backs what the request needs, and if the device refuses, the grown last
+  // block stays free in the pool, as any free block with unbacked granules may.
   Block* grow_segment(std::size_t size, Stream stream) {
     GrowableSegment* segment = growable_segment(stream);
     if (segment == nullptr) return nullptr;
@@ -670,12 +746,6 @@ class CachingAllocator::Impl {
     const std::size_t old_extent = segment->extent;
     segment->extent = extent;
     segment->backed.resize(extent / vm_->granularity(), false);
-    if (!back(*segment, end, segment->base + extent, stream)) {
-      unback(*segment, end, segment->base + extent, stream);
-      segment->extent = old_extent;
-      segment->backed.resize(old_extent / vm_->granularity());
-      return nullptr;
-    }
     if (old_extent == 0) stats_.segments.increase(1);
     segments_[reinterpret_cast<std::uintptr_t>(segment->base)] = segment->extent;
     if (extend) {
@@ -838,6 +908,7 @@ class CachingAllocator::Impl {
   std::vector<LiveNode> spare_live_nodes_;
   std::vector<Block*> spare_blocks_;
   std::vector<std::pair<Event, Block*>> pending_;  // freed blocks waiting on other streams
+  std::vector<Block*> awaiting_events_;  // freed blocks whose events could not yet be recorded
   std::map<std::uintptr_t, std::size_t> segments_;  // start -> size (a growable one's: mapped)
   std::map<Stream, GrowableSegment> growable_;
   AllocatorStats stats_;
@@ -869,6 +940,10 @@ void CachingAllocator::Impl::check_invariants() {
     blocks.push_back(b);
   }
   for (const auto& [event, b] : pending_) blocks.push_back(b);
+  for (const Block* b : awaiting_events_) {
+    if (b->allocated || b->stream_uses.empty()) fail("a block awaiting an event is not one");
+    blocks.push_back(b);
+  }
   std::sort(blocks.begin(), blocks.end(),
             [](const Block* a, const Block* b) { return a->ptr < b->ptr; });
   blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());

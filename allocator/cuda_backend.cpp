@@ -7,16 +7,22 @@
 namespace actmem::alloc {
 namespace {
 
-// Makes `device` current for the scope, restoring the previous one.
+void check(const CudaRuntime& runtime, cudaError_t error, const char* what);
+
+// Makes `device` current for the scope, restoring the previous one. Throws AllocatorError when
+// the device cannot be made current: nothing may then be allocated or freed on the wrong one.
 class DeviceGuard {
  public:
   DeviceGuard(const CudaRuntime& runtime, int device) : runtime_(runtime) {
-    if (runtime_.get_device(&previous_) != cudaSuccess) previous_ = device;
-    if (previous_ != device) runtime_.set_device(device);
+    if (runtime_.get_device(&previous_) != cudaSuccess) {
+      runtime_.get_last_error();
+      previous_ = -1;
+    }
+    if (previous_ != device) check(runtime_, runtime_.set_device(device), "cudaSetDevice");
     device_ = device;
   }
   ~DeviceGuard() {
-    if (previous_ != device_) runtime_.set_device(previous_);
+    if (previous_ != device_ && previous_ >= 0) runtime_.set_device(previous_);
   }
 
  private:
@@ -27,6 +33,7 @@ class DeviceGuard {
 
 void check(const CudaRuntime& runtime, cudaError_t error, const char* what) {
   if (error != cudaSuccess) {
+    runtime.get_last_error();  // taken now, so that the caller's next launch check is not blamed
     throw AllocatorError(std::string("actmem: ") + what + " failed: " +
                          runtime.get_error_string(error));
   }
@@ -60,8 +67,9 @@ Event CudaEvents::record(Stream stream) {
   cudaEvent_t event = nullptr;
   check(runtime_, runtime_.event_create_with_flags(&event, cudaEventDisableTiming),
         "cudaEventCreateWithFlags");
-  check(runtime_, runtime_.event_record(event, static_cast<cudaStream_t>(stream)),
-        "cudaEventRecord");
+  const cudaError_t recorded = runtime_.event_record(event, static_cast<cudaStream_t>(stream));
+  if (recorded != cudaSuccess) runtime_.event_destroy(event);
+  check(runtime_, recorded, "cudaEventRecord");
   return event;
 }
 

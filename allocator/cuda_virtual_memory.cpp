@@ -148,11 +148,15 @@ bool CudaVirtualMemory::map(void* ptr, std::size_t bytes) {
     CUmemGenericAllocationHandle handle = 0;
     const CUresult created = driver_.create(&handle, granularity_, &prop, 0);
     if (created == CUDA_ERROR_OUT_OF_MEMORY) break;
-    if (created != CUDA_SUCCESS) driver_.fail("cuMemCreate", created);
+    if (created != CUDA_SUCCESS) {
+      if (done > 0) unmap(ptr, done);
+      driver_.fail("cuMemCreate", created);
+    }
     const CUresult mapped =
         driver_.map(static_cast<CUdeviceptr>(start + done), granularity_, 0, handle, 0);
     if (mapped != CUDA_SUCCESS) {
       driver_.release(handle);
+      if (done > 0) unmap(ptr, done);  // nothing stays mapped that the caller believes is not
       driver_.fail("cuMemMap", mapped);
     }
     handles_[start + done] = handle;
@@ -165,7 +169,10 @@ bool CudaVirtualMemory::map(void* ptr, std::size_t bytes) {
   access.location = prop.location;
   access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
   const CUresult result = driver_.set_access(static_cast<CUdeviceptr>(start), bytes, &access, 1);
-  if (result != CUDA_SUCCESS) driver_.fail("cuMemSetAccess", result);
+  if (result != CUDA_SUCCESS) {
+    unmap(ptr, bytes);  // nothing stays mapped that the caller believes is not
+    driver_.fail("cuMemSetAccess", result);
+  }
   return true;
 }
 

@@ -89,10 +89,14 @@ ProcessAllocators* managed() {
   return allocators.backend_kind() == BackendKind::kCuda ? &allocators : nullptr;
 }
 
+// The calling thread's device; -1 (the runtime's error left for the caller) when it cannot say.
 int current_device() {
   int device = 0;
-  real_cuda().runtime.get_device(&device);
-  return device;
+  const cudaError_t status = real_cuda().runtime.get_device(&device);
+  if (status == cudaSuccess) return device;
+  std::fprintf(stderr, "actmem: cudaGetDevice failed: %s\n",
+               real_cuda().runtime.get_error_string(status));
+  return -1;
 }
 
 // The first device's allocator for which `test(allocator)` holds, or nullptr.
@@ -111,8 +115,10 @@ cudaError_t shim_malloc(void** ptr, size_t size, cudaStream_t stream) {
   if (ptr == nullptr) return cudaErrorInvalidValue;
   *ptr = nullptr;
   if (size == 0) return cudaSuccess;
+  const int device = current_device();
+  if (device < 0) return cudaErrorInvalidDevice;
   try {
-    *ptr = allocators->for_device(current_device()).allocate(size, stream);
+    *ptr = allocators->for_device(device).allocate(size, stream);
     return cudaSuccess;
   } catch (const std::exception& error) {
     std::fprintf(stderr, "%s\n", error.what());
@@ -140,8 +146,12 @@ cudaError_t shim_free(void* ptr, cudaStream_t stream, bool stream_ordered) {
   try {
     if (stream_ordered) {
       owner->record_stream(ptr, stream);
-    } else {
-      real_cuda().device_synchronize();  // cudaFree's own contract
+    } else if (const cudaError_t synced = real_cuda().device_synchronize(); synced != cudaSuccess) {
+      // cudaFree's own contract is to wait for the device; when that fails, the memory may still
+      // be in use, so it stays allocated and the caller gets the error, as from cudaFree.
+      std::fprintf(stderr, "actmem: cudaFree(%p): cudaDeviceSynchronize failed: %s; not freed\n",
+                   ptr, real_cuda().runtime.get_error_string(synced));
+      return synced;
     }
     owner->deallocate(ptr);
     return cudaSuccess;
@@ -234,8 +244,9 @@ ACTMEM_EXPORT cudaError_t cudaMemGetInfo(size_t* free, size_t* total) {
   ShimScope scope;
   actmem::alloc::ProcessAllocators* allocators = actmem::alloc::managed();
   if (allocators == nullptr) return status;
+  const int device = actmem::alloc::current_device();
   actmem::alloc::CachingAllocator* allocator =
-      allocators->existing(actmem::alloc::current_device());
+      device >= 0 ? allocators->existing(device) : nullptr;
   const auto stats = allocator != nullptr ? allocator->stats() : actmem::alloc::AllocatorStats{};
   const size_t cached =
       static_cast<size_t>(stats.reserved_bytes.current - stats.allocated_bytes.current);

@@ -29,6 +29,7 @@ std::string to_json(const AllocatorStats& s, const std::string& backend_name) {
       << ",\"merges\":" << s.merges << ",\"ooms\":" << s.ooms
       << ",\"pressure_calls\":" << s.pressure_calls
       << ",\"pressure_freed_bytes\":" << s.pressure_freed_bytes
+      << ",\"backend_errors\":" << s.backend_errors
       << ",\"fragmentation_at_peak_bytes\":" << s.fragmentation_at_peak_bytes
       << ",\"reserved_at_peak_bytes\":" << s.reserved_at_peak_bytes
       << ",\"budget_bytes\":" << s.budget_bytes

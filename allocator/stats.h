@@ -40,6 +40,9 @@ struct AllocatorStats {
   std::int64_t ooms = 0;
   std::int64_t pressure_calls = 0;  // times the pressure handlers were asked to free memory
   std::int64_t pressure_freed_bytes = 0;
+  // CUDA calls that failed where the allocator could carry on (Note [A failed CUDA call in the
+  // middle of a free]); each one was reported on stderr.
+  std::int64_t backend_errors = 0;
 
   // Reserved minus allocated bytes at the moment allocated bytes last reached their peak: what
   // fragmentation and caching cost at the worst moment.

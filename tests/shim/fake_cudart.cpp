@@ -5,10 +5,20 @@
 // FAKE_CUDART_REENTER=1 makes cudaMalloc call cudaMalloc and cudaFree again through the PLT, as a
 // runtime calling its own public API would: under the shim, that re-enters the shim while the
 // allocator is busy, which the shim must pass straight through.
+//
+// FAKE_CUDART_FAIL=<function>:<N> fails the Nth call of that function (fault injection): with
+// cudaErrorMemoryAllocation for the allocating ones, cudaErrorLaunchFailure for the rest, and
+// cudaGetErrorString then says "injected failure of <function> #<N>". fake_cudart_report() prints
+// how often each function was called ("fake.calls.<function> <count>"), so a test can fail every
+// call in turn.
+//
+// Events complete at their second query (cudaErrorNotReady at the first), so that frees recorded
+// on other streams wait for a while.
 #include <cuda_runtime_api.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -36,6 +46,42 @@ FakeDevice& device() {
 }
 
 thread_local int t_inside_malloc = 0;
+
+// The calls counted, and the one FAKE_CUDART_FAIL names.
+struct Faults {
+  std::mutex mutex;
+  std::map<std::string, int> calls;
+  std::string function;
+  int nth = 0;
+  std::string message;
+  int live_events = 0;
+
+  Faults() {
+    const char* spec = std::getenv("FAKE_CUDART_FAIL");
+    if (spec == nullptr) return;
+    const std::string text = spec;
+    const std::size_t colon = text.find(':');
+    if (colon == std::string::npos) {
+      std::fprintf(stderr, "FAKE_CUDART_FAIL='%s': expected <function>:<N>\n", spec);
+      std::_Exit(2);
+    }
+    function = text.substr(0, colon);
+    nth = std::atoi(text.c_str() + colon + 1);
+    message = "injected failure of " + function + " #" + std::to_string(nth);
+  }
+};
+
+Faults& faults() {
+  static Faults* f = new Faults;
+  return *f;
+}
+
+// Counts a call of `function`; true when it is the one to fail.
+bool fails(const char* function) {
+  Faults& f = faults();
+  std::lock_guard<std::mutex> lock(f.mutex);
+  return ++f.calls[function] == f.nth && f.function == function;
+}
 
 cudaError_t fake_allocate(void** ptr, size_t size) {
   if (ptr == nullptr) return cudaErrorInvalidValue;
@@ -79,11 +125,21 @@ cudaError_t cudaMalloc(void** ptr, size_t size) {
     cudaFree(scratch);
     --t_inside_malloc;
   }
+  if (fails("cudaMalloc")) return cudaErrorMemoryAllocation;
   return fake_allocate(ptr, size);
 }
-cudaError_t cudaFree(void* ptr) { return fake_release(ptr); }
-cudaError_t cudaMallocAsync(void** ptr, size_t size, cudaStream_t) { return fake_allocate(ptr, size); }
-cudaError_t cudaFreeAsync(void* ptr, cudaStream_t) { return fake_release(ptr); }
+cudaError_t cudaFree(void* ptr) {
+  if (fails("cudaFree")) return cudaErrorLaunchFailure;
+  return fake_release(ptr);
+}
+cudaError_t cudaMallocAsync(void** ptr, size_t size, cudaStream_t) {
+  if (fails("cudaMallocAsync")) return cudaErrorMemoryAllocation;
+  return fake_allocate(ptr, size);
+}
+cudaError_t cudaFreeAsync(void* ptr, cudaStream_t) {
+  if (fails("cudaFreeAsync")) return cudaErrorLaunchFailure;
+  return fake_release(ptr);
+}
 
 cudaError_t cudaMemGetInfo(size_t* free, size_t* total) {
   FakeDevice& d = device();
@@ -94,33 +150,52 @@ cudaError_t cudaMemGetInfo(size_t* free, size_t* total) {
 }
 
 cudaError_t cudaGetDevice(int* device) {
+  if (fails("cudaGetDevice")) return cudaErrorLaunchFailure;
   *device = 0;
   return cudaSuccess;
 }
-cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
+cudaError_t cudaSetDevice(int device) {
+  if (fails("cudaSetDevice")) return cudaErrorLaunchFailure;
+  return device == 0 ? cudaSuccess : cudaErrorInvalidDevice;
+}
 cudaError_t cudaGetDeviceCount(int* count) {
   *count = 1;
   return cudaSuccess;
 }
 cudaError_t cudaDeviceSynchronize() {
+  if (fails("cudaDeviceSynchronize")) return cudaErrorLaunchFailure;
   ++device().synchronize_calls;
   return cudaSuccess;
 }
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) {
+  if (fails("cudaEventCreateWithFlags")) return cudaErrorMemoryAllocation;
   *event = reinterpret_cast<cudaEvent_t>(new int(0));
+  std::lock_guard<std::mutex> lock(faults().mutex);
+  ++faults().live_events;
   return cudaSuccess;
 }
 cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) {
+  if (fails("cudaEventRecord")) return cudaErrorLaunchFailure;
   ++device().events_recorded;
   return cudaSuccess;
 }
-cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventQuery(cudaEvent_t event) {
+  if (fails("cudaEventQuery")) return cudaErrorLaunchFailure;
+  return ++*reinterpret_cast<int*>(event) >= 2 ? cudaSuccess : cudaErrorNotReady;
+}
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
   delete reinterpret_cast<int*>(event);
+  std::lock_guard<std::mutex> lock(faults().mutex);
+  --faults().live_events;
   return cudaSuccess;
 }
 cudaError_t cudaGetLastError() { return cudaSuccess; }
-const char* cudaGetErrorString(cudaError_t) { return "fake cudart error"; }
+const char* cudaGetErrorString(cudaError_t error) {
+  if (error == cudaErrorLaunchFailure || error == cudaErrorMemoryAllocation) {
+    if (!faults().message.empty()) return faults().message.c_str();
+  }
+  return "fake cudart error";
+}
 
 // Not part of CUDA: memory straight from the fake device, which the shim never saw.
 void* fake_cudart_direct_malloc(size_t size) {
@@ -140,6 +215,10 @@ void fake_cudart_report() {
               "fake.live_bytes %zu\n",
               d.malloc_calls, sizes.c_str(), d.free_calls, d.free_errors, d.synchronize_calls,
               d.events_recorded, d.live_bytes);
+  Faults& f = faults();
+  std::lock_guard<std::mutex> faults_lock(f.mutex);
+  std::printf("fake.live_events %d\n", f.live_events);
+  for (const auto& [function, count] : f.calls) std::printf("fake.calls.%s %d\n", function.c_str(), count);
 }
 
 }  // extern "C"

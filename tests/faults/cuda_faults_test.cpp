@@ -1,0 +1,129 @@
+// Fault injection at every CUDA call: fault_client runs a scripted workload through the C ABI, and
+// through the LD_PRELOAD shim, against the fake libcudart. A first run counts the calls of each
+// CUDA function; then, for every function and every N up to its count, a run fails the Nth call
+// (FAKE_CUDART_FAIL). Each run must:
+// - exit normally (no abort, no crash);
+// - tell of the failure where the program saw one: the injected message (or "out of memory",
+//   for a failed cudaMalloc) on its output whenever an allocation or a free failed, or the
+//   allocator reported an error it carried on from;
+// - end consistent: nothing allocated, and every byte the fake still holds is one actmem says it
+//   has reserved (through the C ABI, after empty_cache, nothing at all, and no event alive).
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <map>
+#include <sstream>
+#include <string>
+
+#include "tests/support/run_process.h"
+
+namespace {
+
+using actmem::testing::read_file;
+using actmem::testing::run_process;
+using actmem::testing::temp_path;
+
+struct ClientRun {
+  int exit_code;
+  std::string output;
+  std::map<std::string, std::string> values;
+
+  long long number(const std::string& key) const {
+    auto it = values.find(key);
+    return it == values.end() ? -1 : std::stoll(it->second);
+  }
+  // The fake's call counts, by function.
+  std::map<std::string, int> calls() const {
+    std::map<std::string, int> counts;
+    const std::string prefix = "fake.calls.";
+    for (const auto& [key, value] : values) {
+      if (key.rfind(prefix, 0) == 0) counts[key.substr(prefix.size())] = std::stoi(value);
+    }
+    return counts;
+  }
+};
+
+ClientRun run_client(const std::string& environment, const std::string& client) {
+  const auto result = run_process(environment + " " + client);
+  ClientRun run{result.exit_code, result.output, {}};
+  std::istringstream lines(result.output);
+  for (std::string line; std::getline(lines, line);) {
+    const std::size_t space = line.find(' ');
+    if (space != std::string::npos) run.values[line.substr(0, space)] = line.substr(space + 1);
+  }
+  return run;
+}
+
+// "current" of one of the first device's stats in actmem's JSON.
+long long stat(const std::string& json, const std::string& name) {
+  const std::string key = "\"" + name + "\":{\"current\":";
+  const std::size_t at = json.find(key);
+  return at == std::string::npos ? -1 : std::stoll(json.substr(at + key.size()));
+}
+
+struct Mode {
+  std::string name;
+  std::string client;       // the fault_client build
+  std::string environment;  // what it runs under
+};
+
+// Runs `mode` once per (function, N) and checks each run; returns the faults injected.
+int inject_every_fault(const Mode& mode) {
+  const ClientRun clean = run_client(mode.environment, mode.client);
+  EXPECT_EQ(clean.exit_code, 0) << clean.output;
+  EXPECT_EQ(clean.number("malloc_failures"), 0) << clean.output;
+  EXPECT_EQ(clean.number("free_errors"), 0) << clean.output;
+  const auto calls = clean.calls();
+  EXPECT_GE(calls.count("cudaEventRecord"), 1u) << "the workload must use events: " << clean.output;
+  int injected = 0;
+  for (const auto& [function, count] : calls) {
+    for (int nth = 1; nth <= count; ++nth) {
+      const std::string stats = temp_path("actmem-fault-stats");
+      const std::string fault = function + ":" + std::to_string(nth);
+      SCOPED_TRACE(mode.name + ", " + fault);
+      const ClientRun run = run_client(
+          mode.environment + " ACTMEM_STATS=" + stats + " FAKE_CUDART_FAIL=" + fault, mode.client);
+      ++injected;
+      EXPECT_EQ(run.exit_code, 0) << run.output;
+
+      const std::string json = read_file(stats);
+      std::remove(stats.c_str());
+      EXPECT_NE(json, "") << "ACTMEM_STATS was not written:\n" << run.output;
+      const bool told =
+          run.output.find("injected failure of " + function + " #" + std::to_string(nth)) !=
+              std::string::npos ||
+          (function == "cudaMalloc" && run.output.find("out of memory") != std::string::npos);
+      const bool seen = run.number("malloc_failures") > 0 || run.number("free_errors") > 0 ||
+                        json.find("\"backend_errors\":0") == std::string::npos;
+      if (seen) EXPECT_TRUE(told) << "a failure the program saw was not told:\n" << run.output;
+      EXPECT_EQ(run.number("free_failures"), 0) << "a free failed twice:\n" << run.output;
+
+      EXPECT_EQ(stat(json, "allocated_bytes"), 0) << json;
+      EXPECT_EQ(stat(json, "reserved_bytes"), run.number("fake.live_bytes"))
+          << "the bytes the runtime holds are not what actmem says it reserved:\n"
+          << json << "\n"
+          << run.output;
+      if (mode.name == "capi") {
+        EXPECT_EQ(run.number("fake.live_bytes"), 0) << run.output;
+        EXPECT_EQ(run.number("fake.live_events"), 0) << run.output;
+      }
+      if (::testing::Test::HasFailure()) return injected;  // the first failing run says enough
+    }
+  }
+  return injected;
+}
+
+TEST(CudaFaults, EveryFailedCallThroughTheCApiIsToldAndLeavesNothingBehind) {
+  const int injected = inject_every_fault({"capi", FAULT_CLIENT_CAPI, ""});
+  std::printf("faults injected through the C ABI: %d\n", injected);
+  RecordProperty("faults_injected", injected);
+}
+
+TEST(CudaFaults, EveryFailedCallUnderThePreloadShimIsToldAndLeavesNothingBehind) {
+  const int injected = inject_every_fault(
+      {"runtime", FAULT_CLIENT_RUNTIME, "LD_PRELOAD=" ACTMEM_PRELOAD_SO " ACTMEM_BUDGET=64MiB"});
+  std::printf("faults injected under the shim: %d\n", injected);
+  RecordProperty("faults_injected", injected);
+}
+
+}  // namespace
