@@ -17,13 +17,20 @@
 //   cudaFreeAsync is stream-ordered: the block is reused on another stream only after the work
 //   queued on the freeing stream completes.
 // - With no CUDA device (or ACTMEM_BACKEND=host) everything passes through untouched.
+// - The real functions are found in the libraries loaded after the shim, or, when the program
+//   loaded libcudart RTLD_LOCAL (dlopen of a library that links it), in that libcudart itself.
+//   When the runtime lacks a function the shim needs, everything passes through, and the shim
+//   says so once on stderr, naming what is missing and the ACTMEM_BUDGET that is not in force.
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
+#include <link.h>
 
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
+#include <string>
 
 #include "allocator/caching_allocator.h"
 #include "allocator/cuda_runtime.h"
@@ -37,32 +44,87 @@ namespace {
 struct RealCuda {
   CudaRuntime runtime{};
   cudaError_t (*device_synchronize)() = nullptr;
+  // Not needed to manage memory (CUDA < 11.2 lacks them): nullptr where absent.
+  cudaError_t (*malloc_async)(void** ptr, size_t size, cudaStream_t stream) = nullptr;
+  cudaError_t (*free_async)(void* ptr, cudaStream_t stream) = nullptr;
   bool ok = false;
 };
 
-template <typename Fn>
-void next_symbol(Fn*& fn, const char* name) {
-  fn = reinterpret_cast<Fn*>(dlsym(RTLD_NEXT, name));
+// A handle on a libcudart already loaded, whatever its scope (RTLD_LOCAL included), or nullptr.
+void* loaded_cuda_runtime() {
+  std::string path;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* data) {
+        const char* slash = std::strrchr(info->dlpi_name, '/');
+        const char* base = slash != nullptr ? slash + 1 : info->dlpi_name;
+        if (std::strncmp(base, "libcudart", 9) != 0) return 0;
+        *static_cast<std::string*>(data) = info->dlpi_name;
+        return 1;
+      },
+      &path);
+  return path.empty() ? nullptr : dlopen(path.c_str(), RTLD_LAZY | RTLD_NOLOAD);
+}
+
+// Finds each function after the shim in the global scope, else in a loaded libcudart; the names
+// of those found nowhere are added to `missing`.
+class SymbolFinder {
+ public:
+  template <typename Fn>
+  void find(Fn*& fn, const char* name) {
+    find_optional(fn, name);
+    if (fn == nullptr) missing += (missing.empty() ? "" : ", ") + std::string(name);
+  }
+  template <typename Fn>
+  void find_optional(Fn*& fn, const char* name) {
+    void* symbol = dlsym(RTLD_NEXT, name);
+    if (symbol == nullptr) {
+      if (!looked_for_runtime_) {
+        runtime_ = loaded_cuda_runtime();
+        looked_for_runtime_ = true;
+      }
+      if (runtime_ != nullptr) symbol = dlsym(runtime_, name);
+    }
+    fn = reinterpret_cast<Fn*>(symbol);
+  }
+  std::string missing;
+
+ private:
+  bool looked_for_runtime_ = false;
+  void* runtime_ = nullptr;
+};
+
+// Says once, on stderr, that the shim passes everything through, and what that costs the user.
+void warn_passing_through(const std::string& missing) {
+  const char* budget = std::getenv("ACTMEM_BUDGET");
+  std::fprintf(stderr,
+               "actmem: libactmem_preload.so is not managing CUDA memory: the CUDA runtime "
+               "beneath it lacks %s. Every call goes to the runtime unchanged%s%s%s.\n",
+               missing.c_str(), budget != nullptr ? "; ACTMEM_BUDGET=" : "",
+               budget != nullptr ? budget : "", budget != nullptr ? " is not in force" : "");
 }
 
 const RealCuda& real_cuda() {
   static const RealCuda real = [] {
     RealCuda r;
     CudaRuntime& rt = r.runtime;
-    next_symbol(rt.malloc, "cudaMalloc");
-    next_symbol(rt.free, "cudaFree");
-    next_symbol(rt.mem_get_info, "cudaMemGetInfo");
-    next_symbol(rt.get_device, "cudaGetDevice");
-    next_symbol(rt.set_device, "cudaSetDevice");
-    next_symbol(rt.get_device_count, "cudaGetDeviceCount");
-    next_symbol(rt.event_create_with_flags, "cudaEventCreateWithFlags");
-    next_symbol(rt.event_record, "cudaEventRecord");
-    next_symbol(rt.event_query, "cudaEventQuery");
-    next_symbol(rt.event_destroy, "cudaEventDestroy");
-    next_symbol(rt.get_last_error, "cudaGetLastError");
-    next_symbol(rt.get_error_string, "cudaGetErrorString");
-    next_symbol(r.device_synchronize, "cudaDeviceSynchronize");
-    r.ok = rt.complete() && r.device_synchronize != nullptr;
+    SymbolFinder finder;
+    finder.find(rt.malloc, "cudaMalloc");
+    finder.find(rt.free, "cudaFree");
+    finder.find(rt.mem_get_info, "cudaMemGetInfo");
+    finder.find(rt.get_device, "cudaGetDevice");
+    finder.find(rt.set_device, "cudaSetDevice");
+    finder.find(rt.get_device_count, "cudaGetDeviceCount");
+    finder.find(rt.event_create_with_flags, "cudaEventCreateWithFlags");
+    finder.find(rt.event_record, "cudaEventRecord");
+    finder.find(rt.event_query, "cudaEventQuery");
+    finder.find(rt.event_destroy, "cudaEventDestroy");
+    finder.find(rt.get_last_error, "cudaGetLastError");
+    finder.find(rt.get_error_string, "cudaGetErrorString");
+    finder.find(r.device_synchronize, "cudaDeviceSynchronize");
+    finder.find_optional(r.malloc_async, "cudaMallocAsync");
+    finder.find_optional(r.free_async, "cudaFreeAsync");
+    r.ok = finder.missing.empty();
+    if (!r.ok) warn_passing_through(finder.missing);
     return r;
   }();
   return real;
@@ -200,8 +262,7 @@ ACTMEM_EXPORT cudaError_t cudaMalloc(void** ptr, size_t size) {
 }
 
 ACTMEM_EXPORT cudaError_t cudaMallocAsync(void** ptr, size_t size, cudaStream_t stream) {
-  static const auto real = reinterpret_cast<cudaError_t (*)(void**, size_t, cudaStream_t)>(
-      dlsym(RTLD_NEXT, "cudaMallocAsync"));
+  const auto real = real_cuda().malloc_async;
   if (ShimScope::nested()) return real ? real(ptr, size, stream) : cudaErrorNotSupported;
   ShimScope scope;
   const cudaError_t status = actmem::alloc::shim_malloc(ptr, size, stream);
@@ -222,8 +283,7 @@ ACTMEM_EXPORT cudaError_t cudaFree(void* ptr) {
 }
 
 ACTMEM_EXPORT cudaError_t cudaFreeAsync(void* ptr, cudaStream_t stream) {
-  static const auto real =
-      reinterpret_cast<cudaError_t (*)(void*, cudaStream_t)>(dlsym(RTLD_NEXT, "cudaFreeAsync"));
+  const auto real = real_cuda().free_async;
   if (ShimScope::nested()) return real ? real(ptr, stream) : cudaErrorNotSupported;
   ShimScope scope;
   const cudaError_t status = actmem::alloc::shim_free(ptr, stream, /*stream_ordered=*/true);

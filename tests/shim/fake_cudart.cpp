@@ -12,6 +12,8 @@
 // how often each function was called ("fake.calls.<function> <count>"), so a test can fail every
 // call in turn.
 //
+// Built with FAKE_CUDART_WITHOUT_EVENTS, it lacks cudaEventRecord and cudaEventQuery.
+//
 // Events complete at their second query (cudaErrorNotReady at the first), so that frees recorded
 // on other streams wait for a while.
 #include <cuda_runtime_api.h>
@@ -174,6 +176,7 @@ cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) {
   ++faults().live_events;
   return cudaSuccess;
 }
+#if !defined(FAKE_CUDART_WITHOUT_EVENTS)  // a runtime too old or too partial for the shim
 cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) {
   if (fails("cudaEventRecord")) return cudaErrorLaunchFailure;
   ++device().events_recorded;
@@ -183,6 +186,7 @@ cudaError_t cudaEventQuery(cudaEvent_t event) {
   if (fails("cudaEventQuery")) return cudaErrorLaunchFailure;
   return ++*reinterpret_cast<int*>(event) >= 2 ? cudaSuccess : cudaErrorNotReady;
 }
+#endif
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
   delete reinterpret_cast<int*>(event);
   std::lock_guard<std::mutex> lock(faults().mutex);

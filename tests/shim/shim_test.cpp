@@ -30,8 +30,8 @@ struct ClientRun {
   }
 };
 
-ClientRun run_client(const std::string& environment) {
-  const auto result = run_process(environment + " " + SHIM_CLIENT);
+ClientRun run_client(const std::string& environment, const std::string& client = SHIM_CLIENT) {
+  const auto result = run_process(environment + " " + client);
   ClientRun run{result.exit_code, result.output, {}};
   std::istringstream lines(result.output);
   for (std::string line; std::getline(lines, line);) {
@@ -114,6 +114,31 @@ TEST(PreloadShim, ARuntimeThatCallsItselfDoesNotRecurseIntoTheAllocator) {
   EXPECT_EQ(run.number("loop_failures"), 0);
   // The runtime's own 256-byte calls went straight to it, not into actmem's pools.
   EXPECT_NE(run.text("fake.malloc_sizes").find("256"), std::string::npos) << run.output;
+}
+
+TEST(PreloadShim, ARuntimeWithoutTheEventFunctionsIsPassedThroughAndTheUserIsToldOnce) {
+  const ClientRun run = run_client(preload(), SHIM_CLIENT_WITHOUT_EVENTS);
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_EQ(run.number("loop_failures"), 0);
+  EXPECT_GE(run.number("fake.malloc_calls"), 3000) << "every call must reach the runtime";
+  const std::string warning =
+      "actmem: libactmem_preload.so is not managing CUDA memory: the CUDA runtime beneath it "
+      "lacks cudaEventRecord, cudaEventQuery. Every call goes to the runtime unchanged; "
+      "ACTMEM_BUDGET=64MiB is not in force.";
+  const std::size_t at = run.output.find(warning);
+  EXPECT_NE(at, std::string::npos) << run.output;
+  EXPECT_EQ(run.output.find(warning, at + 1), std::string::npos) << "told more than once";
+}
+
+TEST(PreloadShim, ARuntimeLoadedLocallyIsFoundAndServed) {
+  // local_client dlopens a library that links the fake runtime RTLD_LOCAL, as Python loads
+  // extension modules: the shim's RTLD_NEXT lookup cannot see that runtime.
+  const ClientRun run =
+      run_client(preload(), std::string(LOCAL_CLIENT) + " " + LOCAL_CUDA_USER);
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_EQ(run.number("loop_failures"), 0) << run.output;
+  EXPECT_EQ(run.number("fake.malloc_calls"), 1) << "one segment, then the cache:\n" << run.output;
+  EXPECT_EQ(run.output.find("not managing"), std::string::npos) << run.output;
 }
 
 TEST(PreloadShim, AMalformedBudgetStopsTheProgramAtStart) {
