@@ -15,6 +15,29 @@ std::unique_ptr<torch::autograd::SavedVariableHooks> hooks_for_this_thread();
 // End, or discard, the step of the scope active on this thread, if one is in progress.
 void backward_finished();
 void backward_failed();
+// LibTorch's engine leaves the tasks of a backward that threw (out of memory in a backward kernel,
+// say) in its ready queues, holding their part of the graph and every tensor it saved (offloaded
+// ones' host blocks included) until the next backward on that queue pops and drops them: a
+// program that catches the error and goes on would hold all that into its next forward, and could
+// fail there for it. When the outermost backward throws, the engine runs this, which drops them at
+// once: a backward of a one-element graph, which saves nothing, on this thread's CPU queue and on
+// the managed device's. Never throws (a failure leaves the tasks to the next backward).
+void release_failed_backward() noexcept;
+
+// Counts the backwards running on this thread, nested ones included. A backward run under one
+// (torch::autograd::grad inside a forward, a reentrant Function, release_failed_backward's) ends
+// no step.
+class BackwardDepth {
+ public:
+  BackwardDepth() { ++depth_; }
+  ~BackwardDepth() { --depth_; }
+  BackwardDepth(const BackwardDepth&) = delete;
+  BackwardDepth& operator=(const BackwardDepth&) = delete;
+  static int depth() { return depth_; }
+
+ private:
+  static inline thread_local int depth_ = 0;
+};
 
 class ActmemEngine final : public torch::autograd::Engine {
  public:
@@ -31,23 +54,21 @@ class ActmemEngine final : public torch::autograd::Engine {
                                          const torch::autograd::variable_list& inputs,
                                          bool keep_graph, bool create_graph, bool accumulate_grad,
                                          const torch::autograd::edge_list& outputs) override {
-    static thread_local int depth = 0;
-    struct Depth {
-      Depth() { ++depth; }
-      ~Depth() { --depth; }
-    };
     torch::autograd::variable_list result;
     {
-      Depth nested;
+      BackwardDepth nested;
       try {
         result =
             Engine::execute(roots, inputs, keep_graph, create_graph, accumulate_grad, outputs);
       } catch (...) {
-        if (depth == 1) backward_failed();
+        if (BackwardDepth::depth() == 1) {
+          backward_failed();
+          release_failed_backward();  // nested: it ends no step
+        }
         throw;
       }
     }
-    if (depth == 0) backward_finished();
+    if (BackwardDepth::depth() == 0) backward_finished();
     return result;
   }
 

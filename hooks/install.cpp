@@ -1,11 +1,13 @@
 #include "hooks/install.h"
 
+#include <ATen/ATen.h>
 #include <c10/core/CPUAllocator.h>
 #include <dlfcn.h>
 
 #include <atomic>
 #include <mutex>
 #include <stdexcept>
+#include <vector>
 
 #include "allocator/process_allocators.h"
 #include "hooks/cuda_allocator.h"
@@ -38,6 +40,23 @@ namespace detail {
 ActmemEngine& ActmemEngine::instance() {
   static ActmemEngine* engine = new ActmemEngine;  // lives as long as the process, like autograd's
   return *engine;
+}
+
+void release_failed_backward() noexcept {
+  std::vector<c10::Device> queues = {c10::Device(c10::DeviceType::CPU)};
+  if (g_allocator_installed.load(std::memory_order_acquire) && g_device != c10::DeviceType::CPU) {
+    queues.emplace_back(g_device);
+  }
+  const BackwardDepth nested;                // the drain is no step's backward
+  const at::AutoGradMode grad_mode(true);  // a backward may be called under no_grad
+  for (const c10::Device& device : queues) {
+    try {
+      const at::Tensor one = at::ones({1}, at::TensorOptions().device(device)).requires_grad_();
+      one.sum().backward();
+    } catch (...) {
+      // Out of memory for one element, or a device gone: the tasks stay until the next backward.
+    }
+  }
 }
 }  // namespace detail
 

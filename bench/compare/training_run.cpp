@@ -97,12 +97,7 @@ StepCost TrainingRun::step(bool fresh_cache) {
   cost.start_bytes = memory.stats().allocated_bytes.current;
   memory.reset_peak_stats();
   const auto start = std::chrono::steady_clock::now();
-  try {
-    models::train_step(*model_, *optimizer_, batch_);
-  } catch (...) {
-    release_failed_backward(c10::Device(spec_.device));
-    throw;
-  }
+  models::train_step(*model_, *optimizer_, batch_);
   cost.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const alloc::AllocatorStats stats = memory.stats();
   cost.peak_bytes = stats.allocated_bytes.peak - cost.start_bytes;
@@ -123,11 +118,6 @@ std::vector<std::vector<float>> TrainingRun::gradients() {
   std::vector<std::vector<float>> grads = gradients_of(*model_);
   parked_.park(device_state());
   return grads;
-}
-
-void release_failed_backward(c10::Device device) {
-  const torch::Tensor one = torch::ones({1}, torch::TensorOptions().device(device).requires_grad(true));
-  (one * 2).sum().backward();
 }
 
 std::vector<std::vector<float>> gradients_of(const torch::nn::Module& module) {

@@ -71,7 +71,7 @@ class TrainingRun {
   // state and scope (and, with `fresh_cache`, empties the allocator's cache first, so that the
   // reserved bytes are this step's own), then parks it all again, however the step ends. An
   // alloc::OutOfMemoryError propagates: the step did not fit (and leaves nothing allocated: see
-  // release_failed_backward).
+  // detail::release_failed_backward, hooks/engine.h).
   StepCost step(bool fresh_cache = false);
 
   // Each parameter's gradient after the last step, copied out of device memory.
@@ -92,11 +92,6 @@ class TrainingRun {
   ParkedStorages parked_;
 };
 
-// LibTorch's engine leaves the tasks of a backward that threw (an out-of-memory error in a backward
-// kernel, say) in its thread's ready queue, holding their part of the graph and the tensors it
-// saved until the next backward there pops and drops them. A tiny backward on `device` now does
-// that at once, so that a failed step leaves nothing allocated to whatever runs next.
-void release_failed_backward(c10::Device device);
 
 // Each parameter's gradient, copied out of device memory.
 std::vector<std::vector<float>> gradients_of(const torch::nn::Module& module);

@@ -330,8 +330,8 @@ TEST_P(FaultInjection, EveryFailedCallLeavesTheAllocatorConsistentAndLeaksNothin
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, FaultInjection, ::testing::Values(Layout::kClassic, Layout::kVmm),
-                         [](const auto& info) {
-                           return info.param == Layout::kClassic ? "classic" : "vmm";
+                         [](const auto& param_info) {
+                           return param_info.param == Layout::kClassic ? "classic" : "vmm";
                          });
 
 }  // namespace

@@ -95,7 +95,9 @@ int inject_every_fault(const Mode& mode) {
           (function == "cudaMalloc" && run.output.find("out of memory") != std::string::npos);
       const bool seen = run.number("malloc_failures") > 0 || run.number("free_errors") > 0 ||
                         json.find("\"backend_errors\":0") == std::string::npos;
-      if (seen) EXPECT_TRUE(told) << "a failure the program saw was not told:\n" << run.output;
+      if (seen) {
+        EXPECT_TRUE(told) << "a failure the program saw was not told:\n" << run.output;
+      }
       EXPECT_EQ(run.number("free_failures"), 0) << "a free failed twice:\n" << run.output;
 
       EXPECT_EQ(stat(json, "allocated_bytes"), 0) << json;
