@@ -4,6 +4,7 @@
 #include <chrono>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace actmem::copy {
 namespace {
@@ -55,7 +56,10 @@ CudaCopyEngine::CudaCopyEngine(int device) : device_(device) {
 }
 
 CudaCopyEngine::~CudaCopyEngine() {
-  DeviceScope scope(device_);
+  // As DeviceScope, without throwing: what can be released is, on the engine's device if possible.
+  int previous = -1;
+  const bool switched = cudaGetDevice(&previous) == cudaSuccess && previous != device_ &&
+                        cudaSetDevice(device_) == cudaSuccess;
   cudaStreamSynchronize(stream_);
   const auto destroy = [](const Flight& flight) {
     for (cudaEvent_t event : {flight.start, flight.done, flight.reached}) {
@@ -66,6 +70,8 @@ CudaCopyEngine::~CudaCopyEngine() {
   for (const Flight& flight : stalls_) destroy(flight);
   for (cudaEvent_t event : spare_) cudaEventDestroy(event);
   cudaStreamDestroy(stream_);
+  (void)cudaGetLastError();
+  if (switched) cudaSetDevice(previous);
 }
 
 // Events keep timing (no cudaEventDisableTiming): start, done and reached are read for time().
@@ -88,16 +94,23 @@ CopyEngine::Ticket CudaCopyEngine::copy(void* dst, const void* src, std::size_t 
                                         alloc::Stream after) {
   std::lock_guard<std::mutex> lock(mutex_);
   DeviceScope scope(device_);
-  cudaEvent_t ready = take_event();
-  check(cudaEventRecord(ready, static_cast<cudaStream_t>(after)), "cudaEventRecord");
-  check(cudaStreamWaitEvent(stream_, ready, 0), "cudaStreamWaitEvent");
-  recycle(ready);  // reusable at once: the wait captured the recorded work
+  cudaEvent_t ready = nullptr;
   Flight flight;
-  flight.start = take_event();
-  check(cudaEventRecord(flight.start, stream_), "cudaEventRecord");
-  check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_), "cudaMemcpyAsync");
-  flight.done = take_event();
-  check(cudaEventRecord(flight.done, stream_), "cudaEventRecord");
+  try {
+    ready = take_event();
+    check(cudaEventRecord(ready, static_cast<cudaStream_t>(after)), "cudaEventRecord");
+    check(cudaStreamWaitEvent(stream_, ready, 0), "cudaStreamWaitEvent");
+    recycle(std::exchange(ready, nullptr));  // reusable at once: the wait captured the work
+    flight.start = take_event();
+    check(cudaEventRecord(flight.start, stream_), "cudaEventRecord");
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_), "cudaMemcpyAsync");
+    flight.done = take_event();
+    check(cudaEventRecord(flight.done, stream_), "cudaEventRecord");
+  } catch (...) {
+    // The copy is not queued as far as anyone knows: the events it took go back.
+    for (cudaEvent_t event : {ready, flight.start, flight.done}) recycle(event);
+    throw;
+  }
   const Ticket ticket = ++issued_;
   in_flight_.emplace(ticket, flight);
   return ticket;
@@ -126,16 +139,19 @@ void CudaCopyEngine::settle(Ticket ticket) {
 }
 
 void CudaCopyEngine::settle_stalls() {
-  stalls_.erase(std::remove_if(stalls_.begin(), stalls_.end(),
-                               [this](const Flight& stall) {
-                                 if (!completed(stall.reached)) return false;
-                                 time_.exposed_ns += std::max<std::int64_t>(
-                                     0, elapsed_ns(stall.reached, stall.done));
-                                 recycle(stall.reached);
-                                 recycle(stall.done);
-                                 return true;
-                               }),
-                stalls_.end());
+  // Not remove_if: a query that throws inside its predicate would leave the stalls unspecified
+  // (events then destroyed twice, or never). Here a throw leaves every stall not yet settled.
+  for (std::size_t i = 0; i < stalls_.size();) {
+    const Flight stall = stalls_[i];
+    if (!completed(stall.reached)) {
+      ++i;
+      continue;
+    }
+    time_.exposed_ns += std::max<std::int64_t>(0, elapsed_ns(stall.reached, stall.done));
+    stalls_.erase(stalls_.begin() + static_cast<std::ptrdiff_t>(i));
+    recycle(stall.reached);
+    recycle(stall.done);
+  }
 }
 
 bool CudaCopyEngine::finished(Ticket ticket) {

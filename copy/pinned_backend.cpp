@@ -2,7 +2,9 @@
 
 #include <cuda_runtime_api.h>
 
-#include <cstdio>
+#include <string>
+
+#include "allocator/errors.h"
 
 namespace actmem::copy {
 
@@ -15,10 +17,14 @@ void* PinnedBackend::do_allocate(std::size_t bytes) {
   return ptr;
 }
 
+// A failure throws, so that the caching allocator keeps the block cached (Note [A failed CUDA
+// call in the middle of a free]) rather than count pinned memory as returned that was not.
 void PinnedBackend::do_deallocate(void* ptr, std::size_t /*bytes*/) {
   const cudaError_t error = cudaFreeHost(ptr);
   if (error != cudaSuccess) {
-    std::fprintf(stderr, "actmem: cudaFreeHost failed: %s\n", cudaGetErrorString(error));
+    cudaGetLastError();
+    throw alloc::AllocatorError(std::string("actmem: cudaFreeHost failed: ") +
+                                cudaGetErrorString(error));
   }
 }
 

@@ -63,16 +63,18 @@ long long stat(const std::string& json, const std::string& name) {
 
 struct Mode {
   std::string name;
-  std::string client;       // the fault_client build
+  std::string client;       // the program
   std::string environment;  // what it runs under
+  bool process_allocators;  // it runs on actmem's process allocators, which write ACTMEM_STATS
 };
 
 // Runs `mode` once per (function, N) and checks each run; returns the faults injected.
 int inject_every_fault(const Mode& mode) {
   const ClientRun clean = run_client(mode.environment, mode.client);
   EXPECT_EQ(clean.exit_code, 0) << clean.output;
-  EXPECT_EQ(clean.number("malloc_failures"), 0) << clean.output;
-  EXPECT_EQ(clean.number("free_errors"), 0) << clean.output;
+  EXPECT_LE(clean.number("malloc_failures"), 0) << clean.output;  // -1: not a key it prints
+  EXPECT_LE(clean.number("free_errors"), 0) << clean.output;
+  EXPECT_LE(clean.number("errors"), 0) << clean.output;
   const auto calls = clean.calls();
   EXPECT_GE(calls.count("cudaEventRecord"), 1u) << "the workload must use events: " << clean.output;
   int injected = 0;
@@ -88,26 +90,32 @@ int inject_every_fault(const Mode& mode) {
 
       const std::string json = read_file(stats);
       std::remove(stats.c_str());
-      EXPECT_NE(json, "") << "ACTMEM_STATS was not written:\n" << run.output;
+      const bool allocation_call = function == "cudaMalloc" || function == "cudaHostAlloc";
       const bool told =
           run.output.find("injected failure of " + function + " #" + std::to_string(nth)) !=
               std::string::npos ||
-          (function == "cudaMalloc" && run.output.find("out of memory") != std::string::npos);
+          (allocation_call && run.output.find("out of memory") != std::string::npos);
       const bool seen = run.number("malloc_failures") > 0 || run.number("free_errors") > 0 ||
-                        json.find("\"backend_errors\":0") == std::string::npos;
+                        run.number("errors") > 0 ||
+                        (!json.empty() && json.find("\"backend_errors\":0") == std::string::npos);
       if (seen) {
         EXPECT_TRUE(told) << "a failure the program saw was not told:\n" << run.output;
       }
-      EXPECT_EQ(run.number("free_failures"), 0) << "a free failed twice:\n" << run.output;
+      EXPECT_LE(run.number("free_failures"), 0) << "a free failed twice:\n" << run.output;
 
-      EXPECT_EQ(stat(json, "allocated_bytes"), 0) << json;
-      EXPECT_EQ(stat(json, "reserved_bytes"), run.number("fake.live_bytes"))
-          << "the bytes the runtime holds are not what actmem says it reserved:\n"
-          << json << "\n"
-          << run.output;
-      if (mode.name == "capi") {
+      if (mode.process_allocators) {
+        EXPECT_NE(json, "") << "ACTMEM_STATS was not written:\n" << run.output;
+        EXPECT_EQ(stat(json, "allocated_bytes"), 0) << json;
+        EXPECT_EQ(stat(json, "reserved_bytes"), run.number("fake.live_bytes"))
+            << "the bytes the runtime holds are not what actmem says it reserved:\n"
+            << json << "\n"
+            << run.output;
+      }
+      if (mode.name != "runtime") {  // the shim's allocators live on to the end of the process
         EXPECT_EQ(run.number("fake.live_bytes"), 0) << run.output;
         EXPECT_EQ(run.number("fake.live_events"), 0) << run.output;
+        EXPECT_EQ(run.number("fake.live_streams"), 0) << run.output;
+        EXPECT_EQ(run.number("fake.pinned_bytes"), 0) << run.output;
       }
       if (::testing::Test::HasFailure()) return injected;  // the first failing run says enough
     }
@@ -116,15 +124,23 @@ int inject_every_fault(const Mode& mode) {
 }
 
 TEST(CudaFaults, EveryFailedCallThroughTheCApiIsToldAndLeavesNothingBehind) {
-  const int injected = inject_every_fault({"capi", FAULT_CLIENT_CAPI, ""});
+  const int injected = inject_every_fault({"capi", FAULT_CLIENT_CAPI, "", true});
   std::printf("faults injected through the C ABI: %d\n", injected);
   RecordProperty("faults_injected", injected);
 }
 
 TEST(CudaFaults, EveryFailedCallUnderThePreloadShimIsToldAndLeavesNothingBehind) {
   const int injected = inject_every_fault(
-      {"runtime", FAULT_CLIENT_RUNTIME, "LD_PRELOAD=" ACTMEM_PRELOAD_SO " ACTMEM_BUDGET=64MiB"});
+      {"runtime", FAULT_CLIENT_RUNTIME, "LD_PRELOAD=" ACTMEM_PRELOAD_SO " ACTMEM_BUDGET=64MiB",
+       true});
   std::printf("faults injected under the shim: %d\n", injected);
+  RecordProperty("faults_injected", injected);
+}
+
+TEST(CudaFaults, EveryFailedCallOfTheCopyEngineAndThePinnedPoolIsToldAndLeavesNothingBehind) {
+  const int injected =
+      inject_every_fault({"copy", COPY_FAULT_CLIENT, "LD_PRELOAD=" FAKE_CUDART_SO, false});
+  std::printf("faults injected into the copy engine and the pinned pool: %d\n", injected);
   RecordProperty("faults_injected", injected);
 }
 

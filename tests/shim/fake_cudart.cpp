@@ -1,6 +1,6 @@
 // A stand-in for libcudart that serves "device" memory from the host and counts its calls, so the
-// LD_PRELOAD shim can be tested for real on a machine without a GPU. It implements just the
-// functions the shim and its test client use.
+// LD_PRELOAD shim, the C ABI's CUDA backend and the copy engine can be tested for real on a
+// machine without a GPU. It implements just the functions those use.
 //
 // FAKE_CUDART_REENTER=1 makes cudaMalloc call cudaMalloc and cudaFree again through the PLT, as a
 // runtime calling its own public API would: under the shim, that re-enters the shim while the
@@ -20,6 +20,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <string>
@@ -57,6 +58,8 @@ struct Faults {
   int nth = 0;
   std::string message;
   int live_events = 0;
+  int live_streams = 0;
+  std::map<void*, size_t> pinned;  // cudaHostAlloc'd, not yet freed
 
   Faults() {
     const char* spec = std::getenv("FAKE_CUDART_FAIL");
@@ -193,6 +196,65 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
   --faults().live_events;
   return cudaSuccess;
 }
+// The copy engine's and the pinned pool's functions (copy/), for the fault tests: copies run at
+// once, on the host; streams are tokens.
+cudaError_t cudaEventCreate(cudaEvent_t* event) {
+  if (fails("cudaEventCreate")) return cudaErrorMemoryAllocation;
+  *event = reinterpret_cast<cudaEvent_t>(new int(0));
+  std::lock_guard<std::mutex> lock(faults().mutex);
+  ++faults().live_events;
+  return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  if (fails("cudaEventSynchronize")) return cudaErrorLaunchFailure;
+  *reinterpret_cast<int*>(event) = 2;
+  return cudaSuccess;
+}
+cudaError_t cudaEventElapsedTime(float* milliseconds, cudaEvent_t, cudaEvent_t) {
+  if (fails("cudaEventElapsedTime")) return cudaErrorLaunchFailure;
+  *milliseconds = 0.001f;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) {
+  if (fails("cudaStreamCreateWithFlags")) return cudaErrorMemoryAllocation;
+  *stream = reinterpret_cast<cudaStream_t>(new int(0));
+  std::lock_guard<std::mutex> lock(faults().mutex);
+  ++faults().live_streams;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  delete reinterpret_cast<int*>(stream);
+  std::lock_guard<std::mutex> lock(faults().mutex);
+  --faults().live_streams;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t) {
+  return fails("cudaStreamSynchronize") ? cudaErrorLaunchFailure : cudaSuccess;
+}
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned int) {
+  return fails("cudaStreamWaitEvent") ? cudaErrorLaunchFailure : cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind,
+                            cudaStream_t) {
+  if (fails("cudaMemcpyAsync")) return cudaErrorLaunchFailure;
+  std::memcpy(dst, src, bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaHostAlloc(void** ptr, size_t size, unsigned int) {
+  if (fails("cudaHostAlloc")) return cudaErrorMemoryAllocation;
+  *ptr = std::aligned_alloc(512, (size + 511) / 512 * 512);
+  std::lock_guard<std::mutex> lock(faults().mutex);
+  faults().pinned[*ptr] = size;
+  return cudaSuccess;
+}
+cudaError_t cudaFreeHost(void* ptr) {
+  if (fails("cudaFreeHost")) return cudaErrorLaunchFailure;
+  std::lock_guard<std::mutex> lock(faults().mutex);
+  if (faults().pinned.erase(ptr) == 0) return cudaErrorInvalidValue;
+  std::free(ptr);
+  return cudaSuccess;
+}
+
 cudaError_t cudaGetLastError() { return cudaSuccess; }
 const char* cudaGetErrorString(cudaError_t error) {
   if (error == cudaErrorLaunchFailure || error == cudaErrorMemoryAllocation) {
@@ -221,7 +283,10 @@ void fake_cudart_report() {
               d.events_recorded, d.live_bytes);
   Faults& f = faults();
   std::lock_guard<std::mutex> faults_lock(f.mutex);
-  std::printf("fake.live_events %d\n", f.live_events);
+  size_t pinned_bytes = 0;
+  for (const auto& [ptr, size] : f.pinned) pinned_bytes += size;
+  std::printf("fake.live_events %d\nfake.live_streams %d\nfake.pinned_bytes %zu\n", f.live_events,
+              f.live_streams, pinned_bytes);
   for (const auto& [function, count] : f.calls) std::printf("fake.calls.%s %d\n", function.c_str(), count);
 }
 
