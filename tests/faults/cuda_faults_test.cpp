@@ -12,7 +12,6 @@
 
 #include <cstdio>
 #include <map>
-#include <sstream>
 #include <string>
 
 #include "tests/support/run_process.h"
@@ -23,35 +22,20 @@ using actmem::testing::read_file;
 using actmem::testing::run_process;
 using actmem::testing::temp_path;
 
-struct ClientRun {
-  int exit_code;
-  std::string output;
-  std::map<std::string, std::string> values;
-
-  long long number(const std::string& key) const {
-    auto it = values.find(key);
-    return it == values.end() ? -1 : std::stoll(it->second);
-  }
-  // The fake's call counts, by function.
-  std::map<std::string, int> calls() const {
-    std::map<std::string, int> counts;
-    const std::string prefix = "fake.calls.";
-    for (const auto& [key, value] : values) {
-      if (key.rfind(prefix, 0) == 0) counts[key.substr(prefix.size())] = std::stoi(value);
-    }
-    return counts;
-  }
-};
+using ClientRun = actmem::testing::ReportingRun;
 
 ClientRun run_client(const std::string& environment, const std::string& client) {
-  const auto result = run_process(environment + " " + client);
-  ClientRun run{result.exit_code, result.output, {}};
-  std::istringstream lines(result.output);
-  for (std::string line; std::getline(lines, line);) {
-    const std::size_t space = line.find(' ');
-    if (space != std::string::npos) run.values[line.substr(0, space)] = line.substr(space + 1);
+  return actmem::testing::run_reporting(environment + " " + client);
+}
+
+// The fake's call counts, by function.
+std::map<std::string, int> calls(const ClientRun& run) {
+  std::map<std::string, int> counts;
+  const std::string prefix = "fake.calls.";
+  for (const auto& [key, value] : run.values) {
+    if (key.rfind(prefix, 0) == 0) counts[key.substr(prefix.size())] = std::stoi(value);
   }
-  return run;
+  return counts;
 }
 
 // "current" of one of the first device's stats in actmem's JSON.
@@ -75,10 +59,10 @@ int inject_every_fault(const Mode& mode) {
   EXPECT_LE(clean.number("malloc_failures"), 0) << clean.output;  // -1: not a key it prints
   EXPECT_LE(clean.number("free_errors"), 0) << clean.output;
   EXPECT_LE(clean.number("errors"), 0) << clean.output;
-  const auto calls = clean.calls();
-  EXPECT_GE(calls.count("cudaEventRecord"), 1u) << "the workload must use events: " << clean.output;
+  const auto counts = calls(clean);
+  EXPECT_GE(counts.count("cudaEventRecord"), 1u) << "the workload must use events: " << clean.output;
   int injected = 0;
-  for (const auto& [function, count] : calls) {
+  for (const auto& [function, count] : counts) {
     for (int nth = 1; nth <= count; ++nth) {
       const std::string stats = temp_path("actmem-fault-stats");
       const std::string fault = function + ":" + std::to_string(nth);

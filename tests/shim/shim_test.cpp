@@ -16,29 +16,10 @@ using actmem::testing::temp_path;
 
 constexpr long long MiB = 1 << 20;
 
-struct ClientRun {
-  int exit_code;
-  std::string output;
-  std::map<std::string, std::string> values;
-  std::string text(const std::string& key) const {
-    auto it = values.find(key);
-    return it == values.end() ? "" : it->second;
-  }
-  long long number(const std::string& key) const {
-    auto it = values.find(key);
-    return it == values.end() ? -1 : std::stoll(it->second);
-  }
-};
+using ClientRun = actmem::testing::ReportingRun;
 
 ClientRun run_client(const std::string& environment, const std::string& client = SHIM_CLIENT) {
-  const auto result = run_process(environment + " " + client);
-  ClientRun run{result.exit_code, result.output, {}};
-  std::istringstream lines(result.output);
-  for (std::string line; std::getline(lines, line);) {
-    const std::size_t space = line.find(' ');
-    if (space != std::string::npos) run.values[line.substr(0, space)] = line.substr(space + 1);
-  }
-  return run;
+  return actmem::testing::run_reporting(environment + " " + client);
 }
 
 std::string preload(const std::string& more = "") {

@@ -26,6 +26,27 @@ ProcessResult run_process(const std::string& command) {
   return result;
 }
 
+std::string ReportingRun::text(const std::string& key) const {
+  const auto it = values.find(key);
+  return it == values.end() ? "" : it->second;
+}
+
+long long ReportingRun::number(const std::string& key) const {
+  const auto it = values.find(key);
+  return it == values.end() ? -1 : std::stoll(it->second);
+}
+
+ReportingRun run_reporting(const std::string& command) {
+  const ProcessResult result = run_process(command);
+  ReportingRun run{result.exit_code, result.output, {}};
+  std::istringstream lines(result.output);
+  for (std::string line; std::getline(lines, line);) {
+    const std::size_t space = line.find(' ');
+    if (space != std::string::npos) run.values[line.substr(0, space)] = line.substr(space + 1);
+  }
+  return run;
+}
+
 std::string read_file(const std::string& path) {
   std::ifstream in(path);
   std::stringstream content;
