@@ -114,5 +114,43 @@ TEST(ActivationMemory, AnOutOfMemoryInTheForwardLeavesNothingBehind) {
   }
 }
 
+// A scope may go before the backward of a graph made under it (a helper that owns the scope and
+// returns the loss): the graph keeps what its saved tensors need, the backward gives plain
+// LibTorch's gradients, and once the graph is gone nothing stays allocated, host pool included.
+TEST(ActivationMemory, AScopeGoneBeforeItsBackwardGivesPlainGradientsAndLeavesNothing) {
+  install();
+  const auto gradients = [](const std::shared_ptr<testing::LossModule>& module) {
+    std::vector<torch::Tensor> grads;
+    for (const auto& p : module->parameters()) grads.push_back(p.grad().clone());
+    return grads;
+  };
+  torch::manual_seed(3);
+  const auto plain = testing::make_deep_conv_stack(/*blocks=*/4, /*batch=*/4);
+  plain->loss().backward();
+  const std::vector<torch::Tensor> expected = gradients(plain);
+  for (const char* policy : {"keep", "recompute", "chain", "offload"}) {
+    const std::int64_t before = device_memory().stats().allocated_bytes.current;
+    {
+      torch::manual_seed(3);
+      const auto module = testing::make_deep_conv_stack(/*blocks=*/4, /*batch=*/4);
+      torch::Tensor loss;
+      std::int64_t pooled = 0;
+      {
+        ActivationScope scope(make_policy(policy));
+        loss = module->loss();
+        pooled = scope.host_store().pool().stats().allocated_bytes.current;
+      }
+      if (std::string(policy) == "offload") EXPECT_GT(pooled, 0) << "nothing went out";
+      loss.backward();
+      const std::vector<torch::Tensor> got = gradients(module);
+      ASSERT_EQ(got.size(), expected.size());
+      for (std::size_t i = 0; i < got.size(); ++i) {
+        EXPECT_TRUE(torch::equal(got[i], expected[i])) << policy << ", parameter " << i;
+      }
+    }
+    EXPECT_EQ(device_memory().stats().allocated_bytes.current, before) << policy;
+  }
+}
+
 }  // namespace
 }  // namespace actmem
