@@ -123,7 +123,7 @@ TEST(CudaFaults, EveryFailedCallUnderThePreloadShimIsToldAndLeavesNothingBehind)
 
 TEST(CudaFaults, EveryFailedCallOfTheCopyEngineAndThePinnedPoolIsToldAndLeavesNothingBehind) {
   const int injected =
-      inject_every_fault({"copy", COPY_FAULT_CLIENT, "LD_PRELOAD=" FAKE_CUDART_SO, false});
+      inject_every_fault({"copy", COPY_FAULT_CLIENT, "LD_PRELOAD=" FAKE_CUDART_PRELOAD, false});
   std::printf("faults injected into the copy engine and the pinned pool: %d\n", injected);
   RecordProperty("faults_injected", injected);
 }
