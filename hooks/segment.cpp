@@ -322,10 +322,18 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
     ~Reset() { detail::t_forward_frame = nullptr; }
   } reset;
   // Timed for the profile only when autograd records (a no-grad evaluation saves nothing).
-  const std::optional<std::uint64_t> bracket =
-      c10::GradMode::is_enabled() ? scope->begin_segment(name) : std::nullopt;
-  if (bracket && !link_storages.empty()) {
-    scope->link_segment(*bracket, last->name, std::move(link_storages), dropped_link);
+  // The profile's bracket, if the policy wants one (a plain id: g++ 12 under -fsanitize=thread
+  // took the optional's payload for uninitialized where the flag guarded it).
+  std::uint64_t bracket = 0;
+  bool bracketed = false;
+  if (c10::GradMode::is_enabled()) {
+    if (const std::optional<std::uint64_t> begun = scope->begin_segment(name)) {
+      bracket = *begun;
+      bracketed = true;
+    }
+  }
+  if (bracketed && !link_storages.empty()) {
+    scope->link_segment(bracket, last->name, std::move(link_storages), dropped_link);
   }
   const auto start = std::chrono::steady_clock::now();
   TensorList outputs;
@@ -340,12 +348,12 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
     try {
       outputs = fn(inputs);
     } catch (...) {
-      if (bracket) scope->end_segment(*bracket);
+      if (bracketed) scope->end_segment(bracket);
       throw;
     }
     frame->context.forward_ended(watch && watch->drew());
   }
-  if (bracket) scope->end_segment(*bracket);
+  if (bracketed) scope->end_segment(bracket);
   for (std::size_t i = 0; i < frame->input_counters.size(); ++i) {
     frame->changed_by_forward.push_back(frame->input_changed(i));
   }
