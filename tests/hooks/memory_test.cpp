@@ -140,7 +140,9 @@ TEST(ActivationMemory, AScopeGoneBeforeItsBackwardGivesPlainGradientsAndLeavesNo
         loss = module->loss();
         pooled = scope.host_store().pool().stats().allocated_bytes.current;
       }
-      if (std::string(policy) == "offload") EXPECT_GT(pooled, 0) << "nothing went out";
+      if (std::string(policy) == "offload") {
+        EXPECT_GT(pooled, 0) << "nothing went out";
+      }
       loss.backward();
       const std::vector<torch::Tensor> got = gradients(module);
       ASSERT_EQ(got.size(), expected.size());
