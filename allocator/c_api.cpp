@@ -32,8 +32,8 @@ __attribute__((constructor)) void check_configuration_at_load() {
 }
 
 // A CUDA call that failed while memory was being released: the allocator kept the memory cached
-// and is consistent, so the program goes on, told.
-void report(const actmem::alloc::AllocatorError& error) {
+// and is consistent, so the program goes on, told. (Any other error still aborts.)
+void report(const actmem::alloc::BackendError& error) {
   t_last_error = error.what();
   std::fprintf(stderr, "%s\n", error.what());
 }
@@ -83,7 +83,7 @@ const char* actmem_stats_json(void) {
 void actmem_empty_cache(void) {
   try {
     ProcessAllocators::instance().empty_cache();
-  } catch (const actmem::alloc::AllocatorError& error) {
+  } catch (const actmem::alloc::BackendError& error) {
     report(error);
   } catch (const std::exception& error) {
     die(error);
@@ -94,7 +94,7 @@ void actmem_set_budget(int device, size_t bytes) {
   try {
     ProcessAllocators::instance().for_device(device).set_budget(
         bytes == 0 ? std::nullopt : std::optional<std::size_t>(bytes));
-  } catch (const actmem::alloc::AllocatorError& error) {
+  } catch (const actmem::alloc::BackendError& error) {
     report(error);
   } catch (const std::exception& error) {
     die(error);

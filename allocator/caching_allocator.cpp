@@ -705,23 +705,60 @@ class CachingAllocator::Impl {
       std::size_t run = g;
       while (run < end && segment.backed[run]) ++run;
       char* at = segment.base + g * granule;
+      try {
+        vm_->unmap(at, (run - g) * granule);
+      } catch (const std::exception& error) {
+        // The device may have unmapped some of the run before it failed: granule by granule, each
+        // one's state is known again (an unmapped one unmaps as a no-op).
+        report_backend_error(error, "the granules are unmapped one by one");
+        run = unmap_each(segment, g, run);
+      }
       const std::size_t bytes = (run - g) * granule;
-      vm_->unmap(at, bytes);
       for (std::size_t i = g; i < run; ++i) segment.backed[i] = false;
-      ++stats_.backend_frees;
-      stats_.reserved_bytes.decrease(static_cast<std::int64_t>(bytes));
-      record_trace(TraceEntry::Action::kSegmentFree, at, bytes, stream);
-      released += bytes;
+      if (bytes > 0) {
+        ++stats_.backend_frees;
+        stats_.reserved_bytes.decrease(static_cast<std::int64_t>(bytes));
+        record_trace(TraceEntry::Action::kSegmentFree, at, bytes, stream);
+        released += bytes;
+      }
       g = run;
+      if (g < end && segment.backed[g]) throw_unmap_failed(segment, g);
     }
     return released;
+  }
+
+  // Unmaps granules [first, end) one at a time; returns the first one that failed (still backed),
+  // or `end`.
+  std::size_t unmap_each(GrowableSegment& segment, std::size_t first, std::size_t end) {
+    const std::size_t granule = vm_->granularity();
+    for (std::size_t g = first; g < end; ++g) {
+      try {
+        vm_->unmap(segment.base + g * granule, granule);
+      } catch (const std::exception&) {
+        return g;
+      }
+    }
+    return end;
+  }
+
+  [[noreturn]] void throw_unmap_failed(const GrowableSegment& segment, std::size_t granule) {
+    throw BackendError("actmem: vmm: the granule at " +
+                         pointer_text(segment.base + granule * vm_->granularity()) +
+                         " could not be unmapped; it stays mapped and reserved");
   }
 
   // `block` (taken from its pool) ready to hand out for `size`: a growable one with every granule
   // of [ptr, ptr + size) backed. nullptr, the block back in its pool, when that cannot be done.
   Block* backed_for(Block* block, std::size_t size) {
     if (block == nullptr || !block->growable) return block;
-    if (back(growable_[block->stream], block->ptr, block->ptr + size, block->stream)) return block;
+    bool backed = false;
+    try {
+      backed = back(growable_[block->stream], block->ptr, block->ptr + size, block->stream);
+    } catch (...) {
+      insert_free(*block->pool, block);  // a device error: the block stays free, the error goes on
+      throw;
+    }
+    if (backed) return block;
     insert_free(*block->pool, block);
     return nullptr;
   }

@@ -34,7 +34,7 @@ class DeviceGuard {
 void check(const CudaRuntime& runtime, cudaError_t error, const char* what) {
   if (error != cudaSuccess) {
     runtime.get_last_error();  // taken now, so that the caller's next launch check is not blamed
-    throw AllocatorError(std::string("actmem: ") + what + " failed: " +
+    throw BackendError(std::string("actmem: ") + what + " failed: " +
                          runtime.get_error_string(error));
   }
 }

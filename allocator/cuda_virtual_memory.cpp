@@ -71,7 +71,7 @@ struct CudaVirtualMemory::Driver {
   [[noreturn]] void fail(const char* call, CUresult result) const {
     const char* text = nullptr;
     get_error_string(result, &text);
-    throw AllocatorError(std::string("actmem: vmm: ") + call + " failed: " +
+    throw BackendError(std::string("actmem: vmm: ") + call + " failed: " +
                          (text != nullptr ? text : "unknown CUDA driver error"));
   }
 };

@@ -41,6 +41,14 @@ class InvalidPointerError : public AllocatorError {
   using AllocatorError::AllocatorError;
 };
 
+// A call into the device (the CUDA runtime or driver, or the host twin of its virtual memory)
+// failed for another reason than a lack of memory. The allocator stays consistent (Note [A failed
+// CUDA call in the middle of a free]).
+class BackendError : public AllocatorError {
+ public:
+  using AllocatorError::AllocatorError;
+};
+
 // An environment variable or ACTMEM_ALLOC_CONF entry is unknown or malformed.
 class ConfigError : public AllocatorError {
  public:

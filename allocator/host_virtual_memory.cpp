@@ -15,7 +15,7 @@ namespace actmem::alloc {
 namespace {
 
 [[noreturn]] void fail(const char* call, int error) {
-  throw AllocatorError(std::string("actmem: vmm-host: ") + call + " failed: " +
+  throw BackendError(std::string("actmem: vmm-host: ") + call + " failed: " +
                        std::strerror(error));
 }
 

@@ -65,10 +65,11 @@ void* loaded_cuda_runtime() {
   return path.empty() ? nullptr : dlopen(path.c_str(), RTLD_LAZY | RTLD_NOLOAD);
 }
 
-// Finds each function after the shim in the global scope, else in a loaded libcudart; the names
-// of those found nowhere are added to `missing`.
+// Looks each function up in one place (`where`: RTLD_NEXT, or a handle on a libcudart); the names
+// of those it lacks are added to `missing`.
 class SymbolFinder {
  public:
+  explicit SymbolFinder(void* where) : where_(where) {}
   template <typename Fn>
   void find(Fn*& fn, const char* name) {
     find_optional(fn, name);
@@ -76,22 +77,38 @@ class SymbolFinder {
   }
   template <typename Fn>
   void find_optional(Fn*& fn, const char* name) {
-    void* symbol = dlsym(RTLD_NEXT, name);
-    if (symbol == nullptr) {
-      if (!looked_for_runtime_) {
-        runtime_ = loaded_cuda_runtime();
-        looked_for_runtime_ = true;
-      }
-      if (runtime_ != nullptr) symbol = dlsym(runtime_, name);
-    }
-    fn = reinterpret_cast<Fn*>(symbol);
+    fn = reinterpret_cast<Fn*>(where_ != nullptr ? dlsym(where_, name) : nullptr);
   }
   std::string missing;
 
  private:
-  bool looked_for_runtime_ = false;
-  void* runtime_ = nullptr;
+  void* where_;
 };
+
+// Every function the shim needs from one runtime: `missing` names those it lacks.
+RealCuda resolve_from(void* where, std::string& missing) {
+  RealCuda r;
+  CudaRuntime& rt = r.runtime;
+  SymbolFinder finder(where);
+  finder.find(rt.malloc, "cudaMalloc");
+  finder.find(rt.free, "cudaFree");
+  finder.find(rt.mem_get_info, "cudaMemGetInfo");
+  finder.find(rt.get_device, "cudaGetDevice");
+  finder.find(rt.set_device, "cudaSetDevice");
+  finder.find(rt.get_device_count, "cudaGetDeviceCount");
+  finder.find(rt.event_create_with_flags, "cudaEventCreateWithFlags");
+  finder.find(rt.event_record, "cudaEventRecord");
+  finder.find(rt.event_query, "cudaEventQuery");
+  finder.find(rt.event_destroy, "cudaEventDestroy");
+  finder.find(rt.get_last_error, "cudaGetLastError");
+  finder.find(rt.get_error_string, "cudaGetErrorString");
+  finder.find(r.device_synchronize, "cudaDeviceSynchronize");
+  finder.find_optional(r.malloc_async, "cudaMallocAsync");
+  finder.find_optional(r.free_async, "cudaFreeAsync");
+  r.ok = finder.missing.empty();
+  missing = finder.missing;
+  return r;
+}
 
 // Says once, on stderr, that the shim passes everything through, and what that costs the user.
 void warn_passing_through(const std::string& missing) {
@@ -105,26 +122,21 @@ void warn_passing_through(const std::string& missing) {
 
 const RealCuda& real_cuda() {
   static const RealCuda real = [] {
-    RealCuda r;
-    CudaRuntime& rt = r.runtime;
-    SymbolFinder finder;
-    finder.find(rt.malloc, "cudaMalloc");
-    finder.find(rt.free, "cudaFree");
-    finder.find(rt.mem_get_info, "cudaMemGetInfo");
-    finder.find(rt.get_device, "cudaGetDevice");
-    finder.find(rt.set_device, "cudaSetDevice");
-    finder.find(rt.get_device_count, "cudaGetDeviceCount");
-    finder.find(rt.event_create_with_flags, "cudaEventCreateWithFlags");
-    finder.find(rt.event_record, "cudaEventRecord");
-    finder.find(rt.event_query, "cudaEventQuery");
-    finder.find(rt.event_destroy, "cudaEventDestroy");
-    finder.find(rt.get_last_error, "cudaGetLastError");
-    finder.find(rt.get_error_string, "cudaGetErrorString");
-    finder.find(r.device_synchronize, "cudaDeviceSynchronize");
-    finder.find_optional(r.malloc_async, "cudaMallocAsync");
-    finder.find_optional(r.free_async, "cudaFreeAsync");
-    r.ok = finder.missing.empty();
-    if (!r.ok) warn_passing_through(finder.missing);
+    // The runtime after the shim in the global scope; else, all of it from a libcudart the
+    // program loaded RTLD_LOCAL (never half from one runtime and half from another).
+    std::string missing;
+    RealCuda r = resolve_from(RTLD_NEXT, missing);
+    if (!r.ok) {
+      if (void* local = loaded_cuda_runtime()) {
+        std::string missing_locally;
+        RealCuda from_local = resolve_from(local, missing_locally);
+        if (from_local.ok || r.runtime.malloc == nullptr) {
+          r = from_local;
+          missing = missing_locally;
+        }
+      }
+    }
+    if (!r.ok) warn_passing_through(missing);
     return r;
   }();
   return real;
@@ -151,14 +163,14 @@ ProcessAllocators* managed() {
   return allocators.backend_kind() == BackendKind::kCuda ? &allocators : nullptr;
 }
 
-// The calling thread's device; -1 (the runtime's error left for the caller) when it cannot say.
-int current_device() {
-  int device = 0;
-  const cudaError_t status = real_cuda().runtime.get_device(&device);
-  if (status == cudaSuccess) return device;
-  std::fprintf(stderr, "actmem: cudaGetDevice failed: %s\n",
-               real_cuda().runtime.get_error_string(status));
-  return -1;
+// The calling thread's device in *device; the runtime's error, said on stderr, when it cannot say.
+cudaError_t current_device(int* device) {
+  const cudaError_t status = real_cuda().runtime.get_device(device);
+  if (status != cudaSuccess) {
+    std::fprintf(stderr, "actmem: cudaGetDevice failed: %s\n",
+                 real_cuda().runtime.get_error_string(status));
+  }
+  return status;
 }
 
 // The first device's allocator for which `test(allocator)` holds, or nullptr.
@@ -177,8 +189,8 @@ cudaError_t shim_malloc(void** ptr, size_t size, cudaStream_t stream) {
   if (ptr == nullptr) return cudaErrorInvalidValue;
   *ptr = nullptr;
   if (size == 0) return cudaSuccess;
-  const int device = current_device();
-  if (device < 0) return cudaErrorInvalidDevice;
+  int device = 0;
+  if (const cudaError_t status = current_device(&device); status != cudaSuccess) return status;
   try {
     *ptr = allocators->for_device(device).allocate(size, stream);
     return cudaSuccess;
@@ -304,9 +316,11 @@ ACTMEM_EXPORT cudaError_t cudaMemGetInfo(size_t* free, size_t* total) {
   ShimScope scope;
   actmem::alloc::ProcessAllocators* allocators = actmem::alloc::managed();
   if (allocators == nullptr) return status;
-  const int device = actmem::alloc::current_device();
-  actmem::alloc::CachingAllocator* allocator =
-      device >= 0 ? allocators->existing(device) : nullptr;
+  int device = 0;
+  if (const cudaError_t failed = actmem::alloc::current_device(&device); failed != cudaSuccess) {
+    return failed;
+  }
+  actmem::alloc::CachingAllocator* allocator = allocators->existing(device);
   const auto stats = allocator != nullptr ? allocator->stats() : actmem::alloc::AllocatorStats{};
   const size_t cached =
       static_cast<size_t>(stats.reserved_bytes.current - stats.allocated_bytes.current);

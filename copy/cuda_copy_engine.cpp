@@ -29,9 +29,14 @@ bool completed(cudaEvent_t event) {
 }
 
 // Nanoseconds from `from` to `to`, two completed timing events; negative when `to` came first.
+// 0 when the driver cannot tell (an event whose record failed, say): the times are a report, and
+// a copy that cannot be timed must not stop the engine from settling the ones after it.
 std::int64_t elapsed_ns(cudaEvent_t from, cudaEvent_t to) {
   float milliseconds = 0;
-  check(cudaEventElapsedTime(&milliseconds, from, to), "cudaEventElapsedTime");
+  if (cudaEventElapsedTime(&milliseconds, from, to) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
   return static_cast<std::int64_t>(static_cast<double>(milliseconds) * 1e6);
 }
 
@@ -96,6 +101,7 @@ CopyEngine::Ticket CudaCopyEngine::copy(void* dst, const void* src, std::size_t 
   DeviceScope scope(device_);
   cudaEvent_t ready = nullptr;
   Flight flight;
+  bool queued = false;  // the memcpy is on the stream
   try {
     ready = take_event();
     check(cudaEventRecord(ready, static_cast<cudaStream_t>(after)), "cudaEventRecord");
@@ -104,10 +110,14 @@ CopyEngine::Ticket CudaCopyEngine::copy(void* dst, const void* src, std::size_t 
     flight.start = take_event();
     check(cudaEventRecord(flight.start, stream_), "cudaEventRecord");
     check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_), "cudaMemcpyAsync");
+    queued = true;
     flight.done = take_event();
     check(cudaEventRecord(flight.done, stream_), "cudaEventRecord");
   } catch (...) {
-    // The copy is not queued as far as anyone knows: the events it took go back.
+    // The caller takes the copy for not queued and may reuse its buffers at once: one that was
+    // queued is waited for first. The events it took go back.
+    if (queued) (void)cudaStreamSynchronize(stream_);
+    (void)cudaGetLastError();
     for (cudaEvent_t event : {ready, flight.start, flight.done}) recycle(event);
     throw;
   }
@@ -169,8 +179,11 @@ void CudaCopyEngine::order_after(Ticket ticket, alloc::Stream stream) {
   if (copy == nullptr) return;
   const auto waiting = static_cast<cudaStream_t>(stream);
   if (copy->reached == nullptr) {  // the first stream to wait is the one timed
-    copy->reached = take_event();
-    check(cudaEventRecord(copy->reached, waiting), "cudaEventRecord");
+    cudaEvent_t reached = take_event();
+    const cudaError_t recorded = cudaEventRecord(reached, waiting);
+    if (recorded != cudaSuccess) recycle(reached);  // never recorded: it times nothing
+    check(recorded, "cudaEventRecord");
+    copy->reached = reached;
   }
   check(cudaStreamWaitEvent(waiting, copy->done, 0), "cudaStreamWaitEvent");
 }

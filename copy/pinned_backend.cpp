@@ -23,7 +23,7 @@ void PinnedBackend::do_deallocate(void* ptr, std::size_t /*bytes*/) {
   const cudaError_t error = cudaFreeHost(ptr);
   if (error != cudaSuccess) {
     cudaGetLastError();
-    throw alloc::AllocatorError(std::string("actmem: cudaFreeHost failed: ") +
+    throw alloc::BackendError(std::string("actmem: cudaFreeHost failed: ") +
                                 cudaGetErrorString(error));
   }
 }

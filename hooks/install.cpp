@@ -2,12 +2,13 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/CPUAllocator.h>
+#include <torch/csrc/autograd/graph_task.h>
 #include <dlfcn.h>
 
+#include <array>
 #include <atomic>
 #include <mutex>
 #include <stdexcept>
-#include <vector>
 
 #include "allocator/process_allocators.h"
 #include "hooks/cuda_allocator.h"
@@ -43,13 +44,17 @@ ActmemEngine& ActmemEngine::instance() {
 }
 
 void release_failed_backward() noexcept {
-  std::vector<c10::Device> queues = {c10::Device(c10::DeviceType::CPU)};
-  if (g_allocator_installed.load(std::memory_order_acquire) && g_device != c10::DeviceType::CPU) {
-    queues.emplace_back(g_device);
-  }
+  // On an autograd worker thread (a backward run inside another's node) the drain would run the
+  // outer graph's other tasks from here: only a thread outside every graph task drains.
+  if (torch::autograd::get_current_graph_task_exec_info() != nullptr) return;
+  const bool on_cuda =
+      g_allocator_installed.load(std::memory_order_acquire) && g_device != c10::DeviceType::CPU;
+  const std::array<c10::Device, 2> queues = {c10::Device(c10::DeviceType::CPU),
+                                             c10::Device(g_device)};
   const BackwardDepth nested;                // the drain is no step's backward
   const at::AutoGradMode grad_mode(true);  // a backward may be called under no_grad
   for (const c10::Device& device : queues) {
+    if (device.is_cuda() && !on_cuda) continue;
     try {
       const at::Tensor one = at::ones({1}, at::TensorOptions().device(device)).requires_grad_();
       one.sum().backward();
