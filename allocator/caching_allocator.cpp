@@ -976,9 +976,17 @@ void CachingAllocator::Impl::check_invariants() {
     allocated += static_cast<std::int64_t>(b->size);
     blocks.push_back(b);
   }
-  for (const auto& [event, b] : pending_) blocks.push_back(b);
+  std::map<const Block*, int> events_of;  // pending_ entries per block
+  for (const auto& [event, b] : pending_) {
+    if (b->allocated) fail("a block waiting on another stream is still allocated");
+    ++events_of[b];
+    blocks.push_back(b);
+  }
   for (const Block* b : awaiting_events_) {
     if (b->allocated || b->stream_uses.empty()) fail("a block awaiting an event is not one");
+    if (std::count(awaiting_events_.begin(), awaiting_events_.end(), b) != 1) {
+      fail("a block awaits its events twice");
+    }
     blocks.push_back(b);
   }
   std::sort(blocks.begin(), blocks.end(),
@@ -997,6 +1005,10 @@ void CachingAllocator::Impl::check_invariants() {
         fail("the blocks do not tile a segment (gap or overlap)");
       }
       const Block* b = blocks[index++];
+      const auto events = events_of.find(b);
+      if (b->pending_events != (events == events_of.end() ? 0 : events->second)) {
+        fail("a block's pending events do not match its entries");
+      }
       if (b->prev != previous) fail("a block's prev link is wrong");
       if (previous != nullptr && previous->next != b) fail("a block's next link is wrong");
       if (previous != nullptr && previous->is_free() && b->is_free()) {
