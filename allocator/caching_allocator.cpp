@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cinttypes>
 #include <cstdio>
+#include <exception>
 #include <map>
 #include <mutex>
 #include <shared_mutex>
@@ -137,7 +138,7 @@ class CachingAllocator::Impl {
           return nullptr;
         };
         if (void* ptr = serve()) return ptr;
-        if (release_cached_segments() > 0) {
+        if (release_cached_segments(OnFailure::kReport) > 0) {
           if (void* ptr = serve()) return ptr;
         }
         if (round >= options_.pressure_rounds || handler_count_ == 0 || t_in_handler) {
@@ -209,13 +210,13 @@ class CachingAllocator::Impl {
   void empty_cache() {
     std::lock_guard<std::mutex> lock(mutex_);
     if (!pending_.empty() || !awaiting_events_.empty()) process_events();
-    release_cached_segments();
+    release_cached_segments(OnFailure::kThrow);
   }
 
   void set_budget(std::optional<std::size_t> bytes) {
     std::lock_guard<std::mutex> lock(mutex_);
     options_.budget_bytes = bytes;
-    if (over_budget()) release_cached_segments();
+    if (over_budget()) release_cached_segments(OnFailure::kThrow);
   }
 
   std::optional<std::size_t> budget() {
@@ -507,9 +508,10 @@ class CachingAllocator::Impl {
   //   complete, and asked again next time.
   // - A segment the backend will not take back (cudaFree failing) while a free releases it over
   //   the budget: it stays cached.
-  // A failure while memory is released on request (empty_cache, set_budget, a release before a
-  // request fails) leaves the segment cached and throws to the caller. A failure to get memory is
-  // out of memory, as before. Every path leaves check_invariants() true.
+  // A failure while memory is released leaves that segment cached and the rest released; then
+  // empty_cache and set_budget throw it to the caller, and a release before a request fails
+  // reports it and goes on. A failure to get memory is out of memory, as before. Every path leaves
+  // check_invariants() true.
 
   // Records an event on each stream `block` was used on; false, the streams without one left in
   // stream_uses, when the events cannot be recorded (reported).
@@ -576,28 +578,50 @@ class CachingAllocator::Impl {
   }
 
   // Returns every free whole segment to the backend; the bytes released.
-  std::size_t release_cached_segments() {
-    std::size_t released = 0;
+  // What a release does when the backend will not take a segment back: throw the first such error
+  // once the rest is released (empty_cache, set_budget), or report it and go on (a release before
+  // a request fails: the request may still be met, and is otherwise out of memory).
+  enum class OnFailure { kThrow, kReport };
+
+  // Returns every free whole segment to the backend, and the free granules of the growable ones;
+  // the bytes released. A segment the backend will not take back stays cached.
+  std::size_t release_cached_segments(OnFailure on_failure) {
+    std::vector<Block*> whole;
     for (BlockPool* pool : {&small_, &large_}) {
-      for (auto it = pool->blocks.begin(); it != pool->blocks.end();) {
-        Block* block = *it;
-        if (!block->is_whole_segment() || block->growable) {
-          ++it;
-          continue;
-        }
-        it = pool->blocks.erase(it);
-        const std::size_t size = block->size;
-        try {
-          release_segment(block);
-        } catch (...) {
-          insert_free(*pool, block);
-          throw;
-        }
-        released += size;
+      for (Block* block : pool->blocks) {
+        if (block->is_whole_segment() && !block->growable) whole.push_back(block);
       }
     }
-    return released + shrink_growable_segments();
+    std::size_t released = 0;
+    std::exception_ptr first_failure;
+    for (Block* block : whole) {
+      BlockPool& pool = *block->pool;
+      release_node(pool.blocks.extract(block));
+      const std::size_t size = block->size;
+      try {
+        release_segment(block);
+        released += size;
+      } catch (const BackendError&) {
+        insert_free(pool, block);
+        if (!first_failure) first_failure = std::current_exception();
+      }
+    }
+    try {
+      released += shrink_growable_segments();
+    } catch (const BackendError&) {
+      if (!first_failure) first_failure = std::current_exception();
+    }
+    if (first_failure) {
+      if (on_failure == OnFailure::kThrow) std::rethrow_exception(first_failure);
+      try {
+        std::rethrow_exception(first_failure);
+      } catch (const BackendError& error) {
+        report_backend_error(error, "what it holds stays cached");
+      }
+    }
+    return released;
   }
+
 
   // --- Growable segments (the vmm layout; mutex_ held) ---
   //
