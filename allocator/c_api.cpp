@@ -31,9 +31,10 @@ __attribute__((constructor)) void check_configuration_at_load() {
   std::abort();
 }
 
-// A CUDA call that failed while memory was being released: the allocator kept the memory cached
-// and is consistent, so the program goes on, told. (Any other error still aborts.)
-void report(const actmem::alloc::BackendError& error) {
+// An error the program goes on from, told: printed and kept for actmem_last_error. A failed
+// actmem_malloc, and a CUDA call that failed while memory was being released (the allocator kept
+// the memory cached and is consistent); any other error aborts.
+void report(const std::exception& error) {
   t_last_error = error.what();
   std::fprintf(stderr, "%s\n", error.what());
 }
@@ -47,8 +48,7 @@ void* actmem_malloc(size_t size, int device, cudaStream_t stream) {
   try {
     return ProcessAllocators::instance().for_device(device).allocate(size, stream);
   } catch (const std::exception& error) {
-    t_last_error = error.what();
-    std::fprintf(stderr, "%s\n", error.what());
+    report(error);
     return nullptr;
   }
 }

@@ -3,9 +3,9 @@
 #include <algorithm>
 #include <cinttypes>
 #include <cstdio>
-#include <exception>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <stdexcept>
 #include <string>
@@ -593,7 +593,7 @@ class CachingAllocator::Impl {
       }
     }
     std::size_t released = 0;
-    std::exception_ptr first_failure;
+    std::optional<BackendError> first_failure;
     for (Block* block : whole) {
       BlockPool& pool = *block->pool;
       release_node(pool.blocks.extract(block));
@@ -601,23 +601,19 @@ class CachingAllocator::Impl {
       try {
         release_segment(block);
         released += size;
-      } catch (const BackendError&) {
+      } catch (const BackendError& error) {
         insert_free(pool, block);
-        if (!first_failure) first_failure = std::current_exception();
+        if (!first_failure) first_failure = error;
       }
     }
     try {
       released += shrink_growable_segments();
-    } catch (const BackendError&) {
-      if (!first_failure) first_failure = std::current_exception();
+    } catch (const BackendError& error) {
+      if (!first_failure) first_failure = error;
     }
     if (first_failure) {
-      if (on_failure == OnFailure::kThrow) std::rethrow_exception(first_failure);
-      try {
-        std::rethrow_exception(first_failure);
-      } catch (const BackendError& error) {
-        report_backend_error(error, "what it holds stays cached");
-      }
+      if (on_failure == OnFailure::kThrow) throw *first_failure;
+      report_backend_error(*first_failure, "what it holds stays cached");
     }
     return released;
   }
