@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -43,14 +44,30 @@ std::int64_t elapsed_ns(cudaEvent_t from, cudaEvent_t to) {
 // Makes `device` current for a scope, and puts the previous one back.
 class DeviceScope {
  public:
+  // Throws when the device cannot be made current.
   explicit DeviceScope(int device) {
     check(cudaGetDevice(&previous_), "cudaGetDevice");
-    if (previous_ != device) check(cudaSetDevice(device), "cudaSetDevice");
+    if (previous_ != device) {
+      check(cudaSetDevice(device), "cudaSetDevice");
+      switched_ = true;
+    }
   }
-  ~DeviceScope() { cudaSetDevice(previous_); }
+  // As far as the runtime allows, never throwing (for a destructor): on a failure the current
+  // device stays as it is.
+  DeviceScope(int device, std::nothrow_t) {
+    switched_ = cudaGetDevice(&previous_) == cudaSuccess && previous_ != device &&
+                cudaSetDevice(device) == cudaSuccess;
+    (void)cudaGetLastError();
+  }
+  ~DeviceScope() {
+    if (switched_) cudaSetDevice(previous_);
+  }
+  DeviceScope(const DeviceScope&) = delete;
+  DeviceScope& operator=(const DeviceScope&) = delete;
 
  private:
   int previous_ = 0;
+  bool switched_ = false;
 };
 
 }  // namespace
@@ -61,10 +78,8 @@ CudaCopyEngine::CudaCopyEngine(int device) : device_(device) {
 }
 
 CudaCopyEngine::~CudaCopyEngine() {
-  // As DeviceScope, without throwing: what can be released is, on the engine's device if possible.
-  int previous = -1;
-  const bool switched = cudaGetDevice(&previous) == cudaSuccess && previous != device_ &&
-                        cudaSetDevice(device_) == cudaSuccess;
+  // What can be released is, on the engine's device if possible.
+  const DeviceScope scope(device_, std::nothrow);
   cudaStreamSynchronize(stream_);
   const auto destroy = [](const Flight& flight) {
     for (cudaEvent_t event : {flight.start, flight.done, flight.reached}) {
@@ -76,7 +91,6 @@ CudaCopyEngine::~CudaCopyEngine() {
   for (cudaEvent_t event : spare_) cudaEventDestroy(event);
   cudaStreamDestroy(stream_);
   (void)cudaGetLastError();
-  if (switched) cudaSetDevice(previous);
 }
 
 // Events keep timing (no cudaEventDisableTiming): start, done and reached are read for time().
