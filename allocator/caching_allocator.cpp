@@ -125,7 +125,7 @@ class CachingAllocator::Impl {
                               smallest_segment_for(size));
         }
         if (!pending_.empty() || !awaiting_events_.empty()) process_events();
-        BlockPool& pool = size <= kSmallSize ? small_ : large_;
+        BlockPool& pool = pool_for(size);
         // A free block, else a new segment (in the vmm layout, a free block may lack granules
         // after a release: backed again if used).
         const auto serve = [&]() -> void* {
@@ -306,6 +306,13 @@ class CachingAllocator::Impl {
     return block;
   }
 
+  // The vmm layout serves every request from the stream's growable segment: small blocks then
+  // fill the ends of granules that large ones leave partly used, where 2 MiB segments of their own
+  // would each hold a granule or more. The classic layout keeps PyTorch's two pools.
+  BlockPool& pool_for(std::size_t size) {
+    return size <= kSmallSize && !vm_ ? small_ : large_;
+  }
+
   bool fits_budget(std::size_t segment) const {
     return !options_.budget_bytes ||
            static_cast<std::size_t>(stats_.reserved_bytes.current) + segment <=
@@ -333,6 +340,7 @@ class CachingAllocator::Impl {
     if (ptr == nullptr) return nullptr;
     ++stats_.backend_allocs;
     stats_.reserved_bytes.increase(static_cast<std::int64_t>(segment));
+    note_reserved_growth();
     stats_.segments.increase(1);
     segments_.emplace(reinterpret_cast<std::uintptr_t>(ptr), segment);
     record_trace(TraceEntry::Action::kSegmentAlloc, ptr, segment, stream);
@@ -346,7 +354,11 @@ class CachingAllocator::Impl {
 
   bool should_split(const Block& block, std::size_t size) const {
     const std::size_t remaining = block.size - size;
-    if (block.pool->is_small) return remaining >= kMinBlockSize;
+    // A small request splits like one from the small pool; in the vmm layout it comes from the
+    // growable segment, whose remainders small requests use (pool_for).
+    if (block.pool->is_small || (block.growable && size <= kSmallSize)) {
+      return remaining >= kMinBlockSize;
+    }
     return size < options_.max_split_size && remaining > kSmallSize;
   }
 
@@ -611,6 +623,8 @@ class CachingAllocator::Impl {
     } catch (const BackendError& error) {
       if (!first_failure) first_failure = error;
     }
+    // Memory was given back on purpose: reclaiming holes keeps the level it went down to.
+    reserved_high_water_ = static_cast<std::size_t>(stats_.reserved_bytes.current);
     if (first_failure) {
       if (on_failure == OnFailure::kThrow) throw *first_failure;
       report_backend_error(*first_failure, "what it holds stays cached");
@@ -622,8 +636,8 @@ class CachingAllocator::Impl {
   // --- Growable segments (the vmm layout; mutex_ held) ---
   //
   // Note [Growable segments]
-  // In the vmm layout each stream's large requests come from one segment of address space the
-  // size of vm_->reservation(), reserved at the stream's first large request. Its blocks tile
+  // In the vmm layout each stream's requests come from one segment of address space the size of
+  // vm_->reservation(), reserved at the stream's first request. Its blocks tile
   // [base, base + extent), extent a multiple of the granularity (2 MiB), and `last` is the block
   // that ends there. Memory backs the extent granule by granule (`backed`): every granule an
   // allocated block touches is backed; a free block may have granules that are not. Reserved
@@ -638,8 +652,10 @@ class CachingAllocator::Impl {
   //   that lies wholly inside a free block is unmapped, and the extent shrinks to the first
   //   granule boundary in a free last block: holes inside the segment go back too, not only its
   //   tail.
+  // - Before backing granules takes reserved bytes past their high-water mark, free blocks give
+  //   theirs back first (Note [Reclaiming holes]).
   // A steady state backs and unmaps nothing, as the classic layout allocates nothing. Small
-  // requests keep the classic 2 MiB segments from backend_.
+  // requests come from the same segment (pool_for); backend_ serves only the classic layout.
 
   struct GrowableSegment {
     char* base = nullptr;
@@ -704,6 +720,7 @@ class CachingAllocator::Impl {
       for (std::size_t i = g; i < run; ++i) segment.backed[i] = true;
       ++stats_.backend_allocs;
       stats_.reserved_bytes.increase(static_cast<std::int64_t>(bytes));
+      note_reserved_growth();
       record_trace(TraceEntry::Action::kSegmentAlloc, at, bytes, stream);
       g = run;
     }
@@ -771,6 +788,7 @@ class CachingAllocator::Impl {
   // of [ptr, ptr + size) backed. nullptr, the block back in its pool, when that cannot be done.
   Block* backed_for(Block* block, std::size_t size) {
     if (block == nullptr || !block->growable) return block;
+    if (options_.reclaim_holes) reclaim_holes_for(*block, size);
     bool backed = false;
     try {
       backed = back(growable_[block->stream], block->ptr, block->ptr + size, block->stream);
@@ -781,6 +799,50 @@ class CachingAllocator::Impl {
     if (backed) return block;
     insert_free(*block->pool, block);
     return nullptr;
+  }
+
+  // Note [Reclaiming holes]
+  // Without it, a growable segment's free blocks keep their granules mapped until memory is
+  // released (empty_cache, the budget, a request about to fail): under churn, a request that no
+  // hole fits grows the segment while the holes stay mapped, and reserved bytes ratchet up to the
+  // sum of the worst moments. So before backing a block would take reserved bytes past their
+  // high-water mark, the granules wholly inside free blocks are unmapped first, as many as the
+  // excess: those of the block's own remainder (what hand_out will split off), then those of the
+  // largest free blocks. Reserved bytes then grow only when the granules the live blocks touch
+  // need it.
+  // - A steady state maps and unmaps nothing: it never passes its high-water mark.
+  // - What it costs: unmap calls (on CUDA, each after a device synchronisation) and map calls
+  //   when a reclaimed hole is used again, only in steps that would otherwise have grown the
+  //   reservation, itself a map call. `reclaim_holes:false` (ACTMEM_ALLOC_CONF) turns it off.
+  // - The mark is the most ever reserved, except that a release sets it to what is left: memory
+  //   given back on purpose is not taken again while holes could serve.
+  // - A failed unmap here is reported, and the request is served by growing, as without it.
+  void reclaim_holes_for(const Block& block, std::size_t size) {
+    GrowableSegment& segment = growable_[block.stream];
+    const std::size_t missing = unbacked_bytes(segment, block.ptr, block.ptr + size);
+    const auto reserved = static_cast<std::size_t>(stats_.reserved_bytes.current);
+    if (missing == 0 || reserved + missing <= reserved_high_water_) return;
+    std::size_t excess = reserved + missing - reserved_high_water_;
+    const auto reclaim = [&](const Block& hole, const char* from) {
+      const std::size_t freed = unback(growable_[hole.stream], from, hole.ptr + hole.size,
+                                       hole.stream);
+      excess -= std::min(excess, freed);
+    };
+    try {
+      // The remainder is unmapped only if it will be a block of its own: granules an allocated
+      // block spans stay mapped.
+      if (should_split(block, size)) reclaim(block, block.ptr + size);
+      for (auto it = large_.blocks.rbegin(); excess > 0 && it != large_.blocks.rend(); ++it) {
+        if ((*it)->growable) reclaim(**it, (*it)->ptr);
+      }
+    } catch (const std::exception& error) {
+      report_backend_error(error, "the segment grows instead");
+    }
+  }
+
+  void note_reserved_growth() {
+    reserved_high_water_ =
+        std::max(reserved_high_water_, static_cast<std::size_t>(stats_.reserved_bytes.current));
   }
 
   // The stream segment's extent grown so that its last block (free, taken from its pool) holds
@@ -969,6 +1031,7 @@ class CachingAllocator::Impl {
   std::map<std::uintptr_t, std::size_t> segments_;  // start -> size (a growable one's: mapped)
   std::map<Stream, GrowableSegment> growable_;
   AllocatorStats stats_;
+  std::size_t reserved_high_water_ = 0;  // Note [Reclaiming holes]
   bool trace_enabled_ = false;
   std::vector<TraceEntry> trace_;
   std::size_t handler_count_ = 0;

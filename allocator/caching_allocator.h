@@ -21,8 +21,9 @@
 // the small pool, more than 1 MiB in the large one); a freed block is merged with free neighbours
 // in its segment, so a segment whose blocks are all free becomes one block again and can be
 // returned to the backend. Under budget pressure, a request that would need a 20 MiB segment takes
-// one of its own rounded size instead. With a VirtualMemory, the large pool's segments grow and
-// shrink in place instead: Note [Growable segments] in caching_allocator.cpp.
+// one of its own rounded size instead. With a VirtualMemory, every request comes from one segment
+// per stream that grows and shrinks in place instead: Note [Growable segments] in
+// caching_allocator.cpp.
 #pragma once
 
 #include <cstddef>
@@ -59,8 +60,8 @@ class CachingAllocator {
                    AllocatorOptions options = {});
   // Host streams: every event completes at once.
   explicit CachingAllocator(std::unique_ptr<Backend> backend, AllocatorOptions options = {});
-  // The `vmm` layout: large requests come from one growable segment per stream over
-  // `virtual_memory` (Note [Growable segments]); small ones from `backend`'s 2 MiB segments.
+  // The `vmm` layout: every request comes from one growable segment per stream over
+  // `virtual_memory` (Note [Growable segments]); `backend` only names the device there.
   CachingAllocator(std::unique_ptr<Backend> backend, std::unique_ptr<VirtualMemory> virtual_memory,
                    std::unique_ptr<StreamEvents> events, AllocatorOptions options = {});
   // Returns every segment to the backend. Allocations still live become dangling.

@@ -64,6 +64,13 @@ constexpr const char* kSizeHelp =
     "expected a positive byte count such as 1048576, 1500MB or 6GiB (units B, KB, MB, GB, TB, "
     "KiB, MiB, GiB, TiB)";
 
+bool parse_flag(std::string_view value, std::string_view what) {
+  const std::string_view v = trim(value);
+  if (iequals(v, "true") || v == "1") return true;
+  if (iequals(v, "false") || v == "0") return false;
+  fail(what, value, "expected true or false");
+}
+
 // One ACTMEM_ALLOC_CONF key: its name, what it expects, and how it sets the options.
 struct ConfKey {
   const char* name;
@@ -94,15 +101,13 @@ constexpr ConfKey kConfKeys[] = {
        o.pressure_rounds =
            static_cast<int>(parse_integer(value, "ACTMEM_ALLOC_CONF pressure_rounds", 0, 64));
      }},
+    {"reclaim_holes",
+     [](std::string_view value, AllocatorOptions& o) {
+       o.reclaim_holes = parse_flag(value, "ACTMEM_ALLOC_CONF reclaim_holes");
+     }},
     {"trace",
      [](std::string_view value, AllocatorOptions& o) {
-       if (iequals(trim(value), "true") || trim(value) == "1") {
-         o.record_trace = true;
-       } else if (iequals(trim(value), "false") || trim(value) == "0") {
-         o.record_trace = false;
-       } else {
-         fail("ACTMEM_ALLOC_CONF trace", value, "expected true or false");
-       }
+       o.record_trace = parse_flag(value, "ACTMEM_ALLOC_CONF trace");
      }},
     {"trace_capacity",
      [](std::string_view value, AllocatorOptions& o) {

@@ -35,6 +35,9 @@ struct AllocatorOptions {
   // over the device's virtual memory (`vmm`, Note [Growable segments]), false for the classic
   // fixed segments (`classic`, or `cuda`); empty: the device's default (classic, for now, on both).
   std::optional<bool> growable;
+  // The vmm layout unmaps free granules before it maps past the most it ever reserved (Note
+  // [Reclaiming holes] in caching_allocator.cpp; ACTMEM_ALLOC_CONF reclaim_holes).
+  bool reclaim_holes = true;
 };
 
 // What a process-wide allocator (the C ABI, the LD_PRELOAD shim) needs on top.

@@ -65,13 +65,17 @@ void BM_BackendPair(benchmark::State& state) {
 BENCHMARK(BM_BackendPair)->Apply(size_args);
 
 // The layouts the workloads run over: 0 classic (fixed 2 and 20 MiB segments), 1 vmm (growable
-// segments over the CPU twin of the CUDA driver's virtual memory, Note [Growable segments]).
+// segments over the CPU twin of the CUDA driver's virtual memory, Note [Growable segments]), 2 vmm
+// without Note [Reclaiming holes] (ACTMEM_ALLOC_CONF reclaim_holes:false).
 std::unique_ptr<CachingAllocator> make_layout(benchmark::State& state, std::int64_t layout) {
-  state.SetLabel(layout == 0 ? "classic" : "vmm");
+  static const char* const kNames[] = {"classic", "vmm", "vmm, keep holes"};
+  state.SetLabel(kNames[layout]);
   if (layout == 0) return std::make_unique<CachingAllocator>(std::make_unique<HostBackend>());
+  AllocatorOptions options;
+  options.reclaim_holes = layout == 1;
   return std::make_unique<CachingAllocator>(std::make_unique<HostBackend>(),
                                             std::make_unique<HostVirtualMemory>(),
-                                            std::make_unique<ImmediateEvents>());
+                                            std::make_unique<ImmediateEvents>(), options);
 }
 
 // Many live blocks with random sizes (log-uniform, 512 B to 16 MiB) and random lifetimes, one
@@ -130,9 +134,13 @@ void BM_RandomWorkload(benchmark::State& state) {
   state.counters["reserved_at_peak_over_peak"] =
       static_cast<double>(s.reserved_at_peak_bytes) / static_cast<double>(s.allocated_bytes.peak);
   state.counters["hit_rate"] = s.cache_hit_rate();
+  // Maps and unmaps in the vmm layout (Note [Reclaiming holes] trades them for reserved bytes).
+  state.counters["backend_calls_per_1k_ops"] =
+      1000.0 * static_cast<double>(s.backend_allocs + s.backend_frees) /
+      static_cast<double>(state.iterations());
   state.SetItemsProcessed(state.iterations());
 }
-BENCHMARK(BM_RandomWorkload)->ArgsProduct({{64, 512}, {0, 1}});
+BENCHMARK(BM_RandomWorkload)->ArgsProduct({{64, 512}, {0, 1, 2}});
 
 // The random workload's first 200,000 operations run twice on a fresh allocator: without a budget,
 // for the peak they allocate, then under a budget of 1.05 x that peak. "fits" is 1 when the second
@@ -163,7 +171,7 @@ void BM_RandomWorkloadAtBudget(benchmark::State& state) {
   state.counters["fits"] = ooms == 0 ? 1 : 0;
   state.counters["ooms"] = static_cast<double>(ooms);
 }
-BENCHMARK(BM_RandomWorkloadAtBudget)->ArgsProduct({{64, 512}, {0, 1}})->Iterations(1);
+BENCHMARK(BM_RandomWorkloadAtBudget)->ArgsProduct({{64, 512}, {0, 1, 2}})->Iterations(1);
 
 // A training step's allocation pattern, recorded once and replayed: forward allocates activations
 // of varied sizes with short-lived temporaries between them, backward frees them in reverse.
@@ -200,7 +208,7 @@ void BM_TraceReplay(benchmark::State& state) {
       static_cast<double>(s.reserved_bytes.peak) / static_cast<double>(s.allocated_bytes.peak);
   state.SetItemsProcessed(static_cast<std::int64_t>(allocations));
 }
-BENCHMARK(BM_TraceReplay)->Arg(0)->Arg(1);
+BENCHMARK(BM_TraceReplay)->Arg(0)->Arg(1)->Arg(2);
 
 }  // namespace
 }  // namespace actmem::alloc

@@ -58,6 +58,7 @@ TEST(ProcessConfig, DefaultsWhenNothingIsSet) {
   EXPECT_FALSE(config.allocator.budget_bytes.has_value());
   EXPECT_EQ(config.allocator.max_split_size, static_cast<std::size_t>(-1));
   EXPECT_FALSE(config.allocator.record_trace);
+  EXPECT_TRUE(config.allocator.reclaim_holes);
   EXPECT_TRUE(config.stats_path.empty());
 }
 
@@ -66,7 +67,7 @@ TEST(ProcessConfig, ReadsEveryVariable) {
                                      {"ACTMEM_BUDGET", "6GiB"},
                                      {"ACTMEM_ALLOC_CONF",
                                       "max_split_size_mb:128, pressure_rounds:2,trace:true,"
-                                      "trace_capacity:1000,backend:vmm"},
+                                      "trace_capacity:1000,backend:vmm,reclaim_holes:false"},
                                      {"ACTMEM_STATS", "/tmp/stats.json"}});
   EXPECT_EQ(config.backend, BackendKind::kHost);
   EXPECT_EQ(config.allocator.budget_bytes, std::optional<std::size_t>(6ull << 30));
@@ -75,6 +76,7 @@ TEST(ProcessConfig, ReadsEveryVariable) {
   EXPECT_TRUE(config.allocator.record_trace);
   EXPECT_EQ(config.allocator.trace_capacity, 1000u);
   EXPECT_EQ(config.allocator.growable, std::optional<bool>(true));
+  EXPECT_FALSE(config.allocator.reclaim_holes);
   EXPECT_EQ(from({{"ACTMEM_ALLOC_CONF", "backend:cuda"}}).allocator.growable,
             std::optional<bool>(false));
   EXPECT_EQ(from({}).allocator.growable, std::nullopt);
@@ -88,12 +90,13 @@ TEST(ProcessConfig, MalformedValuesAreClearErrors) {
   const std::map<std::string, std::map<std::string, std::string>> cases = {
       {"expected one of host, cuda, auto", {{"ACTMEM_BACKEND", "gpu"}}},
       {"unknown key 'max_split_mb'", {{"ACTMEM_ALLOC_CONF", "max_split_mb:128"}}},
-      {"keys: backend, max_split_size_mb, pressure_rounds, trace, trace_capacity",
+      {"keys: backend, max_split_size_mb, pressure_rounds, reclaim_holes, trace, trace_capacity",
        {{"ACTMEM_ALLOC_CONF", "bogus:1"}}},
       {"expected key:value", {{"ACTMEM_ALLOC_CONF", "max_split_size_mb"}}},
       {"expected a whole number from 21", {{"ACTMEM_ALLOC_CONF", "max_split_size_mb:20"}}},
       {"expected a whole number", {{"ACTMEM_ALLOC_CONF", "pressure_rounds:many"}}},
       {"expected true or false", {{"ACTMEM_ALLOC_CONF", "trace:yes please"}}},
+      {"ACTMEM_ALLOC_CONF reclaim_holes", {{"ACTMEM_ALLOC_CONF", "reclaim_holes:sometimes"}}},
       {"expected vmm (growable segments) or classic", {{"ACTMEM_ALLOC_CONF", "backend:gpu"}}},
       {"expected a file path", {{"ACTMEM_STATS", "  "}}},
   };

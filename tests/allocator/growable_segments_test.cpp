@@ -154,6 +154,85 @@ TEST(GrowableSegments, AHoleGoesBackWhenAnotherStreamNeedsTheBudget) {
   for (void* block : {p, r, other}) a->deallocate(block);
 }
 
+// Note [Reclaiming holes]: a request no hole fits grows the segment, and the holes' granules go
+// back first, so reserved bytes do not pass their high-water mark.
+TEST(GrowableSegments, AGrowthPastTheHighWaterMarkUnmapsHolesFirst) {
+  for (const bool reclaim : {true, false}) {
+    SCOPED_TRACE(reclaim ? "reclaim_holes:true" : "reclaim_holes:false");
+    AllocatorOptions options;
+    options.reclaim_holes = reclaim;
+    auto a = make_vmm(options);
+    std::vector<char*> blocks;
+    for (int i = 0; i < 5; ++i) blocks.push_back(static_cast<char*>(a->allocate(4 * MiB)));
+    a->deallocate(blocks[1]);  // two 4 MiB holes between live blocks
+    a->deallocate(blocks[3]);
+    ASSERT_EQ(reserved(*a), static_cast<std::int64_t>(20 * MiB));
+    char* big = static_cast<char*>(a->allocate(6 * MiB));  // fits neither hole: the segment grows
+    std::memset(big, 7, 6 * MiB);
+    EXPECT_EQ(big, blocks[4] + 4 * MiB);
+    // 6 MiB past the mark: both holes go back (whole free blocks, 8 MiB), one call each.
+    EXPECT_EQ(reserved(*a), static_cast<std::int64_t>(reclaim ? 18 * MiB : 26 * MiB));
+    EXPECT_EQ(a->stats().backend_frees, reclaim ? 2 : 0);
+    a->check_invariants();
+    char* again = static_cast<char*>(a->allocate(4 * MiB));  // a hole, backed again
+    std::memset(again, 8, 4 * MiB);
+    EXPECT_EQ(reserved(*a), static_cast<std::int64_t>(reclaim ? 22 * MiB : 26 * MiB));
+    a->check_invariants();
+    for (char* p : {blocks[0], blocks[2], blocks[4], big, again}) a->deallocate(p);
+  }
+}
+
+TEST(GrowableSegments, ARequestThatMappedMemoryServesUnmapsNothing) {
+  auto a = make_vmm();
+  std::vector<void*> blocks;
+  for (int i = 0; i < 5; ++i) blocks.push_back(a->allocate(4 * MiB));
+  a->deallocate(blocks[1]);  // a hole
+  a->deallocate(blocks[3]);
+  a->deallocate(blocks[4]);  // and a free, mapped tail of 8 MiB
+  void* p = a->allocate(6 * MiB);  // the tail serves it: nothing is mapped, nothing unmapped
+  EXPECT_EQ(p, blocks[3]);
+  EXPECT_EQ(reserved(*a), static_cast<std::int64_t>(20 * MiB));
+  EXPECT_EQ(a->stats().backend_frees, 0);
+  a->check_invariants();
+  for (void* q : {blocks[0], blocks[2], p}) a->deallocate(q);
+}
+
+TEST(GrowableSegments, AReleaseLowersTheHighWaterMark) {
+  auto a = make_vmm();
+  char* p = static_cast<char*>(a->allocate(2 * MiB));
+  char* q = static_cast<char*>(a->allocate(4 * MiB));
+  char* r = static_cast<char*>(a->allocate(8 * MiB));
+  a->deallocate(r);
+  a->empty_cache();  // 6 MiB left of 14: the mark comes down to 6
+  a->deallocate(p);  // a hole of one granule
+  char* s = static_cast<char*>(a->allocate(4 * MiB));  // grows past q, and so past the mark
+  std::memset(s, 9, 4 * MiB);
+  EXPECT_EQ(s, q + 4 * MiB);
+  EXPECT_EQ(reserved(*a), static_cast<std::int64_t>(8 * MiB)) << "10 MiB if the mark were still 14";
+  a->check_invariants();
+  a->deallocate(q);
+  a->deallocate(s);
+}
+
+// The vmm layout has no small pool: small requests come from the stream's segment, and fill what
+// large blocks leave of their granules.
+TEST(GrowableSegments, SmallRequestsShareTheStreamSegment) {
+  auto a = make_vmm();
+  // 4 MiB mapped, 1.5 MiB of it a free block (a large request splits off more than 1 MiB)
+  char* large = static_cast<char*>(a->allocate(2 * MiB + 512 * KiB));
+  char* small = static_cast<char*>(a->allocate(200 * KiB));
+  std::memset(small, 3, 200 * KiB);
+  EXPECT_EQ(small, large + 2 * MiB + 512 * KiB);
+  EXPECT_EQ(reserved(*a), static_cast<std::int64_t>(4 * MiB)) << "the classic layout: 4 + 2 MiB";
+  EXPECT_EQ(a->stats().segments.current, 1);
+  char* next = static_cast<char*>(a->allocate(512));
+  EXPECT_EQ(next, small + 200 * KiB) << "a small request splits off only what it needs";
+  a->check_invariants();
+  for (char* p : {large, small, next}) a->deallocate(p);
+  a->empty_cache();
+  EXPECT_EQ(reserved(*a), 0);
+}
+
 TEST(GrowableSegments, StreamsGrowSegmentsOfTheirOwn) {
   auto a = make_vmm();
   void* p = a->allocate(4 * MiB, stream_handle(1));
