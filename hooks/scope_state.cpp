@@ -168,7 +168,14 @@ void ScopeState::record_pack(const std::shared_ptr<SavedEntry>& entry, const Sav
   if (detailed && entry->step == step_) {
     detailed_ = *detailed;
     profile_.detailed = *detailed;
-    if (detailed_ && timer_) start_trace();
+    if (detailed_) {
+      // The reserved bytes a profiled step measures are what its own allocations needed (the
+      // policy reads the allocator's overhead from them), not segments other work left cached: an
+      // earlier model's, an evaluation at a larger batch. So the cache is emptied first, once per
+      // profiled step. Free segments only; the step's live tensors stay where they are.
+      device_memory().empty_cache();
+      if (timer_) start_trace();
+    }
   }
   if (evicts) evictable_.push_back(entry);
   if (!profile || !detailed_ || entry->step != step_) return;
