@@ -788,10 +788,13 @@ class CachingAllocator::Impl {
   // of [ptr, ptr + size) backed. nullptr, the block back in its pool, when that cannot be done.
   Block* backed_for(Block* block, std::size_t size) {
     if (block == nullptr || !block->growable) return block;
-    if (options_.reclaim_holes) reclaim_holes_for(*block, size);
+    // What hand_out will give: the request's bytes when the rest is split off, else the whole
+    // block (a remainder too small to keep, or an oversize block under max_split_size).
+    const char* end = block->ptr + (should_split(*block, size) ? size : block->size);
+    if (options_.reclaim_holes) reclaim_holes_for(*block, end);
     bool backed = false;
     try {
-      backed = back(growable_[block->stream], block->ptr, block->ptr + size, block->stream);
+      backed = back(growable_[block->stream], block->ptr, end, block->stream);
     } catch (...) {
       insert_free(*block->pool, block);  // a device error: the block stays free, the error goes on
       throw;
@@ -806,20 +809,24 @@ class CachingAllocator::Impl {
   // released (empty_cache, the budget, a request about to fail): under churn, a request that no
   // hole fits grows the segment while the holes stay mapped, and reserved bytes ratchet up to the
   // sum of the worst moments. So before backing a block would take reserved bytes past their
-  // high-water mark, the granules wholly inside free blocks are unmapped first, as many as the
-  // excess: those of the block's own remainder (what hand_out will split off), then those of the
-  // largest free blocks. Reserved bytes then grow only when the granules the live blocks touch
-  // need it.
+  // high-water mark, free blocks give back the granules wholly inside them first, block by block
+  // until the excess is covered (each block's all, so a little more may go): the remainder
+  // hand_out will split off the block itself, then the free blocks of at least a granule in pool
+  // order from the end (streams by handle, each from its largest block down). Reserved bytes then
+  // grow only when the granules the live blocks touch need it.
   // - A steady state maps and unmaps nothing: it never passes its high-water mark.
   // - What it costs: unmap calls (on CUDA, each after a device synchronisation) and map calls
   //   when a reclaimed hole is used again, only in steps that would otherwise have grown the
-  //   reservation, itself a map call. `reclaim_holes:false` (ACTMEM_ALLOC_CONF) turns it off.
+  //   reservation, itself a map call. On CUDA that synchronisation happens on an allocation,
+  //   under the allocator's lock, where without reclaiming only releases synchronise.
+  //   `reclaim_holes:false` (ACTMEM_ALLOC_CONF) turns it off.
   // - The mark is the most ever reserved, except that a release sets it to what is left: memory
   //   given back on purpose is not taken again while holes could serve.
   // - A failed unmap here is reported, and the request is served by growing, as without it.
-  void reclaim_holes_for(const Block& block, std::size_t size) {
+  // `block` (out of its pool) is about to be backed over [block.ptr, end).
+  void reclaim_holes_for(const Block& block, const char* end) {
     GrowableSegment& segment = growable_[block.stream];
-    const std::size_t missing = unbacked_bytes(segment, block.ptr, block.ptr + size);
+    const std::size_t missing = unbacked_bytes(segment, block.ptr, end);
     const auto reserved = static_cast<std::size_t>(stats_.reserved_bytes.current);
     if (missing == 0 || reserved + missing <= reserved_high_water_) return;
     std::size_t excess = reserved + missing - reserved_high_water_;
@@ -829,11 +836,12 @@ class CachingAllocator::Impl {
       excess -= std::min(excess, freed);
     };
     try {
-      // The remainder is unmapped only if it will be a block of its own: granules an allocated
-      // block spans stay mapped.
-      if (should_split(block, size)) reclaim(block, block.ptr + size);
+      // The remainder split off, if any: granules the allocated block spans stay mapped.
+      if (end < block.ptr + block.size) reclaim(block, end);
+      const std::size_t granule = vm_->granularity();
       for (auto it = large_.blocks.rbegin(); excess > 0 && it != large_.blocks.rend(); ++it) {
-        if ((*it)->growable) reclaim(**it, (*it)->ptr);
+        // A block under a granule holds no whole one.
+        if ((*it)->growable && (*it)->size >= granule) reclaim(**it, (*it)->ptr);
       }
     } catch (const std::exception& error) {
       report_backend_error(error, "the segment grows instead");

@@ -94,6 +94,28 @@ std::int64_t ScopeState::begin_pack(const std::shared_ptr<SavedEntry>& entry) {
   return next_order_++;
 }
 
+// The policy reads the allocator's overhead from the reserved bytes of a profiled step; segments
+// that work before the scope left cached (another model's, a larger batch's) would count as the
+// step's own, and a plan under a budget would aim far too low. So before the scope's first
+// profiled step begins (before its first segment's timer starts, or at its first pack) the cache
+// is emptied: free segments only, live tensors stay. Once per scope: emptying before every
+// profiled step would, with shapes that keep changing (sequence lengths), release the cache
+// every step (on CUDA, a synchronising cudaFree each time). Later shapes are profiled with the
+// scope's own cache, which only makes their first plan err on the safe side. A failure to
+// release is reported, not thrown: it costs the profile accuracy, not the step.
+void ScopeState::flush_cache_before_first_profile() {
+  if (cache_flushed_) return;
+  cache_flushed_ = true;
+  try {
+    device_memory().empty_cache();
+  } catch (const std::exception& error) {
+    std::fprintf(stderr,
+                 "actmem: emptying the allocator's cache before the first profiled step failed "
+                 "(%s); the profile may count cached segments as the allocator's overhead\n",
+                 error.what());
+  }
+}
+
 void ScopeState::start_trace() {
   alloc::CachingAllocator& device = device_memory();
   if (!device.trace_enabled()) {
@@ -169,11 +191,7 @@ void ScopeState::record_pack(const std::shared_ptr<SavedEntry>& entry, const Sav
     detailed_ = *detailed;
     profile_.detailed = *detailed;
     if (detailed_) {
-      // The reserved bytes a profiled step measures are what its own allocations needed (the
-      // policy reads the allocator's overhead from them), not segments other work left cached: an
-      // earlier model's, an evaluation at a larger batch. So the cache is emptied first, once per
-      // profiled step. Free segments only; the step's live tensors stay where they are.
-      device_memory().empty_cache();
+      flush_cache_before_first_profile();
       if (timer_) start_trace();
     }
   }
@@ -256,6 +274,7 @@ std::optional<std::uint64_t> ScopeState::begin_segment(const std::string& name) 
   std::uint64_t id;
   {
     std::lock_guard<std::mutex> lock(step_mutex_);
+    if (!in_step) flush_cache_before_first_profile();  // a profiled step begins: before its timer
     id = next_segment_id_++;
     segment_names_.emplace_back(id, name);
     open_segments_.insert(id);
@@ -596,8 +615,8 @@ std::size_t ScopeState::evict(std::size_t bytes_needed) {
             alloc::format_bytes(least_budget) +
             ". That is a lower bound, what the step needs at this point: its later allocations "
             "may need more, and the allocator reserves memory in segments (2 MiB for requests up "
-            "to 1 MiB, 20 MiB for those under 10 MiB), so the budget a step fits in can be up to a "
-            "segment above the bytes it allocates",
+            "to 1 MiB, 20 MiB for those under 10 MiB; 2 MiB granules in the vmm layout), so the "
+            "budget a step fits in can be up to a segment above the bytes it allocates",
         bytes_needed, static_cast<std::size_t>(least_budget));
   }
   count([&](ActivationStats& s) {

@@ -145,6 +145,9 @@ class ScopeState : public std::enable_shared_from_this<ScopeState> {
   // stands, and at the step's end the allocations between events give each one's peak.
   void start_trace();
   void stop_trace();  // when this scope started it
+  // Empties the allocator's cache before the scope's first profiled step, once (step_mutex_
+  // held). See the definition.
+  void flush_cache_before_first_profile();
   // An event of the profile: the allocated bytes then, and the reserved high-water mark.
   void push_event(const alloc::AllocatorStats& device);
   std::vector<std::int64_t> peaks_between_events();
@@ -188,6 +191,7 @@ class ScopeState : public std::enable_shared_from_this<ScopeState> {
   std::set<std::uint64_t> open_segments_;        // begun, not yet ended
   bool backward_began_ = false;
   bool detailed_ = true;  // the step in progress is profiled whole (Policy::profiles_step)
+  bool cache_flushed_ = false;  // flush_cache_before_first_profile has run
   std::int64_t step_evictions_ = 0;  // tensors evicted during the step in progress
   std::vector<std::weak_ptr<SavedEntry>> step_entries_;  // this step's
   // Each profiled tensor's storage, by profile row (none for tensors without one): keeps its

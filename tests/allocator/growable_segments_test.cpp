@@ -1,5 +1,5 @@
 // The vmm layout (Note [Growable segments]) over the CPU twin of the CUDA driver's virtual memory:
-// large requests grow one segment per stream in 2 MiB granules, its free tail is unmapped when
+// requests grow one segment per stream in 2 MiB granules, its free tail is unmapped when
 // memory is released, and the classic contract (stats, budget, pressure, bad pointers) holds.
 // Memory is written here: the twin's mappings are host memory.
 #include <gtest/gtest.h>
@@ -15,6 +15,7 @@
 #include "allocator/errors.h"
 #include "allocator/host_backend.h"
 #include "allocator/host_virtual_memory.h"
+#include "tests/allocator/test_backends.h"
 #if defined(ACTMEM_HAVE_CUDA)
 #include <cuda_runtime_api.h>
 
@@ -180,6 +181,55 @@ TEST(GrowableSegments, AGrowthPastTheHighWaterMarkUnmapsHolesFirst) {
     a->check_invariants();
     for (char* p : {blocks[0], blocks[2], blocks[4], big, again}) a->deallocate(p);
   }
+}
+
+// An oversize block (max_split_size) is handed out whole, and all of it is backed, even after
+// reclaiming took its granules back while it was free.
+TEST(GrowableSegments, AnOversizeBlockHandedOutWholeIsBackedWhole) {
+  AllocatorOptions options;
+  options.max_split_size = 32 * MiB;
+  auto a = make_vmm(options);
+  void* p = a->allocate(40 * MiB);
+  void* q = a->allocate(2 * MiB);
+  a->deallocate(p);
+  void* r = a->allocate(8 * MiB);  // too small for the oversize hole: grows, reclaiming the hole
+  EXPECT_EQ(reserved(*a), static_cast<std::int64_t>(10 * MiB));
+  char* s = static_cast<char*>(a->allocate(34 * MiB));  // takes the 40 MiB hole whole
+  ASSERT_EQ(s, p);
+  ASSERT_EQ(a->block_size(s), 40 * MiB);
+  EXPECT_EQ(reserved(*a), static_cast<std::int64_t>(50 * MiB));
+  a->check_invariants();  // before the write, which would fault on an unbacked granule
+  std::memset(s, 4, 40 * MiB);
+  for (void* block : {q, r, static_cast<void*>(s)}) a->deallocate(block);
+}
+
+// Reserved bytes are the device's, not a stream's: a stream growing past the mark takes another
+// stream's holes back first; a block still in use on another stream (record_stream) is not free,
+// and keeps its granules.
+TEST(GrowableSegments, ReclaimingTakesOtherStreamsHolesButNotBlocksStillInUse) {
+  auto state = std::make_shared<testing::ManualEvents::State>();
+  auto a = std::make_unique<CachingAllocator>(
+      std::make_unique<HostBackend>(), std::make_unique<HostVirtualMemory>(2 * MiB, 1ull << 34),
+      std::make_unique<testing::ManualEvents>(state));
+  const Stream one = stream_handle(1), two = stream_handle(2), side = stream_handle(3);
+  void* a1 = a->allocate(4 * MiB, one);
+  void* hole = a->allocate(4 * MiB, one);
+  void* a2 = a->allocate(4 * MiB, one);
+  void* busy = a->allocate(4 * MiB, one);
+  void* a3 = a->allocate(4 * MiB, one);
+  a->record_stream(busy, side);
+  state->busy.insert(side);
+  a->deallocate(hole);
+  a->deallocate(busy);  // waits for the side stream: not free
+  ASSERT_EQ(reserved(*a), static_cast<std::int64_t>(20 * MiB));
+  char* other = static_cast<char*>(a->allocate(6 * MiB, two));  // 26 MiB past the mark of 20
+  std::memset(other, 1, 6 * MiB);
+  EXPECT_EQ(reserved(*a), static_cast<std::int64_t>(22 * MiB)) << "stream 1's free hole went back";
+  a->check_invariants();
+  state->busy.clear();
+  for (void* block : {a1, a2, a3, static_cast<void*>(other)}) a->deallocate(block);
+  a->empty_cache();
+  EXPECT_EQ(reserved(*a), 0);
 }
 
 TEST(GrowableSegments, ARequestThatMappedMemoryServesUnmapsNothing) {
