@@ -25,6 +25,7 @@ struct Block {
   bool allocated = false;
   bool growable = false;              // lies in a growable segment (Note [Growable segments])
   int pending_events = 0;             // freed, but still in use on other streams
+  bool event_failure_reported = false;  // waits for events that could not be recorded (said once)
   std::vector<Stream> stream_uses;    // other streams this allocation was used on
 
   bool is_whole_segment() const { return prev == nullptr && next == nullptr; }

@@ -515,7 +515,9 @@ class CachingAllocator::Impl {
   // stats().backend_errors:
   // - An event that cannot be created or recorded for a stream the block was used on: the block
   //   is no longer allocated, but it stays out of every pool (its stream_uses keep the streams
-  //   still without an event) until process_events records the event. Never reused early.
+  //   still without an event) until process_events records the event. Never reused early. Every
+  //   waiting block is tried again at each allocation, and its failure is reported once, not at
+  //   every try (a device that keeps failing would otherwise print a line per allocation).
   // - An event query that fails with anything but "not ready": the event is kept, as not yet
   //   complete, and asked again next time.
   // - A segment the backend will not take back (cudaFree failing) while a free releases it over
@@ -538,10 +540,14 @@ class CachingAllocator::Impl {
       }
     } catch (const std::exception& error) {
       uses.erase(uses.begin(), uses.begin() + static_cast<std::ptrdiff_t>(recorded));
-      report_backend_error(error, "the freed block is not reused until an event can be recorded");
+      if (!block->event_failure_reported) {
+        report_backend_error(error, "the freed block is not reused until an event can be recorded");
+        block->event_failure_reported = true;
+      }
       return false;
     }
     uses.clear();
+    block->event_failure_reported = false;
     return true;
   }
 
@@ -555,9 +561,11 @@ class CachingAllocator::Impl {
   }
 
   void process_events() {
-    while (!awaiting_events_.empty() && record_use_events(awaiting_events_.front())) {
-      awaiting_events_.erase(awaiting_events_.begin());
+    auto waiting = awaiting_events_.begin();
+    for (Block* block : awaiting_events_) {
+      if (!record_use_events(block)) *waiting++ = block;  // it catches what the device throws
     }
+    awaiting_events_.erase(waiting, awaiting_events_.end());
     std::vector<Block*> completed;
     auto kept = pending_.begin();
     for (auto& entry : pending_) {

@@ -6,6 +6,7 @@
 #   scripts/fuzz.sh              60 s per target (what a CI job can afford)
 #   scripts/fuzz.sh 600          the long run: 10 minutes per target
 #   scripts/fuzz.sh 60 c_api_fuzzer
+#   ACTMEM_ALLOC_CONF=backend:vmm scripts/fuzz.sh 60 c_api_fuzzer    the C ABI over the vmm layout
 #
 # New inputs go to a scratch directory, not into the committed corpus; a crash leaves its input
 # in build/fuzz/findings/ and fails the script. Each target's runs and executions per second are

@@ -343,5 +343,62 @@ INSTANTIATE_TEST_SUITE_P(Layouts, FaultInjection, ::testing::Values(Layout::kCla
                            return param_info.param == Layout::kClassic ? "classic" : "vmm";
                          });
 
+// Events that cannot be recorded until `failures` calls have failed: a device failing for a while.
+class FailingForAWhileEvents final : public StreamEvents {
+ public:
+  explicit FailingForAWhileEvents(int failures) : failures_(failures) {}
+  Event record(Stream /*stream*/) override {
+    if (failures_ > 0) {
+      --failures_;
+      throw BackendError("injected: the event could not be recorded");
+    }
+    return nullptr;
+  }
+  bool is_complete(Event /*event*/) override { return true; }
+  void release(Event /*event*/) override {}
+
+ private:
+  int failures_;
+};
+
+std::size_t occurrences(const std::string& text, const std::string& what) {
+  std::size_t count = 0;
+  for (std::size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) {
+    ++count;
+  }
+  return count;
+}
+
+// Blocks whose events could not be recorded wait out of the pools; each allocation tries every one
+// of them again (not only the first), and each failure is reported once, not at every try.
+TEST(AwaitingEvents, EveryWaitingBlockIsTriedAgainAndReportedOnce) {
+  for (const Layout layout : {Layout::kClassic, Layout::kVmm}) {
+    SCOPED_TRACE(layout == Layout::kClassic ? "classic" : "vmm");
+    auto events = std::make_unique<FailingForAWhileEvents>(6);
+    std::unique_ptr<CachingAllocator> a =
+        layout == Layout::kClassic
+            ? std::make_unique<CachingAllocator>(std::make_unique<HostBackend>(), std::move(events))
+            : std::make_unique<CachingAllocator>(std::make_unique<HostBackend>(),
+                                                 std::make_unique<HostVirtualMemory>(),
+                                                 std::move(events));
+    void* p = a->allocate(1 * MiB);
+    void* q = a->allocate(3 * MiB);
+    a->record_stream(p, stream_handle(9));
+    a->record_stream(q, stream_handle(9));
+    testing::internal::CaptureStderr();
+    a->deallocate(p);  // failures left: 5
+    a->deallocate(q);  // 4
+    a->deallocate(a->allocate(512));  // tries p and q again: 2
+    a->deallocate(a->allocate(512));  // 0
+    EXPECT_EQ(a->stats().active_bytes.current, static_cast<std::int64_t>(4 * MiB));
+    a->deallocate(a->allocate(512));  // both recorded, complete, back in their pools
+    const std::string reported = testing::internal::GetCapturedStderr();
+    EXPECT_EQ(occurrences(reported, "could not be recorded"), 2u) << reported;
+    EXPECT_EQ(a->stats().backend_errors, 2);
+    EXPECT_EQ(a->stats().active_bytes.current, 0);
+    a->check_invariants();
+  }
+}
+
 }  // namespace
 }  // namespace actmem::alloc
