@@ -149,20 +149,20 @@ bool CudaVirtualMemory::map(void* ptr, std::size_t bytes) {
     const CUresult created = driver_.create(&handle, granularity_, &prop, 0);
     if (created == CUDA_ERROR_OUT_OF_MEMORY) break;
     if (created != CUDA_SUCCESS) {
-      if (done > 0) unmap(ptr, done);
+      roll_back(start, done);
       driver_.fail("cuMemCreate", created);
     }
     const CUresult mapped =
         driver_.map(static_cast<CUdeviceptr>(start + done), granularity_, 0, handle, 0);
     if (mapped != CUDA_SUCCESS) {
       driver_.release(handle);
-      if (done > 0) unmap(ptr, done);  // nothing stays mapped that the caller believes is not
+      roll_back(start, done);  // nothing stays mapped that the caller believes is not
       driver_.fail("cuMemMap", mapped);
     }
     handles_[start + done] = handle;
   }
   if (done < bytes) {  // out of device memory: give back what this call mapped
-    if (done > 0) unmap(ptr, done);
+    roll_back(start, done);
     return false;
   }
   CUmemAccessDesc access{};
@@ -170,10 +170,20 @@ bool CudaVirtualMemory::map(void* ptr, std::size_t bytes) {
   access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
   const CUresult result = driver_.set_access(static_cast<CUdeviceptr>(start), bytes, &access, 1);
   if (result != CUDA_SUCCESS) {
-    unmap(ptr, bytes);  // nothing stays mapped that the caller believes is not
+    roll_back(start, bytes);  // nothing stays mapped that the caller believes is not
     driver_.fail("cuMemSetAccess", result);
   }
   return true;
+}
+
+void CudaVirtualMemory::roll_back(std::uintptr_t start, std::size_t bytes) noexcept {
+  for (std::uintptr_t at = start; at < start + bytes; at += granularity_) {
+    const auto found = handles_.find(at);
+    if (found == handles_.end()) continue;
+    if (driver_.unmap(static_cast<CUdeviceptr>(at), granularity_) != CUDA_SUCCESS) continue;
+    driver_.release(found->second);
+    handles_.erase(found);
+  }
 }
 
 void CudaVirtualMemory::unmap(void* ptr, std::size_t bytes) {

@@ -38,6 +38,10 @@ class CudaVirtualMemory final : public VirtualMemory {
  private:
   CudaVirtualMemory(const Driver& driver, int device, std::size_t granularity,
                     std::size_t reservation);
+  // Undoes a map() that fails: unmaps the granules [start, start + bytes) it mapped. Nothing ran
+  // on them, so no synchronisation; best effort and silent, since the caller is already failing
+  // with the error that matters (a granule that will not unmap stays in handles_, for release()).
+  void roll_back(std::uintptr_t start, std::size_t bytes) noexcept;
 
   const Driver& driver_;
   int device_;
