@@ -49,15 +49,9 @@ bool ChainSpacing::drops(const SegmentLink& link) {
   return last_answer_;
 }
 
-bool ChainSpacing::decide(std::int64_t position) {
-  if (learned_k_ > 0) return learned_k_ > 1 && position % learned_k_ != 0;
-  // Growing spacing, while the run's length is unknown.
-  if (position == 1) next_kept_ = 1;  // a new run: its first segment kept its input
-  if (position < next_kept_) return true;
-  const double c = seeing_.ratio();
-  const double step = c > 0 ? std::sqrt(static_cast<double>(position) / c) : 1.0;
-  next_kept_ = position + std::max<std::int64_t>(1, std::llround(step));
-  return false;
+bool ChainSpacing::decide(std::int64_t position) const {
+  // Nothing dropped before a whole step was seen (chain_spacing.h says why).
+  return learned_k_ > 1 && position % learned_k_ != 0;
 }
 
 }  // namespace actmem

@@ -168,8 +168,8 @@ TEST(AutoPlan, ChainsGoBelowWhatPerSegmentRecomputeHolds) {
   EXPECT_NE(tight.table().find("chain"), std::string::npos) << tight.table();
 }
 
-// The profiled step recomputed every segment and dropped every other link (as ChainSpacing's
-// growing spacing might) and fitted; under a budget no plan reaches, the plan repeats it rather
+// The profiled step recomputed every segment and dropped every other link (as a shape profiled
+// after ChainSpacing learned k = 2 would) and fitted; under a budget no plan reaches, the plan repeats it rather
 // than something the simulation prefers but nothing has run.
 TEST(AutoPlan, WhenNoPlanReachesTheTargetItRepeatsTheProfiledChains) {
   StepProfile profile = sixteen_linked_segments();
