@@ -25,7 +25,9 @@ struct Block {
   bool allocated = false;
   bool growable = false;              // lies in a growable segment (Note [Growable segments])
   int pending_events = 0;             // freed, but still in use on other streams
-  bool event_failure_reported = false;  // waits for events that could not be recorded (said once)
+  // Freed, its events could not be recorded or asked; said once (Note [A failed CUDA call in the
+  // middle of a free]).
+  bool event_failure_reported = false;
   std::vector<Stream> stream_uses;    // other streams this allocation was used on
 
   bool is_whole_segment() const { return prev == nullptr && next == nullptr; }

@@ -459,6 +459,7 @@ class CachingAllocator::Impl {
 
   // A block no stream uses any more: merge it with free neighbours and put it back in its pool.
   void retire(Block* block) {
+    block->event_failure_reported = false;  // its events, if any failed, are behind it
     stats_.active_bytes.decrease(static_cast<std::int64_t>(block->size));
     BlockPool& pool = *block->pool;
     if (block->prev != nullptr && block->prev->is_free()) {
@@ -519,7 +520,7 @@ class CachingAllocator::Impl {
   //   waiting block is tried again at each allocation, and its failure is reported once, not at
   //   every try (a device that keeps failing would otherwise print a line per allocation).
   // - An event query that fails with anything but "not ready": the event is kept, as not yet
-  //   complete, and asked again next time.
+  //   complete, and asked again next time; reported once per freed block, likewise.
   // - A segment the backend will not take back (cudaFree failing) while a free releases it over
   //   the budget: it stays cached.
   // A failure while memory is released leaves that segment cached and the rest released; then
@@ -551,11 +552,14 @@ class CachingAllocator::Impl {
     return true;
   }
 
-  bool event_complete(Event event) {
+  bool event_complete(Event event, Block* block) {
     try {
       return events_->is_complete(event);
     } catch (const std::exception& error) {
-      report_backend_error(error, "the freed block waits, and is asked again later");
+      if (!block->event_failure_reported) {
+        report_backend_error(error, "the freed block waits, and is asked again later");
+        block->event_failure_reported = true;
+      }
       return false;
     }
   }
@@ -569,7 +573,7 @@ class CachingAllocator::Impl {
     std::vector<Block*> completed;
     auto kept = pending_.begin();
     for (auto& entry : pending_) {
-      if (event_complete(entry.first)) {
+      if (event_complete(entry.first, entry.second)) {
         events_->release(entry.first);
         completed.push_back(entry.second);
       } else {

@@ -145,6 +145,8 @@ bool CudaVirtualMemory::map(void* ptr, std::size_t bytes) {
   const auto start = reinterpret_cast<std::uintptr_t>(ptr);
   std::size_t done = 0;
   for (; done < bytes; done += granularity_) {
+    // Still mapped: a roll_back() that could not unmap it. Its memory serves again.
+    if (handles_.count(start + done) > 0) continue;
     CUmemGenericAllocationHandle handle = 0;
     const CUresult created = driver_.create(&handle, granularity_, &prop, 0);
     if (created == CUDA_ERROR_OUT_OF_MEMORY) break;

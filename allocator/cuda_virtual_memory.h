@@ -40,7 +40,8 @@ class CudaVirtualMemory final : public VirtualMemory {
                     std::size_t reservation);
   // Undoes a map() that fails: unmaps the granules [start, start + bytes) it mapped. Nothing ran
   // on them, so no synchronisation; best effort and silent, since the caller is already failing
-  // with the error that matters (a granule that will not unmap stays in handles_, for release()).
+  // with the error that matters (a granule that will not unmap stays in handles_: a later map()
+  // uses it again, release() unmaps it).
   void roll_back(std::uintptr_t start, std::size_t bytes) noexcept;
 
   const Driver& driver_;

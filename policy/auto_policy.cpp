@@ -651,13 +651,14 @@ bool AutoPolicy::profiles_step() const {
 
 bool AutoPolicy::drops_input(const SegmentLink& link) {
   std::lock_guard<std::mutex> lock(mutex_);
+  // Asked in every step, so that the spacing learns each step's runs: a shape profiled after
+  // planned steps chains as it would after a profiled one.
+  const bool spacing_drops = spacing_.drops(link);
   if (current_ != nullptr && current_->plan && !diverged_) {
     return current_->chained.count(link.segment) > 0;
   }
   // A profiled step: chains only where it recomputes under a budget.
-  const bool profiling_chains = profiling_action() == Action::kRecompute;
-  const bool drop = spacing_.drops(link);
-  return profiling_chains && drop;
+  return profiling_action() == Action::kRecompute && spacing_drops;
 }
 
 void AutoPolicy::end_step(const StepProfile& profile) {

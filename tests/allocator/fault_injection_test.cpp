@@ -343,22 +343,30 @@ INSTANTIATE_TEST_SUITE_P(Layouts, FaultInjection, ::testing::Values(Layout::kCla
                            return param_info.param == Layout::kClassic ? "classic" : "vmm";
                          });
 
-// Events that cannot be recorded until `failures` calls have failed: a device failing for a while.
+// Events that cannot be recorded (or, with `queries`, asked) until `failures` calls have failed: a
+// device failing for a while.
 class FailingForAWhileEvents final : public StreamEvents {
  public:
-  explicit FailingForAWhileEvents(int failures) : failures_(failures) {}
+  explicit FailingForAWhileEvents(int failures, bool queries = false)
+      : failures_(failures), queries_(queries) {}
   Event record(Stream /*stream*/) override {
-    if (failures_ > 0) {
-      --failures_;
-      throw BackendError("injected: the event could not be recorded");
-    }
+    if (!queries_) fail("the event could not be recorded");
     return nullptr;
   }
-  bool is_complete(Event /*event*/) override { return true; }
+  bool is_complete(Event /*event*/) override {
+    if (queries_) fail("the event could not be asked");
+    return true;
+  }
   void release(Event /*event*/) override {}
 
  private:
+  void fail(const std::string& what) {
+    if (failures_ == 0) return;
+    --failures_;
+    throw BackendError("injected: " + what);
+  }
   int failures_;
+  bool queries_;
 };
 
 std::size_t occurrences(const std::string& text, const std::string& what) {
@@ -398,6 +406,27 @@ TEST(AwaitingEvents, EveryWaitingBlockIsTriedAgainAndReportedOnce) {
     EXPECT_EQ(a->stats().active_bytes.current, 0);
     a->check_invariants();
   }
+}
+
+// The same for events recorded but whose queries fail for a while: one report per freed block.
+TEST(AwaitingEvents, AFailingEventQueryIsReportedOncePerBlock) {
+  CachingAllocator a(std::make_unique<HostBackend>(),
+                     std::make_unique<FailingForAWhileEvents>(6, /*queries=*/true));
+  void* p = a.allocate(1 * MiB);
+  void* q = a.allocate(1 * MiB);
+  a.record_stream(p, stream_handle(9));
+  a.record_stream(q, stream_handle(9));
+  testing::internal::CaptureStderr();
+  a.deallocate(p);
+  a.deallocate(q);
+  for (int i = 0; i < 3; ++i) a.deallocate(a.allocate(512));  // 2 queries fail each time
+  EXPECT_EQ(a.stats().active_bytes.current, static_cast<std::int64_t>(2 * MiB));
+  a.deallocate(a.allocate(512));  // both complete
+  const std::string reported = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(occurrences(reported, "could not be asked"), 2u) << reported;
+  EXPECT_EQ(a.stats().backend_errors, 2);
+  EXPECT_EQ(a.stats().active_bytes.current, 0);
+  a.check_invariants();
 }
 
 }  // namespace

@@ -169,8 +169,8 @@ TEST(AutoPlan, ChainsGoBelowWhatPerSegmentRecomputeHolds) {
 }
 
 // The profiled step recomputed every segment and dropped every other link (as a shape profiled
-// after ChainSpacing learned k = 2 would) and fitted; under a budget no plan reaches, the plan repeats it rather
-// than something the simulation prefers but nothing has run.
+// after ChainSpacing learned k = 2 would) and fitted; under a budget no plan reaches, the plan
+// repeats it rather than something the simulation prefers but nothing has run.
 TEST(AutoPlan, WhenNoPlanReachesTheTargetItRepeatsTheProfiledChains) {
   StepProfile profile = sixteen_linked_segments();
   for (ProfiledTensor& t : profile.tensors) t.action = Action::kRecompute;
