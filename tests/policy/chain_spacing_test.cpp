@@ -54,7 +54,9 @@ TEST(ChainSpacing, ASegmentWithSeveralLinksDropsAllOrNone) {
   ChainSpacing spacing;
   for (int i = 0; i < 3; ++i) {
     const int dropped = count(step(spacing, 16, 2, /*links=*/2, 1));  // the EXPECTs are inside
-    if (i > 0) EXPECT_GT(dropped, 0) << "step " << i << ": k = 4 was learned";
+    if (i > 0) {
+      EXPECT_GT(dropped, 0) << "step " << i << ": k = 4 was learned";
+    }
   }
 }
 
