@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cinttypes>
 #include <cstdio>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -601,7 +602,6 @@ class CachingAllocator::Impl {
     delete_block(block);
   }
 
-  // Returns every free whole segment to the backend; the bytes released.
   // What a release does when the backend will not take a segment back: throw the first such error
   // once the rest is released (empty_cache, set_budget), or report it and go on (a release before
   // a request fails: the request may still be met, and is otherwise out of memory).
@@ -643,7 +643,6 @@ class CachingAllocator::Impl {
     }
     return released;
   }
-
 
   // --- Growable segments (the vmm layout; mutex_ held) ---
   //
@@ -842,22 +841,31 @@ class CachingAllocator::Impl {
     const auto reserved = static_cast<std::size_t>(stats_.reserved_bytes.current);
     if (missing == 0 || reserved + missing <= reserved_high_water_) return;
     std::size_t excess = reserved + missing - reserved_high_water_;
-    const auto reclaim = [&](const Block& hole, const char* from) {
-      const std::size_t freed = unback(growable_[hole.stream], from, hole.ptr + hole.size,
-                                       hole.stream);
-      excess -= std::min(excess, freed);
-    };
     try {
       // The remainder split off, if any: granules the allocated block spans stay mapped.
-      if (end < block.ptr + block.size) reclaim(block, end);
-      const std::size_t granule = vm_->granularity();
-      for (auto it = large_.blocks.rbegin(); excess > 0 && it != large_.blocks.rend(); ++it) {
-        // A block under a granule holds no whole one.
-        if ((*it)->growable && (*it)->size >= granule) reclaim(**it, (*it)->ptr);
+      if (end < block.ptr + block.size) {
+        excess -= std::min(excess, unback(segment, end, block.ptr + block.size, block.stream));
       }
+      unmap_free_granules(excess);
     } catch (const std::exception& error) {
       report_backend_error(error, "the segment grows instead");
     }
+  }
+
+  // Unmaps the granules wholly inside the free blocks of the growable segments, block by block in
+  // pool order from the end (streams by handle, each from its largest block down), until `wanted`
+  // bytes are released; the bytes released (a block gives all it has, so it may be more).
+  std::size_t unmap_free_granules(std::size_t wanted) {
+    if (!vm_) return 0;
+    const std::size_t granule = vm_->granularity();
+    std::size_t released = 0;
+    for (auto it = large_.blocks.rbegin(); released < wanted && it != large_.blocks.rend(); ++it) {
+      const Block& block = **it;
+      // A block under a granule holds no whole one.
+      if (!block.growable || block.size < granule) continue;
+      released += unback(growable_[block.stream], block.ptr, block.ptr + block.size, block.stream);
+    }
+    return released;
   }
 
   void note_reserved_growth() {
@@ -907,12 +915,7 @@ class CachingAllocator::Impl {
   // Unmaps the granules wholly inside free blocks of the growable segments, and trims each
   // segment's extent to the first granule boundary in a free last block; the bytes released.
   std::size_t shrink_growable_segments() {
-    std::size_t released = 0;
-    for (Block* block : large_.blocks) {
-      if (!block->growable) continue;
-      released += unback(growable_[block->stream], block->ptr, block->ptr + block->size,
-                         block->stream);
-    }
+    std::size_t released = unmap_free_granules(std::numeric_limits<std::size_t>::max());
     for (auto& [stream, segment] : growable_) {
       Block* tail = segment.last;
       if (tail == nullptr || !tail->is_free()) continue;

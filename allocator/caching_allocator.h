@@ -18,10 +18,10 @@
 // 10 MiB) or from segments of their own size rounded up to 2 MiB. Each pool is an ordered set of
 // free blocks keyed by (stream, size, address), so the best fit on a stream is one lower_bound.
 // A block bigger than the request is split when the remainder is worth keeping (at least 512 B in
-// the small pool or for a small request, more than 1 MiB for a large one); a freed block is merged with free neighbours
-// in its segment, so a segment whose blocks are all free becomes one block again and can be
-// returned to the backend. Under budget pressure, a request that would need a 20 MiB segment takes
-// one of its own rounded size instead. With a VirtualMemory, every request comes from one segment
+// the small pool or for a small request, more than 1 MiB for a large one); a freed block is merged
+// with free neighbours in its segment, so a segment whose blocks are all free becomes one block
+// again and can be returned to the backend. Under budget pressure, a request that would need a
+// 20 MiB segment takes one of its own rounded size instead. With a VirtualMemory, every request comes from one segment
 // per stream that grows and shrinks in place instead: Note [Growable segments] in
 // caching_allocator.cpp.
 #pragma once

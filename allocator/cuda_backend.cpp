@@ -35,7 +35,7 @@ void check(const CudaRuntime& runtime, cudaError_t error, const char* what) {
   if (error != cudaSuccess) {
     runtime.get_last_error();  // taken now, so that the caller's next launch check is not blamed
     throw BackendError(std::string("actmem: ") + what + " failed: " +
-                         runtime.get_error_string(error));
+                       runtime.get_error_string(error));
   }
 }
 

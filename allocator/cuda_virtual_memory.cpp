@@ -72,7 +72,7 @@ struct CudaVirtualMemory::Driver {
     const char* text = nullptr;
     get_error_string(result, &text);
     throw BackendError(std::string("actmem: vmm: ") + call + " failed: " +
-                         (text != nullptr ? text : "unknown CUDA driver error"));
+                       (text != nullptr ? text : "unknown CUDA driver error"));
   }
 };
 

@@ -16,7 +16,7 @@ namespace {
 
 [[noreturn]] void fail(const char* call, int error) {
   throw BackendError(std::string("actmem: vmm-host: ") + call + " failed: " +
-                       std::strerror(error));
+                     std::strerror(error));
 }
 
 }  // namespace

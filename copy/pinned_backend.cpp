@@ -24,7 +24,7 @@ void PinnedBackend::do_deallocate(void* ptr, std::size_t /*bytes*/) {
   if (error != cudaSuccess) {
     cudaGetLastError();
     throw alloc::BackendError(std::string("actmem: cudaFreeHost failed: ") +
-                                cudaGetErrorString(error));
+                              cudaGetErrorString(error));
   }
 }
 
