@@ -738,8 +738,33 @@ class CachingAllocator::Impl {
     return true;
   }
 
-  // Unmaps every backed granule that lies wholly inside [from, to); the bytes released.
-  std::size_t unback(GrowableSegment& segment, const char* from, const char* to, Stream stream) {
+  // Note [Unmapping waits for the stream]
+  // A block freed on a stream may still be read by kernels queued before its free, and unmapping,
+  // unlike cudaFree, does not wait for them. So before the first granule of a stream's segment is
+  // unmapped, that stream is synchronised; once per release or reclaim, however many runs of
+  // granules go. The stream is enough: a block used on other streams (record_stream) is free only
+  // once their events have completed, and the LD_PRELOAD shim's cudaFree waits for the device
+  // before it frees (cudaFree's contract). Not the device: that would also wait for streams that
+  // have nothing to do with the memory (a collective's, say, whose progress may need this very
+  // allocator). If the stream cannot be synchronised, nothing of its segment is unmapped.
+  class StreamWaits {
+   public:
+    explicit StreamWaits(StreamEvents& events) : events_(events) {}
+    void before_unmapping(Stream stream) {
+      if (std::find(waited_.begin(), waited_.end(), stream) != waited_.end()) return;
+      events_.synchronize(stream);
+      waited_.push_back(stream);
+    }
+
+   private:
+    StreamEvents& events_;
+    std::vector<Stream> waited_;
+  };
+
+  // Unmaps every backed granule that lies wholly inside [from, to) of `stream`'s segment; the
+  // bytes released.
+  std::size_t unback(GrowableSegment& segment, const char* from, const char* to, Stream stream,
+                     StreamWaits& waits) {
     const std::size_t granule = vm_->granularity();
     const std::size_t first = round_up(static_cast<std::size_t>(from - segment.base), granule) /
                               granule;
@@ -751,6 +776,7 @@ class CachingAllocator::Impl {
         continue;
       }
       std::size_t run = g;
+      waits.before_unmapping(stream);
       while (run < end && segment.backed[run]) ++run;
       char* at = segment.base + g * granule;
       try {
@@ -826,10 +852,11 @@ class CachingAllocator::Impl {
   // order from the end (streams by handle, each from its largest block down). Reserved bytes then
   // grow only when the granules the live blocks touch need it.
   // - A steady state maps and unmaps nothing: it never passes its high-water mark.
-  // - What it costs: unmap calls (on CUDA, each after a device synchronisation) and map calls
-  //   when a reclaimed hole is used again, only in steps that would otherwise have grown the
-  //   reservation, itself a map call. On CUDA that synchronisation happens on an allocation,
-  //   under the allocator's lock, where without reclaiming only releases synchronise.
+  // - What it costs: unmap calls, after one synchronisation of each stream whose holes go (Note
+  //   [Unmapping waits for the stream]), and map calls when a reclaimed hole is used again, only
+  //   in steps that would otherwise have grown the reservation, itself a map call. On CUDA that
+  //   synchronisation happens on an allocation, under the allocator's lock, where without
+  //   reclaiming only releases synchronise.
   //   `reclaim_holes:false` (ACTMEM_ALLOC_CONF) turns it off.
   // - The mark is the most ever reserved, except that a release sets it to what is left: memory
   //   given back on purpose is not taken again while holes could serve.
@@ -839,14 +866,16 @@ class CachingAllocator::Impl {
     GrowableSegment& segment = growable_[block.stream];
     const std::size_t missing = unbacked_bytes(segment, block.ptr, end);
     const auto reserved = static_cast<std::size_t>(stats_.reserved_bytes.current);
+    StreamWaits waits(*events_);
     if (missing == 0 || reserved + missing <= reserved_high_water_) return;
     std::size_t excess = reserved + missing - reserved_high_water_;
     try {
       // The remainder split off, if any: granules the allocated block spans stay mapped.
       if (end < block.ptr + block.size) {
-        excess -= std::min(excess, unback(segment, end, block.ptr + block.size, block.stream));
+        excess -=
+            std::min(excess, unback(segment, end, block.ptr + block.size, block.stream, waits));
       }
-      unmap_free_granules(excess);
+      unmap_free_granules(excess, waits);
     } catch (const std::exception& error) {
       report_backend_error(error, "the segment grows instead");
     }
@@ -855,7 +884,7 @@ class CachingAllocator::Impl {
   // Unmaps the granules wholly inside the free blocks of the growable segments, block by block in
   // pool order from the end (streams by handle, each from its largest block down), until `wanted`
   // bytes are released; the bytes released (a block gives all it has, so it may be more).
-  std::size_t unmap_free_granules(std::size_t wanted) {
+  std::size_t unmap_free_granules(std::size_t wanted, StreamWaits& waits) {
     if (!vm_) return 0;
     const std::size_t granule = vm_->granularity();
     std::size_t released = 0;
@@ -863,7 +892,8 @@ class CachingAllocator::Impl {
       const Block& block = **it;
       // A block under a granule holds no whole one.
       if (!block.growable || block.size < granule) continue;
-      released += unback(growable_[block.stream], block.ptr, block.ptr + block.size, block.stream);
+      released +=
+          unback(growable_[block.stream], block.ptr, block.ptr + block.size, block.stream, waits);
     }
     return released;
   }
@@ -915,7 +945,8 @@ class CachingAllocator::Impl {
   // Unmaps the granules wholly inside free blocks of the growable segments, and trims each
   // segment's extent to the first granule boundary in a free last block; the bytes released.
   std::size_t shrink_growable_segments() {
-    std::size_t released = unmap_free_granules(std::numeric_limits<std::size_t>::max());
+    StreamWaits waits(*events_);
+    std::size_t released = unmap_free_granules(std::numeric_limits<std::size_t>::max(), waits);
     for (auto& [stream, segment] : growable_) {
       Block* tail = segment.last;
       if (tail == nullptr || !tail->is_free()) continue;

@@ -44,7 +44,7 @@ void check(const CudaRuntime& runtime, cudaError_t error, const char* what) {
 bool CudaRuntime::complete() const {
   return malloc && free && mem_get_info && get_device && set_device && get_device_count &&
          event_create_with_flags && event_record && event_query && event_destroy &&
-         get_last_error && get_error_string;
+         stream_synchronize && get_last_error && get_error_string;
 }
 
 void* CudaBackend::do_allocate(std::size_t bytes) {
@@ -85,6 +85,12 @@ bool CudaEvents::is_complete(Event event) {
 
 void CudaEvents::release(Event event) {
   runtime_.event_destroy(static_cast<cudaEvent_t>(event));
+}
+
+void CudaEvents::synchronize(Stream stream) {
+  DeviceGuard guard(runtime_, device_);
+  check(runtime_, runtime_.stream_synchronize(static_cast<cudaStream_t>(stream)),
+        "cudaStreamSynchronize");
 }
 
 int cuda_device_count(const CudaRuntime& runtime) {

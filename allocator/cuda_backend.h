@@ -30,6 +30,7 @@ class CudaEvents final : public StreamEvents {
   Event record(Stream stream) override;
   bool is_complete(Event event) override;
   void release(Event event) override;
+  void synchronize(Stream stream) override;
 
  private:
   const CudaRuntime& runtime_;

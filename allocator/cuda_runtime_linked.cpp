@@ -15,6 +15,7 @@ const CudaRuntime* resolve_cuda_runtime() {
                                    &cudaEventRecord,
                                    &cudaEventQuery,
                                    &cudaEventDestroy,
+                                   &cudaStreamSynchronize,
                                    &cudaGetLastError,
                                    &cudaGetErrorString};
   return &runtime;

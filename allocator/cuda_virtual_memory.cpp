@@ -135,7 +135,13 @@ void* CudaVirtualMemory::reserve(std::size_t bytes) {
 
 void CudaVirtualMemory::release(void* base, std::size_t bytes) {
   const auto start = reinterpret_cast<std::uintptr_t>(base);
-  if (handles_.lower_bound(start) != handles_.lower_bound(start + bytes)) unmap(base, bytes);
+  if (handles_.lower_bound(start) != handles_.lower_bound(start + bytes)) {
+    // A whole reservation goes back at teardown, whatever streams used it: like cudaFree, wait
+    // for the device.
+    const CUresult synced = driver_.synchronize();
+    if (synced != CUDA_SUCCESS) driver_.fail("cuCtxSynchronize", synced);
+    unmap(base, bytes);
+  }
   const CUresult result = driver_.address_free(static_cast<CUdeviceptr>(start), bytes);
   if (result != CUDA_SUCCESS) driver_.fail("cuMemAddressFree", result);
 }
@@ -189,8 +195,6 @@ void CudaVirtualMemory::roll_back(std::uintptr_t start, std::size_t bytes) noexc
 }
 
 void CudaVirtualMemory::unmap(void* ptr, std::size_t bytes) {
-  const CUresult synced = driver_.synchronize();
-  if (synced != CUDA_SUCCESS) driver_.fail("cuCtxSynchronize", synced);
   const auto start = reinterpret_cast<std::uintptr_t>(ptr);
   for (std::uintptr_t at = start; at < start + bytes; at += granularity_) {
     const auto found = handles_.find(at);

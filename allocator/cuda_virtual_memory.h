@@ -4,9 +4,10 @@
 // The driver (libcuda.so.1) is opened at run time, not linked: the allocator's libraries load
 // where there is none. Compiled only with the CUDA toolkit (ACTMEM_HAVE_CUDA).
 //
-// unmap() waits for the device to finish its queued work first: a block freed on a stream may
-// still be read by kernels queued before its free, and unmapping, unlike cudaFree, does not wait.
-// Releasing is rare (empty_cache, over budget, before a request fails), never in a steady state.
+// unmap() does not wait: unmapping, unlike cudaFree, does not synchronise, and a block freed on a
+// stream may still be read by kernels queued before its free. The caching allocator waits for
+// that stream first (Note [Unmapping waits for the stream]). release(), at teardown, waits for
+// the whole device.
 #pragma once
 
 #include <cstdint>

@@ -100,6 +100,7 @@ RealCuda resolve_from(void* where, std::string& missing) {
   finder.find(rt.event_record, "cudaEventRecord");
   finder.find(rt.event_query, "cudaEventQuery");
   finder.find(rt.event_destroy, "cudaEventDestroy");
+  finder.find(rt.stream_synchronize, "cudaStreamSynchronize");
   finder.find(rt.get_last_error, "cudaGetLastError");
   finder.find(rt.get_error_string, "cudaGetErrorString");
   finder.find(r.device_synchronize, "cudaDeviceSynchronize");

@@ -23,6 +23,9 @@ class StreamEvents {
   virtual bool is_complete(Event event) = 0;
   // Releases an event from record(); called once per event.
   virtual void release(Event event) = 0;
+  // Blocks until the work queued on `stream` so far has completed; throws AllocatorError when
+  // the device cannot say. What unmapping a growable segment's granules waits for.
+  virtual void synchronize(Stream stream) = 0;
 };
 
 // Host streams run nothing asynchronously: every event is complete when recorded.
@@ -31,6 +34,7 @@ class ImmediateEvents final : public StreamEvents {
   Event record(Stream /*stream*/) override { return nullptr; }
   bool is_complete(Event /*event*/) override { return true; }
   void release(Event /*event*/) override {}
+  void synchronize(Stream /*stream*/) override {}
 };
 
 }  // namespace actmem::alloc

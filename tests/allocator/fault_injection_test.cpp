@@ -30,9 +30,18 @@ namespace {
 constexpr std::size_t KiB = 1024;
 constexpr std::size_t MiB = 1024 * KiB;
 
-enum class Call { kAllocate, kDeallocate, kEventRecord, kEventQuery, kMap, kUnmap, kCount };
+enum class Call {
+  kAllocate,
+  kDeallocate,
+  kEventRecord,
+  kEventQuery,
+  kSynchronize,
+  kMap,
+  kUnmap,
+  kCount
+};
 constexpr std::array<const char*, static_cast<int>(Call::kCount)> kCallNames = {
-    "allocate", "deallocate", "event record", "event query", "map", "unmap"};
+    "allocate", "deallocate", "event record", "event query", "stream synchronize", "map", "unmap"};
 
 // Counts each kind of call, and fails the `nth` call of kind `target` (1-based; 0 fails none).
 struct FaultPlan {
@@ -93,6 +102,9 @@ class FaultyEvents final : public StreamEvents {
   void release(Event event) override {
     --plan_.live_events;
     delete static_cast<int*>(event);
+  }
+  void synchronize(Stream /*stream*/) override {
+    if (plan_.fail(Call::kSynchronize)) throw BackendError(plan_.message(Call::kSynchronize));
   }
 
  private:
@@ -358,6 +370,7 @@ class FailingForAWhileEvents final : public StreamEvents {
     return true;
   }
   void release(Event /*event*/) override {}
+  void synchronize(Stream /*stream*/) override {}
 
  private:
   void fail(const std::string& what) {

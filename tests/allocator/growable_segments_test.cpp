@@ -9,6 +9,7 @@
 #include <cstring>
 #include <map>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "allocator/caching_allocator.h"
@@ -228,6 +229,166 @@ TEST(GrowableSegments, ReclaimingTakesOtherStreamsHolesButNotBlocksStillInUse) {
   a->check_invariants();
   state->busy.clear();
   for (void* block : {a1, a2, a3, static_cast<void*>(other)}) a->deallocate(block);
+  a->empty_cache();
+  EXPECT_EQ(reserved(*a), 0);
+}
+
+// Note [Unmapping waits for the stream]: what the allocator asks of the device, in order.
+struct DeviceCalls {
+  struct Call {
+    std::string what;   // "synchronize" or "unmap"
+    std::uintptr_t at;  // the stream, or the unmapped address
+  };
+  std::vector<Call> calls;
+  bool synchronize_fails = false;
+};
+
+// Host events (all complete at once) that log each synchronize(), or fail it.
+class LoggedEvents final : public StreamEvents {
+ public:
+  explicit LoggedEvents(std::shared_ptr<DeviceCalls> log) : log_(std::move(log)) {}
+  Event record(Stream /*stream*/) override { return nullptr; }
+  bool is_complete(Event /*event*/) override { return true; }
+  void release(Event /*event*/) override {}
+  void synchronize(Stream stream) override {
+    if (log_->synchronize_fails) throw BackendError("injected: the stream could not be waited for");
+    log_->calls.push_back({"synchronize", reinterpret_cast<std::uintptr_t>(stream)});
+  }
+
+ private:
+  std::shared_ptr<DeviceCalls> log_;
+};
+
+// The CPU twin, logging each unmap().
+class LoggedVirtualMemory final : public VirtualMemory {
+ public:
+  explicit LoggedVirtualMemory(std::shared_ptr<DeviceCalls> log) : log_(std::move(log)) {}
+  std::size_t granularity() const noexcept override { return host_.granularity(); }
+  std::size_t reservation() const noexcept override { return host_.reservation(); }
+  void* reserve(std::size_t bytes) override { return host_.reserve(bytes); }
+  void release(void* base, std::size_t bytes) override { host_.release(base, bytes); }
+  bool map(void* ptr, std::size_t bytes) override { return host_.map(ptr, bytes); }
+  void unmap(void* ptr, std::size_t bytes) override {
+    log_->calls.push_back({"unmap", reinterpret_cast<std::uintptr_t>(ptr)});
+    host_.unmap(ptr, bytes);
+  }
+  const char* name() const noexcept override { return "logged-vmm-host"; }
+
+ private:
+  std::shared_ptr<DeviceCalls> log_;
+  HostVirtualMemory host_{2 * MiB, 1ull << 34};
+};
+
+std::unique_ptr<CachingAllocator> make_logged_vmm(const std::shared_ptr<DeviceCalls>& log,
+                                                   AllocatorOptions options = {}) {
+  return std::make_unique<CachingAllocator>(std::make_unique<HostBackend>(),
+                                            std::make_unique<LoggedVirtualMemory>(log),
+                                            std::make_unique<LoggedEvents>(log), options);
+}
+
+// The calls, with each unmapped address named by the stream whose segment holds it: "sync 1",
+// "unmap 1", ... `blocks` gives one block of each stream.
+std::vector<std::string> named_calls(const DeviceCalls& log,
+                                     const std::map<std::uintptr_t, void*>& blocks) {
+  std::vector<std::string> named;
+  for (const auto& call : log.calls) {
+    std::uintptr_t stream = call.at;
+    if (call.what == "unmap") {
+      for (const auto& [id, block] : blocks) {
+        const auto inside = reinterpret_cast<std::uintptr_t>(block);
+        if (call.at + (1ull << 34) > inside && inside + (1ull << 34) > call.at) stream = id;
+      }
+    }
+    named.push_back((call.what == "unmap" ? "unmap " : "sync ") + std::to_string(stream));
+  }
+  return named;
+}
+
+// Four 4 MiB blocks on `stream`, the second and fourth freed: two holes, two runs to unmap.
+std::vector<void*> two_holes(CachingAllocator& a, Stream stream) {
+  std::vector<void*> blocks;
+  for (int i = 0; i < 5; ++i) blocks.push_back(a.allocate(4 * MiB, stream));
+  a.deallocate(blocks[1]);
+  a.deallocate(blocks[3]);
+  return {blocks[0], blocks[2], blocks[4]};
+}
+
+TEST(GrowableSegments, AReleaseWaitsOnceForEachStreamWhoseGranulesGoBeforeUnmappingThem) {
+  auto log = std::make_shared<DeviceCalls>();
+  AllocatorOptions options;
+  options.reclaim_holes = false;  // stream 1's holes stay mapped while stream 2 grows
+  auto a = make_logged_vmm(log, options);
+  const std::vector<void*> one = two_holes(*a, stream_handle(1));
+  const std::vector<void*> two = two_holes(*a, stream_handle(2));
+  void* busy = a->allocate(4 * MiB, stream_handle(3));  // nothing of stream 3's goes
+  ASSERT_TRUE(log->calls.empty());
+  a->empty_cache();
+  const std::vector<std::string> calls = named_calls(*log, {{1, one[0]}, {2, two[0]}, {3, busy}});
+  EXPECT_EQ(calls.size(), 6u);
+  for (const std::string stream : {"1", "2"}) {
+    SCOPED_TRACE("stream " + stream);
+    std::vector<std::string> of_stream;  // in order; streams come in the pool's order
+    for (const std::string& call : calls) {
+      if (call.substr(call.find(' ') + 1) == stream) of_stream.push_back(call.substr(0, 4));
+    }
+    EXPECT_EQ(of_stream, (std::vector<std::string>{"sync", "unma", "unma"}));
+  }
+  a->check_invariants();
+  for (const auto& blocks : {one, two}) {
+    for (void* p : blocks) a->deallocate(p);
+  }
+  a->deallocate(busy);
+}
+
+// Reclaiming waits for the stream whose holes go, not for the one that asks.
+TEST(GrowableSegments, ReclaimingWaitsForTheStreamOfTheHolesOnly) {
+  auto log = std::make_shared<DeviceCalls>();
+  auto a = make_logged_vmm(log);
+  const std::vector<void*> one = two_holes(*a, stream_handle(1));
+  ASSERT_TRUE(log->calls.empty());
+  void* other = a->allocate(6 * MiB, stream_handle(2));  // past the mark: stream 1's holes go
+  EXPECT_EQ(named_calls(*log, {{1, one[0]}, {2, other}}),
+            (std::vector<std::string>{"sync 1", "unmap 1", "unmap 1"}));
+  EXPECT_EQ(reserved(*a), static_cast<std::int64_t>(18 * MiB));
+  // Below the mark, nothing waits.
+  log->calls.clear();
+  for (int i = 0; i < 10; ++i) a->deallocate(a->allocate(4 * MiB, stream_handle(1)));
+  EXPECT_TRUE(log->calls.empty());
+  a->check_invariants();
+  for (void* p : one) a->deallocate(p);
+  a->deallocate(other);
+}
+
+// A stream that cannot be waited for keeps its granules: a release says so, and a reclaim grows
+// the segment instead, reporting it.
+TEST(GrowableSegments, AStreamThatCannotBeWaitedForKeepsItsGranulesMapped) {
+  auto log = std::make_shared<DeviceCalls>();
+  auto a = make_logged_vmm(log);
+  const std::vector<void*> one = two_holes(*a, stream_handle(1));
+  log->synchronize_fails = true;
+  ::testing::internal::CaptureStderr();
+  char* other = static_cast<char*>(a->allocate(6 * MiB, stream_handle(2)));
+  const std::string reported = ::testing::internal::GetCapturedStderr();
+  std::memset(other, 5, 6 * MiB);
+  EXPECT_NE(reported.find("the stream could not be waited for; the segment grows instead"),
+            std::string::npos)
+      << reported;
+  EXPECT_EQ(a->stats().backend_errors, 1);
+  EXPECT_EQ(reserved(*a), static_cast<std::int64_t>(26 * MiB)) << "the holes stayed mapped";
+  try {
+    a->empty_cache();
+    ADD_FAILURE() << "empty_cache did not say that it released nothing of stream 1";
+  } catch (const BackendError& error) {
+    EXPECT_NE(std::string(error.what()).find("could not be waited for"), std::string::npos);
+  }
+  EXPECT_TRUE(log->calls.empty()) << "nothing was unmapped";
+  EXPECT_EQ(reserved(*a), static_cast<std::int64_t>(26 * MiB));
+  a->check_invariants();
+  log->synchronize_fails = false;
+  a->empty_cache();
+  EXPECT_EQ(reserved(*a), static_cast<std::int64_t>(18 * MiB));
+  for (void* p : one) a->deallocate(p);
+  a->deallocate(other);
   a->empty_cache();
   EXPECT_EQ(reserved(*a), 0);
 }

@@ -7,6 +7,7 @@
 #include <ostream>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "allocator/backend.h"
 #include "allocator/stream_events.h"
@@ -60,12 +61,14 @@ class LimitedBackend final : public Backend {
   int deallocations_ = 0;
 };
 
-// Events that complete only when the test says the stream has caught up.
+// Events that complete only when the test says the stream has caught up, or the allocator waits
+// for it.
 class ManualEvents final : public StreamEvents {
  public:
   struct State {
     std::set<Stream> busy;  // streams whose recorded events are still pending
     int live_events = 0;
+    std::vector<Stream> synchronized;  // each synchronize(), in order
   };
   explicit ManualEvents(std::shared_ptr<State> state) : state_(std::move(state)) {}
   Event record(Stream stream) override {
@@ -78,6 +81,10 @@ class ManualEvents final : public StreamEvents {
   void release(Event event) override {
     --state_->live_events;
     delete static_cast<Stream*>(event);
+  }
+  void synchronize(Stream stream) override {
+    state_->synchronized.push_back(stream);
+    state_->busy.erase(stream);
   }
 
  private:

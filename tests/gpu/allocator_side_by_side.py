@@ -28,8 +28,8 @@ import time
 WORKLOADS = ["resnet", "lm", "churn"]
 
 # actmem's rows: a name, and the ACTMEM_ALLOC_CONF it runs under. vmm-keep-holes is vmm without
-# Note [Reclaiming holes]: what reclaiming costs in step time (an unmap synchronises the device)
-# and saves in reserved bytes.
+# Note [Reclaiming holes]: what reclaiming costs in step time (the holes' stream is synchronised
+# before they are unmapped) and saves in reserved bytes.
 LAYOUTS = {
     "classic": "backend:classic",
     "vmm": "backend:vmm",
