@@ -16,6 +16,9 @@
 #                                                                    OUTDIR/pluggable.log
 #   preload    tests/gpu/preload_training.py under LD_PRELOAD=libactmem_preload.so
 #                                                                    OUTDIR/preload.log, preload_stats.json
+#   preload-vmm the same with ACTMEM_ALLOC_CONF=backend:vmm (growable segments) and the gradients
+#              all-reduced through NCCL (one rank), whose buffers the shim serves too
+#                                                                    OUTDIR/preload_vmm.log, preload_vmm_stats.json
 #   torch      tests/gpu/pytorch_side_by_side.py: the four models at full size, plain,
 #              torch.utils.checkpoint and save_on_cpu, max batch under 8 GiB
 #                                                                    OUTDIR/side_by_side.log, torch_side_by_side.json
@@ -77,14 +80,14 @@ ctest_jobs=${ACTMEM_CTEST_JOBS:-8}
 say() { printf 'gpu-check: %s\n' "$*" | tee -a "$out/gpu-check.log"; }
 
 # --- step bookkeeping -----------------------------------------------------------------------------
-order=(probe configure build test compare pluggable preload torch python allocators)
+order=(probe configure build test compare pluggable preload preload-vmm torch python allocators)
 # Most seconds a step may take, and the least it is worth starting with. The time of the steps
 # still to come (their floors) is held back from each step's timeout, so a slow build cannot
 # leave no time for the Python steps.
 declare -A cap=([probe]=90 [configure]=150 [build]=330 [test]=180 [compare]=270
-  [pluggable]=90 [preload]=90 [torch]=240 [python]=150 [allocators]=180)
+  [pluggable]=90 [preload]=90 [preload-vmm]=90 [torch]=240 [python]=150 [allocators]=180)
 declare -A floor=([probe]=20 [configure]=40 [build]=90 [test]=45 [compare]=60
-  [pluggable]=30 [preload]=30 [torch]=45 [python]=45 [allocators]=40)
+  [pluggable]=30 [preload]=30 [preload-vmm]=30 [torch]=45 [python]=45 [allocators]=40)
 declare -A result=() note=() took=()
 
 # step_timeout NAME: prints the seconds NAME may run, or fails when too little time is left.
@@ -391,6 +394,30 @@ else
     tail -n 1 "$out/preload.log" | cut -c1-200)" "$out/preload.log"
 fi
 
+# --- 7b. preload-vmm: the same under growable segments, with NCCL's buffers through the shim -----
+# What vmm must show before it becomes the default on CUDA (issue 17): it serves a real program
+# under the shim, unmapping waits for streams without deadlocking with NCCL's (Note [Unmapping
+# waits for the stream]), and the stats name the layout.
+preload_vmm_stats=$out/preload_vmm_stats.json
+if [[ $torch_rc != 0 ]]; then
+  skip preload-vmm "torch is not importable (probe)"
+elif [[ ! -f $preload_so ]]; then
+  skip preload-vmm "$preload_so was not built (it needs the CUDA toolkit at configure time)"
+else
+  rm -f "$preload_vmm_stats"
+  run preload-vmm "$out/preload_vmm.log" env LD_PRELOAD="$preload_so" \
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 ACTMEM_ALLOC_CONF=backend:vmm ACTMEM_BUDGET="$preload_budget" \
+    ACTMEM_STATS="$preload_vmm_stats" "$PY" tests/gpu/preload_training.py --all-reduce
+  if ((rc == 0)); then
+    timeout 60 "$PY" tests/gpu/actmem_stats.py "$preload_vmm_stats" --label "preload vmm stats" \
+      --backend vmm --min-peak-bytes $((64 << 20)) --budget-bytes "$preload_budget_bytes" \
+      >>"$out/preload_vmm.log" 2>&1
+    rc=$?
+  fi
+  finish preload-vmm "$rc" "$(grep -E '^preload vmm stats:' "$out/preload_vmm.log" ||
+    tail -n 1 "$out/preload_vmm.log" | cut -c1-200)" "$out/preload_vmm.log"
+fi
+
 # --- 8. torch: PyTorch's own checkpoint and save_on_cpu, for the side-by-side table ---------------
 if [[ $torch_rc != 0 ]]; then
   skip torch "torch is not importable (probe)"
@@ -436,9 +463,9 @@ failed=0
   [[ -n $gpu ]] && gpu="$gpu, $(info device_memory_bytes) bytes"
   echo "machine: $jobs cores; GPU: ${gpu:-none seen}; torch ${torch_version:-not importable}, CUDA $(info torch_cuda)"
   echo
-  printf '%-10s %-5s %5s  %s\n' step result secs note
+  printf '%-11s %-5s %5s  %s\n' step result secs note
   for step in "${order[@]}"; do
-    printf '%-10s %-5s %5s  %s\n' "$step" "${result[$step]:-skip}" "${took[$step]:-0}" "${note[$step]:-}"
+    printf '%-11s %-5s %5s  %s\n' "$step" "${result[$step]:-skip}" "${took[$step]:-0}" "${note[$step]:-}"
     [[ ${result[$step]:-skip} == pass ]] || failed=1
   done
   echo
@@ -462,6 +489,8 @@ pluggable-allocator test log|$out/pluggable.log
 pluggable-allocator stats (exit)|$out/pluggable_stats.json
 LD_PRELOAD test log|$out/preload.log
 LD_PRELOAD stats (ACTMEM_STATS)|$preload_stats
+LD_PRELOAD under vmm + NCCL log|$out/preload_vmm.log
+LD_PRELOAD under vmm stats|$preload_vmm_stats
 PyTorch side-by-side log|$out/side_by_side.log
 PyTorch side-by-side records|$out/torch_side_by_side.json
 Python package on CUDA log|$out/python_policies.log

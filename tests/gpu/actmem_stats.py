@@ -10,6 +10,7 @@ The layout (allocator/process_allocators.cpp, allocator/stats.cpp):
 As a command, for the LD_PRELOAD test:
 
     python3 actmem_stats.py STATS.json --min-peak-bytes N [--budget-bytes N] [--label NAME]
+                            [--backend NAME]
 
 prints one line and exits 0 when the stats show the bytes, 1 when they do not.
 """
@@ -19,8 +20,12 @@ import json
 import sys
 
 
-def check(stats, min_peak_bytes, budget_bytes=None):
-    """Returns (ok, message): whether a CUDA device's allocator saw at least min_peak_bytes."""
+def check(stats, min_peak_bytes, budget_bytes=None, backend="cuda"):
+    """Returns (ok, message): whether a CUDA device's allocator saw at least min_peak_bytes.
+
+    backend: what the stats must name: "cuda" for the classic layout, "vmm" for growable segments
+    (ACTMEM_ALLOC_CONF=backend:vmm).
+    """
     devices = stats.get("devices", {})
     if not devices:
         return False, ("no device allocator in the stats: actmem served no allocation "
@@ -34,8 +39,8 @@ def check(stats, min_peak_bytes, budget_bytes=None):
                        "%d allocations, %d cache hits, budget %d B"
                        % (index, device["backend"], peak, reserved_peak, device["allocations"],
                           device["cache_hits"], device["budget_bytes"]))
-        if device["backend"] != "cuda":
-            problems.append("device %s has backend %r, not 'cuda'" % (index, device["backend"]))
+        if device["backend"] != backend:
+            problems.append("device %s has backend %r, not %r" % (index, device["backend"], backend))
         if peak < min_peak_bytes:
             problems.append("device %s: allocated peak %d B is below the expected %d B"
                             % (index, peak, min_peak_bytes))
@@ -60,6 +65,8 @@ def main():
     parser.add_argument("--min-peak-bytes", type=int, required=True)
     parser.add_argument("--budget-bytes", type=int, default=None)
     parser.add_argument("--label", default="actmem stats")
+    parser.add_argument("--backend", default="cuda",
+                        help="the backend the stats must name (cuda, or vmm for growable segments)")
     args = parser.parse_args()
     try:
         with open(args.stats) as f:
@@ -67,7 +74,7 @@ def main():
     except (OSError, ValueError) as error:
         print("%s: FAIL: cannot read %s: %s" % (args.label, args.stats, error))
         return 1
-    ok, message = check(stats, args.min_peak_bytes, args.budget_bytes)
+    ok, message = check(stats, args.min_peak_bytes, args.budget_bytes, args.backend)
     print("%s: %s: %s" % (args.label, "ok" if ok else "FAIL", message))
     return 0 if ok else 1
 
