@@ -559,5 +559,78 @@ TEST(DownstreamDtypes, DoublePrecisionAndIntegerIndices) {
       /*plain_fails=*/false);
 }
 
+// --- buffers a forward reads ---
+
+// A buffer read and then updated in place by the forward, as spectral norm's power iteration
+// does: a rerun must start from the value the forward read.
+struct RunningScaleImpl : nn::Module {
+  torch::Tensor scale;
+  RunningScaleImpl() { scale = register_buffer("scale", torch::ones({16})); }
+  torch::Tensor forward(const torch::Tensor& x) {
+    const torch::Tensor y = x * scale.clone();  // (the product would save the buffer itself)
+    torch::NoGradGuard no_grad;
+    scale.mul_(1.5);
+    return y;
+  }
+};
+TORCH_MODULE(RunningScale);
+
+// A BatchNorm whose forward also reads its running mean: it may not be left out of the copy that
+// LibTorch's own BatchNorm is (Note [Buffers a rerun starts from]).
+struct MeanShiftedBatchNormImpl : nn::BatchNorm1dImpl {
+  MeanShiftedBatchNormImpl() : nn::BatchNorm1dImpl(16) {}
+  torch::Tensor forward(const torch::Tensor& x) {
+    return nn::BatchNorm1dImpl::forward(x) + running_mean;
+  }
+};
+TORCH_MODULE(MeanShiftedBatchNorm);
+
+TEST(DownstreamBuffers, ModulesThatReadTheBuffersTheirForwardUpdates) {
+  expect_as_plain(
+      [] {
+        torch::manual_seed(31);
+        nn::Linear linear(16, 16);
+        RunningScale scale;
+        MeanShiftedBatchNorm shifted;
+        nn::BatchNorm1d norm(16);
+        nn::Sequential net(linear, scale, shifted, norm);
+        const torch::Tensor x = torch::randn({8, 16});
+        const std::vector<std::function<torch::Tensor(const torch::Tensor&)>> layers = {
+            [&](const torch::Tensor& t) { return linear(t).tanh(); },
+            [&](const torch::Tensor& t) { return scale(t).sin(); },
+            [&](const torch::Tensor& t) { return shifted(t).cos(); },
+            [&](const torch::Tensor& t) { return norm(t).pow(2); }};
+        torch::Tensor loss;
+        for (int step = 0; step < 2; ++step) {
+          net->zero_grad();
+          torch::Tensor h = x;
+          for (std::size_t i = 0; i < layers.size(); ++i) {
+            h = segment("s" + std::to_string(i),
+                        [&layers, i](const TensorList& in) -> TensorList {
+                          return {layers[i](in[0])};
+                        },
+                        {h}, net.ptr().get())[0];
+          }
+          loss = h.mean();
+          loss.backward();
+        }
+        return digest_of(loss, *net);  // the buffers too
+      },
+      /*plain_fails=*/false);
+}
+
+// What is copied at a segment's start: not the running statistics of LibTorch's BatchNorm in
+// training mode, but those of a subclass, those in eval mode, and any other buffer.
+TEST(DownstreamBuffers, OnlyBuffersAForwardMayReadAreCopiedAtItsStart) {
+  nn::Sequential net(nn::Linear(16, 16), nn::BatchNorm1d(16), RunningScale(),
+                     MeanShiftedBatchNorm());
+  const auto module = torch_segment_module(net.ptr().get());
+  net->train();
+  EXPECT_EQ(module->buffers().size(), 7u);  // 3 + 1 + 3
+  EXPECT_EQ(module->buffers_read_by_forward().size(), 4u) << "the scale and the subclass's 3";
+  net->eval();
+  EXPECT_EQ(module->buffers_read_by_forward().size(), 7u);
+}
+
 }  // namespace
 }  // namespace actmem
