@@ -41,7 +41,7 @@ void ForwardContext::capture_buffers() {
 
 void ForwardContext::snapshot_buffers(const SegmentModule& module) {
   at::NoGradGuard no_grad;
-  for (const at::Tensor& buffer : module.buffers_read_by_forward()) {
+  for (const at::Tensor& buffer : module.buffers()) {
     if (!buffer.defined()) continue;
     const bool seen = std::any_of(buffers_at_start_.begin(), buffers_at_start_.end(),
                                   [&](const auto& entry) {

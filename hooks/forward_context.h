@@ -47,14 +47,6 @@ class ForwardContext {
   // The forward about to run may be rerun: the buffers of the modules added, and of those added
   // later (when they are added), are copied, so that the rerun reads them as the forward did (a
   // block that updates a buffer and reads it, spectral norm's power iteration).
-  //
-  // Note [Buffers a rerun starts from]
-  // Only the buffers a forward reads need their values from its start: the rerun must compute
-  // what the forward computed. A training-mode BatchNorm (or InstanceNorm) reads none: its output
-  // uses the batch's statistics, and it only updates the running ones. So those are not copied
-  // (SegmentModule::buffers_read_by_forward): the rerun updates them from whatever they hold, and
-  // the Rerun puts every buffer back as it found it when it ends. That is a copy per running
-  // statistic and per segment saved in every step (three per BatchNorm), on a GPU a kernel each.
   void capture_buffers();
   // No rerun can come (the segment's tensors are all kept, none may be dropped): the copies go.
   void forget_buffers() { buffers_at_start_.clear(); }
@@ -97,8 +89,7 @@ class ForwardContext {
   bool grad_ = true;
   std::vector<std::shared_ptr<SegmentModule>> modules_;
   bool capture_buffers_ = false;
-  // Each buffer a forward of the modules may read (Note [Buffers a rerun starts from]), once, with
-  // its value when its module was added (capture_buffers).
+  // Each buffer of the modules, once, with its value when its module was added (capture_buffers).
   std::vector<std::pair<at::Tensor, at::Tensor>> buffers_at_start_;
   void snapshot_buffers(const SegmentModule& module);
   std::vector<std::vector<bool>> training_;  // each module's flags when it was added

@@ -25,15 +25,8 @@ class SegmentModule {
   virtual std::vector<bool> training_flags() const = 0;
   // Gives each of them its own flag again, from what training_flags() returned.
   virtual void set_training_flags(const std::vector<bool>& flags) = 0;
-  // The buffers of the module and its submodules (one shared by two may come twice): what a rerun
-  // puts back after itself.
+  // The buffers of the module and its submodules (one shared by two may come twice).
   virtual std::vector<at::Tensor> buffers() const = 0;
-  // Those of buffers() whose values at the forward's start its rerun must start from: all but the
-  // ones the forward is known to write without reading, which are the running statistics of
-  // BatchNorm and InstanceNorm modules in training mode (their output uses the batch's statistics;
-  // the running ones are only updated, and the rerun's update is undone with buffers()). Exact
-  // types only: a subclass may read them. Note [Buffers a rerun starts from] in forward_context.h.
-  virtual std::vector<at::Tensor> buffers_read_by_forward() const = 0;
 };
 
 // A LibTorch module, which must outlive the segment's backward; null for null.

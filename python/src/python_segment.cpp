@@ -1,7 +1,6 @@
 #include "python/src/python_segment.h"
 
 #include <memory>
-#include <vector>
 
 #include "hooks/segment.h"
 #include "hooks/segment_module.h"
@@ -27,26 +26,6 @@ class SharedPyObject {
  private:
   std::shared_ptr<py::object> object_;
 };
-
-// A module whose training-mode forward writes its buffers without reading them (Note [Buffers a
-// rerun starts from]): torch.nn's BatchNorm, SyncBatchNorm and InstanceNorm classes themselves,
-// not a subclass (whose forward may read them). The GIL is held.
-bool writes_running_stats_only(py::handle module) {
-  static const auto* const kTypes = [] {
-    auto* types = new std::vector<py::object>;
-    const py::module_ nn = py::module_::import("torch.nn");
-    for (const char* name : {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm",
-                             "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"}) {
-      types->push_back(nn.attr(name));
-    }
-    return types;  // never freed: the interpreter may be gone at exit
-  }();
-  const py::handle type = py::type::handle_of(module);
-  for (const py::object& known : *kTypes) {
-    if (type.is(known)) return true;
-  }
-  return false;
-}
 
 // An nn.Module as the rerun sees it. Each call takes the GIL; the flags are read and written one
 // module at a time (module.training), so each keeps its own.
@@ -80,18 +59,6 @@ class PySegmentModule final : public SegmentModule {
     py::gil_scoped_acquire gil;
     std::vector<at::Tensor> buffers;
     for (py::handle b : module_.get().attr("buffers")()) buffers.push_back(b.cast<at::Tensor>());
-    return buffers;
-  }
-
-  std::vector<at::Tensor> buffers_read_by_forward() const override {
-    py::gil_scoped_acquire gil;
-    std::vector<at::Tensor> buffers;
-    for (py::handle m : module_.get().attr("modules")()) {
-      if (m.attr("training").cast<bool>() && writes_running_stats_only(m)) continue;
-      for (py::handle b : m.attr("buffers")(/*recurse=*/false)) {
-        if (!b.is_none()) buffers.push_back(b.cast<at::Tensor>());
-      }
-    }
     return buffers;
   }
 

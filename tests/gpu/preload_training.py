@@ -4,17 +4,11 @@ An ordinary PyTorch training script with nothing of actmem in it: scripts/gpu-ch
 under LD_PRELOAD=libactmem_preload.so with PYTORCH_NO_CUDA_MEMORY_CACHING=1, ACTMEM_BUDGET and
 ACTMEM_STATS, then checks the statistics file (tests/gpu/actmem_stats.py).
 
-    python3 tests/gpu/preload_training.py [--steps N] [--batch N] [--all-reduce]
-
-With --all-reduce each step all-reduces the gradients through NCCL in a process group of one rank,
-as a data-parallel script would: NCCL's own buffers then come through the shim too, and its
-kernels run on a stream of their own beside the allocator's synchronisations (Note [Unmapping
-waits for the stream]). Where NCCL is missing it says so and trains without it.
+    python3 tests/gpu/preload_training.py [--steps N] [--batch N]
 """
 
 import argparse
 import math
-import socket
 import sys
 import time
 
@@ -55,26 +49,10 @@ class SmallResNet(nn.Module):
         return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def nccl_group():
-    """A one-rank NCCL process group, or None (said on stdout) where NCCL is missing."""
-    distributed = torch.distributed
-    if not distributed.is_available() or not distributed.is_nccl_available():
-        print("NCCL is not available in this torch: the gradients are not all-reduced")
-        return None
-    with socket.socket() as probe:  # a free port for the one-rank rendezvous
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    distributed.init_process_group("nccl", init_method="tcp://127.0.0.1:%d" % port, rank=0,
-                                   world_size=1, device_id=torch.device("cuda", 0))
-    return distributed.group.WORLD
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--all-reduce", action="store_true",
-                        help="all-reduce the gradients through NCCL (one rank) every step")
     args = parser.parse_args()
 
     if not torch.cuda.is_available():
@@ -87,24 +65,17 @@ def main():
     inputs = torch.randn(args.batch, 3, 32, 32, device=device)
     targets = torch.randint(0, 10, (args.batch,), device=device)
 
-    group = nccl_group() if args.all_reduce else None
     start = time.perf_counter()
     for step in range(args.steps):
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(inputs), targets)
         loss.backward()
-        if group is not None:
-            for p in model.parameters():
-                torch.distributed.all_reduce(p.grad, group=group)
         optimizer.step()
         print("step %d: loss %.4f" % (step, loss.item()))
         if not math.isfinite(loss.item()):
             print("the loss is not finite", file=sys.stderr)
             return 1
     torch.cuda.synchronize()
-    if group is not None:
-        torch.distributed.destroy_process_group()
-        print("all-reduced the gradients through NCCL every step")
     parameters = sum(p.numel() * p.element_size() for p in model.parameters())
     print("done: %d steps of batch %d in %.2f s; parameters %d B; torch %s"
           % (args.steps, args.batch, time.perf_counter() - start, parameters, torch.__version__))
