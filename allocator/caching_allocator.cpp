@@ -488,11 +488,13 @@ class CachingAllocator::Impl {
     if (block->growable) {
       insert_free(pool, block);
       if (over_budget()) {
+        StreamWaits waits(*events_);
         try {
-          shrink_growable_segments();
+          shrink_growable_segments(waits);
         } catch (const std::exception& error) {
           report_backend_error(error, "the granules stay mapped");
         }
+        if (waits.failure()) report_backend_error(*waits.failure(), "its granules stay mapped");
       }
       return;
     }
@@ -630,11 +632,13 @@ class CachingAllocator::Impl {
         if (!first_failure) first_failure = error;
       }
     }
+    StreamWaits waits(*events_);
     try {
-      released += shrink_growable_segments();
+      released += shrink_growable_segments(waits);
     } catch (const BackendError& error) {
       if (!first_failure) first_failure = error;
     }
+    if (waits.failure() && !first_failure) first_failure = waits.failure();
     // Memory was given back on purpose: reclaiming holes keeps the level it went down to.
     reserved_high_water_ = static_cast<std::size_t>(stats_.reserved_bytes.current);
     if (first_failure) {
@@ -742,23 +746,44 @@ class CachingAllocator::Impl {
   // A block freed on a stream may still be read by kernels queued before its free, and unmapping,
   // unlike cudaFree, does not wait for them. So before the first granule of a stream's segment is
   // unmapped, that stream is synchronised; once per release or reclaim, however many runs of
-  // granules go. The stream is enough: a block used on other streams (record_stream) is free only
-  // once their events have completed, and the LD_PRELOAD shim's cudaFree waits for the device
-  // before it frees (cudaFree's contract). Not the device: that would also wait for streams that
-  // have nothing to do with the memory (a collective's, say, whose progress may need this very
-  // allocator). If the stream cannot be synchronised, nothing of its segment is unmapped.
+  // granules go.
+  // - The stream is enough: a block used on other streams (record_stream) is free only once their
+  //   events have completed. Not the device: that would also wait for streams that have nothing
+  //   to do with the memory (a collective's, say, whose progress may need this very allocator).
+  // - kUnorderedPool (the LD_PRELOAD shim's cudaMalloc blocks) is waited for by nobody: cudaFree
+  //   waited for the device before the block came back.
+  // - A stream destroyed since (or the per-thread default stream) is waited for as the device
+  //   (StreamEvents::synchronize). Not covered: a destroyed stream's handle that a new stream has
+  //   taken over before the old one's work finished.
+  // - A stream that cannot be waited for keeps its segment's granules mapped; the other streams'
+  //   go all the same, and the release or reclaim reports the first failure once it is done.
   class StreamWaits {
    public:
     explicit StreamWaits(StreamEvents& events) : events_(events) {}
-    void before_unmapping(Stream stream) {
-      if (std::find(waited_.begin(), waited_.end(), stream) != waited_.end()) return;
-      events_.synchronize(stream);
-      waited_.push_back(stream);
+    // True once nothing queued on `stream` can still use its free blocks; false when it could
+    // not be waited for (then failure() says why).
+    bool before_unmapping(Stream stream) {
+      if (stream == kUnorderedPool) return true;
+      for (const auto& [waited, done] : waited_) {
+        if (waited == stream) return done;
+      }
+      bool done = true;
+      try {
+        events_.synchronize(stream);
+      } catch (const BackendError& error) {
+        done = false;
+        if (!failure_) failure_ = error;
+      }
+      waited_.emplace_back(stream, done);
+      return done;
     }
+    // The first stream that could not be waited for, if one could not.
+    const std::optional<BackendError>& failure() const { return failure_; }
 
    private:
     StreamEvents& events_;
-    std::vector<Stream> waited_;
+    std::vector<std::pair<Stream, bool>> waited_;
+    std::optional<BackendError> failure_;
   };
 
   // Unmaps every backed granule that lies wholly inside [from, to) of `stream`'s segment; the
@@ -775,8 +800,8 @@ class CachingAllocator::Impl {
         ++g;
         continue;
       }
+      if (!waits.before_unmapping(stream)) break;  // the stream's granules stay mapped
       std::size_t run = g;
-      waits.before_unmapping(stream);
       while (run < end && segment.backed[run]) ++run;
       char* at = segment.base + g * granule;
       try {
@@ -866,9 +891,9 @@ class CachingAllocator::Impl {
     GrowableSegment& segment = growable_[block.stream];
     const std::size_t missing = unbacked_bytes(segment, block.ptr, end);
     const auto reserved = static_cast<std::size_t>(stats_.reserved_bytes.current);
-    StreamWaits waits(*events_);
     if (missing == 0 || reserved + missing <= reserved_high_water_) return;
     std::size_t excess = reserved + missing - reserved_high_water_;
+    StreamWaits waits(*events_);
     try {
       // The remainder split off, if any: granules the allocated block spans stay mapped.
       if (end < block.ptr + block.size) {
@@ -878,6 +903,9 @@ class CachingAllocator::Impl {
       unmap_free_granules(excess, waits);
     } catch (const std::exception& error) {
       report_backend_error(error, "the segment grows instead");
+    }
+    if (waits.failure()) {
+      report_backend_error(*waits.failure(), "its holes stay mapped; the segment grows instead");
     }
   }
 
@@ -944,16 +972,21 @@ class CachingAllocator::Impl {
 
   // Unmaps the granules wholly inside free blocks of the growable segments, and trims each
   // segment's extent to the first granule boundary in a free last block; the bytes released.
-  std::size_t shrink_growable_segments() {
-    StreamWaits waits(*events_);
+  // Streams that could not be waited for keep their granules and extent (waits.failure()).
+  std::size_t shrink_growable_segments(StreamWaits& waits) {
+    if (!vm_) return 0;
     std::size_t released = unmap_free_granules(std::numeric_limits<std::size_t>::max(), waits);
+    const std::size_t granule = vm_->granularity();
     for (auto& [stream, segment] : growable_) {
       Block* tail = segment.last;
       if (tail == nullptr || !tail->is_free()) continue;
       const std::size_t extent =
-          round_up(static_cast<std::size_t>(tail->ptr - segment.base), vm_->granularity());
+          round_up(static_cast<std::size_t>(tail->ptr - segment.base), granule);
       if (extent >= segment.extent) continue;
-      char* from = segment.base + extent;  // everything from here on is unbacked now
+      const auto still_backed = std::find(segment.backed.begin() + extent / granule,
+                                          segment.backed.end(), true);
+      if (still_backed != segment.backed.end()) continue;  // its stream could not be waited for
+      char* from = segment.base + extent;  // everything from here on is unbacked
       release_node(large_.blocks.extract(tail));
       if (from == tail->ptr) {
         segment.last = tail->prev;
@@ -964,7 +997,7 @@ class CachingAllocator::Impl {
         insert_free(large_, tail);
       }
       segment.extent = extent;
-      segment.backed.resize(extent / vm_->granularity());
+      segment.backed.resize(extent / granule);
       const auto base = reinterpret_cast<std::uintptr_t>(segment.base);
       if (segment.extent == 0) {
         segments_.erase(base);

@@ -61,7 +61,10 @@ class CachingAllocator {
   // Host streams: every event completes at once.
   explicit CachingAllocator(std::unique_ptr<Backend> backend, AllocatorOptions options = {});
   // The `vmm` layout: every request comes from one growable segment per stream over
-  // `virtual_memory` (Note [Growable segments]); `backend` only names the device there.
+  // `virtual_memory` (Note [Growable segments]); `backend` only names the device there. `events`
+  // must wait for the streams the device runs (CudaEvents over CudaVirtualMemory): unmapping waits
+  // for them (Note [Unmapping waits for the stream]). Null is ImmediateEvents, right for host
+  // memory only. Each stream key is a stream of that device, or kUnorderedPool.
   CachingAllocator(std::unique_ptr<Backend> backend, std::unique_ptr<VirtualMemory> virtual_memory,
                    std::unique_ptr<StreamEvents> events, AllocatorOptions options = {});
   // Returns every segment to the backend. Allocations still live become dangling.

@@ -44,7 +44,7 @@ void check(const CudaRuntime& runtime, cudaError_t error, const char* what) {
 bool CudaRuntime::complete() const {
   return malloc && free && mem_get_info && get_device && set_device && get_device_count &&
          event_create_with_flags && event_record && event_query && event_destroy &&
-         stream_synchronize && get_last_error && get_error_string;
+         stream_synchronize && device_synchronize && get_last_error && get_error_string;
 }
 
 void* CudaBackend::do_allocate(std::size_t bytes) {
@@ -89,8 +89,17 @@ void CudaEvents::release(Event event) {
 
 void CudaEvents::synchronize(Stream stream) {
   DeviceGuard guard(runtime_, device_);
-  check(runtime_, runtime_.stream_synchronize(static_cast<cudaStream_t>(stream)),
-        "cudaStreamSynchronize");
+  const auto cuda_stream = static_cast<cudaStream_t>(stream);
+  // The per-thread default stream is a different stream on each thread: the one that freed the
+  // block may not be this one.
+  if (cuda_stream != cudaStreamPerThread &&
+      runtime_.stream_synchronize(cuda_stream) == cudaSuccess) {
+    return;
+  }
+  // Or a stream destroyed since its blocks were freed (cudaFreeAsync, then cudaStreamDestroy): the
+  // device's work covers whatever it queued.
+  runtime_.get_last_error();
+  check(runtime_, runtime_.device_synchronize(), "cudaDeviceSynchronize");
 }
 
 int cuda_device_count(const CudaRuntime& runtime) {

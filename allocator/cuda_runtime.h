@@ -23,6 +23,7 @@ struct CudaRuntime {
   cudaError_t (*event_query)(cudaEvent_t event);
   cudaError_t (*event_destroy)(cudaEvent_t event);
   cudaError_t (*stream_synchronize)(cudaStream_t stream);
+  cudaError_t (*device_synchronize)();
   cudaError_t (*get_last_error)();
   const char* (*get_error_string)(cudaError_t error);
 

@@ -16,6 +16,7 @@ const CudaRuntime* resolve_cuda_runtime() {
                                    &cudaEventQuery,
                                    &cudaEventDestroy,
                                    &cudaStreamSynchronize,
+                                   &cudaDeviceSynchronize,
                                    &cudaGetLastError,
                                    &cudaGetErrorString};
   return &runtime;

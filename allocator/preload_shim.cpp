@@ -43,7 +43,6 @@ namespace {
 
 struct RealCuda {
   CudaRuntime runtime{};
-  cudaError_t (*device_synchronize)() = nullptr;
   // Not needed to manage memory (CUDA < 11.2 lacks them): nullptr where absent.
   cudaError_t (*malloc_async)(void** ptr, size_t size, cudaStream_t stream) = nullptr;
   cudaError_t (*free_async)(void* ptr, cudaStream_t stream) = nullptr;
@@ -101,9 +100,9 @@ RealCuda resolve_from(void* where, std::string& missing) {
   finder.find(rt.event_query, "cudaEventQuery");
   finder.find(rt.event_destroy, "cudaEventDestroy");
   finder.find(rt.stream_synchronize, "cudaStreamSynchronize");
+  finder.find(rt.device_synchronize, "cudaDeviceSynchronize");
   finder.find(rt.get_last_error, "cudaGetLastError");
   finder.find(rt.get_error_string, "cudaGetErrorString");
-  finder.find(r.device_synchronize, "cudaDeviceSynchronize");
   finder.find_optional(r.malloc_async, "cudaMallocAsync");
   finder.find_optional(r.free_async, "cudaFreeAsync");
   r.ok = finder.missing.empty();
@@ -145,10 +144,11 @@ const RealCuda& real_cuda() {
 
 thread_local int t_depth = 0;  // > 0 while this thread is inside the shim
 
-// The pool key of blocks from synchronous cudaMalloc. Not the null stream: a block that
-// cudaMallocAsync(..., 0) got and cudaFreeAsync(..., 0) returned is still in use by queued work,
-// and must not come back from a cudaMalloc at once.
-const Stream kSynchronousPool = reinterpret_cast<Stream>(~std::uintptr_t{0});
+// The pool key of blocks from synchronous cudaMalloc: kUnorderedPool, since cudaFree waits for
+// the device. Not the null stream: a block that cudaMallocAsync(..., 0) got and
+// cudaFreeAsync(..., 0) returned is still in use by queued work, and must not come back from a
+// cudaMalloc at once.
+const Stream kSynchronousPool = kUnorderedPool;
 
 class ShimScope {
  public:
@@ -221,7 +221,7 @@ cudaError_t shim_free(void* ptr, cudaStream_t stream, bool stream_ordered) {
   try {
     if (stream_ordered) {
       owner->record_stream(ptr, stream);
-    } else if (const cudaError_t synced = real_cuda().device_synchronize(); synced != cudaSuccess) {
+    } else if (const cudaError_t synced = real_cuda().runtime.device_synchronize(); synced != cudaSuccess) {
       // cudaFree's own contract is to wait for the device; when that fails, the memory may still
       // be in use, so it stays allocated and the caller gets the error, as from cudaFree.
       std::fprintf(stderr, "actmem: cudaFree(%p): cudaDeviceSynchronize failed: %s; not freed\n",

@@ -1,7 +1,7 @@
 // Streams and the events that tell when work queued on them has finished.
 //
 // The caching core never looks inside a stream: it is an opaque handle (cudaStream_t on CUDA, any
-// token on the host backend). A block freed after use on other streams (record_stream) returns to
+// token on the host backend) that it hands back to StreamEvents, never to anything else. A block freed after use on other streams (record_stream) returns to
 // its pool only when an event recorded on each of those streams at free time has completed.
 #pragma once
 
@@ -11,6 +11,11 @@ namespace actmem::alloc {
 
 using Stream = void*;
 inline constexpr Stream kDefaultStream = nullptr;
+// The key of memory that no stream orders: a block is back in its pool only once nothing queued on
+// the device can use it (the LD_PRELOAD shim's cudaMalloc pool: its cudaFree waits for the device,
+// and a cudaFreeAsync of such a block waits for an event first). No event is ever recorded on it
+// and nothing waits for it: it is no stream, and never reaches CUDA.
+inline const Stream kUnorderedPool = reinterpret_cast<Stream>(~std::uintptr_t{0});
 
 using Event = void*;
 
@@ -23,8 +28,9 @@ class StreamEvents {
   virtual bool is_complete(Event event) = 0;
   // Releases an event from record(); called once per event.
   virtual void release(Event event) = 0;
-  // Blocks until the work queued on `stream` so far has completed; throws AllocatorError when
-  // the device cannot say. What unmapping a growable segment's granules waits for.
+  // Blocks until the work queued on `stream` so far has completed (a stream that no longer exists:
+  // until the device's has); throws BackendError when the device cannot say. What unmapping a
+  // growable segment's granules waits for (Note [Unmapping waits for the stream]).
   virtual void synchronize(Stream stream) = 0;
 };
 

@@ -9,9 +9,9 @@
 // (never throws for that); unmap() returns a mapped range's memory (touching it afterwards is an
 // error), and leaves alone whatever in the range is not mapped: the caller has made sure that no
 // work queued on the device still uses it; release() returns the whole range, unmapping what is
-// still mapped, once any work on it has finished. Any other failure throws AllocatorError: map() then leaves none
-// of the range mapped; unmap() may have unmapped part of it (the caching allocator then unmaps it
-// granule by granule to know which).
+// still mapped, once any work on it has finished. Any other failure throws AllocatorError: map()
+// then leaves none of the range mapped; unmap() may have unmapped part of it (the caching
+// allocator then unmaps it granule by granule to know which).
 // Not thread-safe: the caching allocator calls it under its lock.
 #pragma once
 

@@ -16,8 +16,7 @@
 #                                                                    OUTDIR/pluggable.log
 #   preload    tests/gpu/preload_training.py under LD_PRELOAD=libactmem_preload.so
 #                                                                    OUTDIR/preload.log, preload_stats.json
-#   preload-vmm the same with ACTMEM_ALLOC_CONF=backend:vmm (growable segments) and the gradients
-#              all-reduced through NCCL (one rank), whose buffers the shim serves too
+#   preload-vmm the same with ACTMEM_ALLOC_CONF=backend:vmm (growable segments)
 #                                                                    OUTDIR/preload_vmm.log, preload_vmm_stats.json
 #   torch      tests/gpu/pytorch_side_by_side.py: the four models at full size, plain,
 #              torch.utils.checkpoint and save_on_cpu, max batch under 8 GiB
@@ -394,10 +393,10 @@ else
     tail -n 1 "$out/preload.log" | cut -c1-200)" "$out/preload.log"
 fi
 
-# --- 7b. preload-vmm: the same under growable segments, with NCCL's buffers through the shim -----
+# --- 7b. preload-vmm: the same under growable segments --------------------------------------------
 # What vmm must show before it becomes the default on CUDA (issue 17): it serves a real program
-# under the shim, unmapping waits for streams without deadlocking with NCCL's (Note [Unmapping
-# waits for the stream]), and the stats name the layout.
+# under the shim (cudaMalloc's pool unmapped without waiting, Note [Unmapping waits for the
+# stream]), with no backend error, and the stats name the layout.
 preload_vmm_stats=$out/preload_vmm_stats.json
 if [[ $torch_rc != 0 ]]; then
   skip preload-vmm "torch is not importable (probe)"
@@ -407,7 +406,7 @@ else
   rm -f "$preload_vmm_stats"
   run preload-vmm "$out/preload_vmm.log" env LD_PRELOAD="$preload_so" \
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 ACTMEM_ALLOC_CONF=backend:vmm ACTMEM_BUDGET="$preload_budget" \
-    ACTMEM_STATS="$preload_vmm_stats" "$PY" tests/gpu/preload_training.py --all-reduce
+    ACTMEM_STATS="$preload_vmm_stats" "$PY" tests/gpu/preload_training.py
   if ((rc == 0)); then
     timeout 60 "$PY" tests/gpu/actmem_stats.py "$preload_vmm_stats" --label "preload vmm stats" \
       --backend vmm --min-peak-bytes $((64 << 20)) --budget-bytes "$preload_budget_bytes" \
@@ -489,7 +488,7 @@ pluggable-allocator test log|$out/pluggable.log
 pluggable-allocator stats (exit)|$out/pluggable_stats.json
 LD_PRELOAD test log|$out/preload.log
 LD_PRELOAD stats (ACTMEM_STATS)|$preload_stats
-LD_PRELOAD under vmm + NCCL log|$out/preload_vmm.log
+LD_PRELOAD under vmm log|$out/preload_vmm.log
 LD_PRELOAD under vmm stats|$preload_vmm_stats
 PyTorch side-by-side log|$out/side_by_side.log
 PyTorch side-by-side records|$out/torch_side_by_side.json

@@ -6,9 +6,11 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -226,6 +228,7 @@ TEST(GrowableSegments, ReclaimingTakesOtherStreamsHolesButNotBlocksStillInUse) {
   char* other = static_cast<char*>(a->allocate(6 * MiB, two));  // 26 MiB past the mark of 20
   std::memset(other, 1, 6 * MiB);
   EXPECT_EQ(reserved(*a), static_cast<std::int64_t>(22 * MiB)) << "stream 1's free hole went back";
+  EXPECT_EQ(state->synchronized, std::vector<Stream>{one}) << "the side stream's block is not free";
   a->check_invariants();
   state->busy.clear();
   for (void* block : {a1, a2, a3, static_cast<void*>(other)}) a->deallocate(block);
@@ -236,12 +239,15 @@ TEST(GrowableSegments, ReclaimingTakesOtherStreamsHolesButNotBlocksStillInUse) {
 // Note [Unmapping waits for the stream]: what the allocator asks of the device, in order.
 struct DeviceCalls {
   struct Call {
-    std::string what;   // "synchronize" or "unmap"
+    std::string what;   // "sync" or "unmap"
     std::uintptr_t at;  // the stream, or the unmapped address
   };
   std::vector<Call> calls;
-  bool synchronize_fails = false;
+  std::vector<std::uintptr_t> reservations;  // each segment's base, in the order reserved
+  std::set<Stream> failing;                  // streams whose synchronize() throws
 };
+
+constexpr std::size_t kReservation = 1ull << 34;
 
 // Host events (all complete at once) that log each synchronize(), or fail it.
 class LoggedEvents final : public StreamEvents {
@@ -251,21 +257,27 @@ class LoggedEvents final : public StreamEvents {
   bool is_complete(Event /*event*/) override { return true; }
   void release(Event /*event*/) override {}
   void synchronize(Stream stream) override {
-    if (log_->synchronize_fails) throw BackendError("injected: the stream could not be waited for");
-    log_->calls.push_back({"synchronize", reinterpret_cast<std::uintptr_t>(stream)});
+    if (log_->failing.count(stream) != 0) {
+      throw BackendError("injected: the stream could not be waited for");
+    }
+    log_->calls.push_back({"sync", reinterpret_cast<std::uintptr_t>(stream)});
   }
 
  private:
   std::shared_ptr<DeviceCalls> log_;
 };
 
-// The CPU twin, logging each unmap().
+// The CPU twin, logging each reserve() and unmap().
 class LoggedVirtualMemory final : public VirtualMemory {
  public:
   explicit LoggedVirtualMemory(std::shared_ptr<DeviceCalls> log) : log_(std::move(log)) {}
   std::size_t granularity() const noexcept override { return host_.granularity(); }
   std::size_t reservation() const noexcept override { return host_.reservation(); }
-  void* reserve(std::size_t bytes) override { return host_.reserve(bytes); }
+  void* reserve(std::size_t bytes) override {
+    void* base = host_.reserve(bytes);
+    log_->reservations.push_back(reinterpret_cast<std::uintptr_t>(base));
+    return base;
+  }
   void release(void* base, std::size_t bytes) override { host_.release(base, bytes); }
   bool map(void* ptr, std::size_t bytes) override { return host_.map(ptr, bytes); }
   void unmap(void* ptr, std::size_t bytes) override {
@@ -276,7 +288,7 @@ class LoggedVirtualMemory final : public VirtualMemory {
 
  private:
   std::shared_ptr<DeviceCalls> log_;
-  HostVirtualMemory host_{2 * MiB, 1ull << 34};
+  HostVirtualMemory host_{2 * MiB, kReservation};
 };
 
 std::unique_ptr<CachingAllocator> make_logged_vmm(const std::shared_ptr<DeviceCalls>& log,
@@ -286,25 +298,22 @@ std::unique_ptr<CachingAllocator> make_logged_vmm(const std::shared_ptr<DeviceCa
                                             std::make_unique<LoggedEvents>(log), options);
 }
 
-// The calls, with each unmapped address named by the stream whose segment holds it: "sync 1",
-// "unmap 1", ... `blocks` gives one block of each stream.
-std::vector<std::string> named_calls(const DeviceCalls& log,
-                                     const std::map<std::uintptr_t, void*>& blocks) {
-  std::vector<std::string> named;
+// The calls of one stream, in order: "sync" for its wait, "unmap" for each of its segment's.
+// `first_use` gives the streams in the order they first allocated (so reserved their segments).
+std::vector<std::string> calls_of(const DeviceCalls& log, Stream stream,
+                                  const std::vector<Stream>& first_use) {
+  const auto index = std::find(first_use.begin(), first_use.end(), stream) - first_use.begin();
+  const std::uintptr_t base = log.reservations.at(static_cast<std::size_t>(index));
+  std::vector<std::string> calls;
   for (const auto& call : log.calls) {
-    std::uintptr_t stream = call.at;
-    if (call.what == "unmap") {
-      for (const auto& [id, block] : blocks) {
-        const auto inside = reinterpret_cast<std::uintptr_t>(block);
-        if (call.at + (1ull << 34) > inside && inside + (1ull << 34) > call.at) stream = id;
-      }
-    }
-    named.push_back((call.what == "unmap" ? "unmap " : "sync ") + std::to_string(stream));
+    const bool mine = call.what == "sync" ? call.at == reinterpret_cast<std::uintptr_t>(stream)
+                                          : call.at - base < kReservation;
+    if (mine) calls.push_back(call.what);
   }
-  return named;
+  return calls;
 }
 
-// Four 4 MiB blocks on `stream`, the second and fourth freed: two holes, two runs to unmap.
+// Five 4 MiB blocks on `stream`, the second and fourth freed: two holes, two runs to unmap.
 std::vector<void*> two_holes(CachingAllocator& a, Stream stream) {
   std::vector<void*> blocks;
   for (int i = 0; i < 5; ++i) blocks.push_back(a.allocate(4 * MiB, stream));
@@ -313,28 +322,24 @@ std::vector<void*> two_holes(CachingAllocator& a, Stream stream) {
   return {blocks[0], blocks[2], blocks[4]};
 }
 
+const std::vector<std::string> kWaitThenTwoUnmaps = {"sync", "unmap", "unmap"};
+
 TEST(GrowableSegments, AReleaseWaitsOnceForEachStreamWhoseGranulesGoBeforeUnmappingThem) {
   auto log = std::make_shared<DeviceCalls>();
   AllocatorOptions options;
   options.reclaim_holes = false;  // stream 1's holes stay mapped while stream 2 grows
   auto a = make_logged_vmm(log, options);
-  const std::vector<void*> one = two_holes(*a, stream_handle(1));
-  const std::vector<void*> two = two_holes(*a, stream_handle(2));
-  void* busy = a->allocate(4 * MiB, stream_handle(3));  // nothing of stream 3's goes
+  const Stream one = stream_handle(1), two = stream_handle(2), three = stream_handle(3);
+  const std::vector<void*> ones = two_holes(*a, one);
+  const std::vector<void*> twos = two_holes(*a, two);
+  void* busy = a->allocate(4 * MiB, three);  // nothing of stream 3's goes
   ASSERT_TRUE(log->calls.empty());
   a->empty_cache();
-  const std::vector<std::string> calls = named_calls(*log, {{1, one[0]}, {2, two[0]}, {3, busy}});
-  EXPECT_EQ(calls.size(), 6u);
-  for (const std::string stream : {"1", "2"}) {
-    SCOPED_TRACE("stream " + stream);
-    std::vector<std::string> of_stream;  // in order; streams come in the pool's order
-    for (const std::string& call : calls) {
-      if (call.substr(call.find(' ') + 1) == stream) of_stream.push_back(call.substr(0, 4));
-    }
-    EXPECT_EQ(of_stream, (std::vector<std::string>{"sync", "unma", "unma"}));
-  }
+  EXPECT_EQ(log->calls.size(), 6u);
+  EXPECT_EQ(calls_of(*log, one, {one, two, three}), kWaitThenTwoUnmaps);
+  EXPECT_EQ(calls_of(*log, two, {one, two, three}), kWaitThenTwoUnmaps);
   a->check_invariants();
-  for (const auto& blocks : {one, two}) {
+  for (const auto& blocks : {ones, twos}) {
     for (void* p : blocks) a->deallocate(p);
   }
   a->deallocate(busy);
@@ -344,51 +349,69 @@ TEST(GrowableSegments, AReleaseWaitsOnceForEachStreamWhoseGranulesGoBeforeUnmapp
 TEST(GrowableSegments, ReclaimingWaitsForTheStreamOfTheHolesOnly) {
   auto log = std::make_shared<DeviceCalls>();
   auto a = make_logged_vmm(log);
-  const std::vector<void*> one = two_holes(*a, stream_handle(1));
+  const Stream one = stream_handle(1), two = stream_handle(2);
+  const std::vector<void*> ones = two_holes(*a, one);
   ASSERT_TRUE(log->calls.empty());
-  void* other = a->allocate(6 * MiB, stream_handle(2));  // past the mark: stream 1's holes go
-  EXPECT_EQ(named_calls(*log, {{1, one[0]}, {2, other}}),
-            (std::vector<std::string>{"sync 1", "unmap 1", "unmap 1"}));
+  void* other = a->allocate(6 * MiB, two);  // past the mark: stream 1's holes go
+  EXPECT_EQ(log->calls.size(), 3u);
+  EXPECT_EQ(calls_of(*log, one, {one, two}), kWaitThenTwoUnmaps);
   EXPECT_EQ(reserved(*a), static_cast<std::int64_t>(18 * MiB));
   // Below the mark, nothing waits.
   log->calls.clear();
-  for (int i = 0; i < 10; ++i) a->deallocate(a->allocate(4 * MiB, stream_handle(1)));
+  for (int i = 0; i < 10; ++i) a->deallocate(a->allocate(4 * MiB, one));
   EXPECT_TRUE(log->calls.empty());
   a->check_invariants();
-  for (void* p : one) a->deallocate(p);
+  for (void* p : ones) a->deallocate(p);
   a->deallocate(other);
 }
 
+// The shim's cudaMalloc pool: its blocks come back only after the device finished with them, so
+// unmapping them waits for nothing (and kUnorderedPool is no stream to hand to CUDA).
+TEST(GrowableSegments, TheUnorderedPoolIsUnmappedWithoutWaiting) {
+  auto log = std::make_shared<DeviceCalls>();
+  auto a = make_logged_vmm(log);
+  const std::vector<void*> blocks = two_holes(*a, kUnorderedPool);
+  a->empty_cache();
+  EXPECT_EQ(calls_of(*log, kUnorderedPool, {kUnorderedPool}),
+            (std::vector<std::string>{"unmap", "unmap"}));
+  EXPECT_EQ(reserved(*a), static_cast<std::int64_t>(12 * MiB));
+  for (void* p : blocks) a->deallocate(p);
+}
+
 // A stream that cannot be waited for keeps its granules: a release says so, and a reclaim grows
-// the segment instead, reporting it.
+// the segment instead, reporting it; the other streams' granules go all the same.
 TEST(GrowableSegments, AStreamThatCannotBeWaitedForKeepsItsGranulesMapped) {
   auto log = std::make_shared<DeviceCalls>();
   auto a = make_logged_vmm(log);
-  const std::vector<void*> one = two_holes(*a, stream_handle(1));
-  log->synchronize_fails = true;
+  const Stream one = stream_handle(1), two = stream_handle(2);
+  const std::vector<void*> ones = two_holes(*a, one);
+  log->failing = {one};
   ::testing::internal::CaptureStderr();
-  char* other = static_cast<char*>(a->allocate(6 * MiB, stream_handle(2)));
+  char* other = static_cast<char*>(a->allocate(6 * MiB, two));
   const std::string reported = ::testing::internal::GetCapturedStderr();
   std::memset(other, 5, 6 * MiB);
-  EXPECT_NE(reported.find("the stream could not be waited for; the segment grows instead"),
+  EXPECT_NE(reported.find("the stream could not be waited for; its holes stay mapped; the "
+                          "segment grows instead"),
             std::string::npos)
       << reported;
   EXPECT_EQ(a->stats().backend_errors, 1);
   EXPECT_EQ(reserved(*a), static_cast<std::int64_t>(26 * MiB)) << "the holes stayed mapped";
+  EXPECT_TRUE(log->calls.empty()) << "nothing was unmapped";
+  // Stream 2 frees its block, and a release takes it back though stream 1 cannot be waited for.
+  a->deallocate(other);
   try {
     a->empty_cache();
     ADD_FAILURE() << "empty_cache did not say that it released nothing of stream 1";
   } catch (const BackendError& error) {
     EXPECT_NE(std::string(error.what()).find("could not be waited for"), std::string::npos);
   }
-  EXPECT_TRUE(log->calls.empty()) << "nothing was unmapped";
-  EXPECT_EQ(reserved(*a), static_cast<std::int64_t>(26 * MiB));
+  EXPECT_EQ(calls_of(*log, two, {one, two}), (std::vector<std::string>{"sync", "unmap"}));
+  EXPECT_EQ(reserved(*a), static_cast<std::int64_t>(20 * MiB)) << "stream 2's 6 MiB went back";
   a->check_invariants();
-  log->synchronize_fails = false;
+  log->failing.clear();
   a->empty_cache();
-  EXPECT_EQ(reserved(*a), static_cast<std::int64_t>(18 * MiB));
-  for (void* p : one) a->deallocate(p);
-  a->deallocate(other);
+  EXPECT_EQ(reserved(*a), static_cast<std::int64_t>(12 * MiB));
+  for (void* p : ones) a->deallocate(p);
   a->empty_cache();
   EXPECT_EQ(reserved(*a), 0);
 }
@@ -591,6 +614,62 @@ TEST(GrowableSegmentsOnCuda, GrowContiguouslyOnTheDeviceAndShrinkOnRelease) {
   a.check_invariants();
   a.deallocate(p);
   a.deallocate(r);
+}
+
+// Note [Unmapping waits for the stream], on the device: a block freed while work queued on its
+// stream still writes it is unmapped only once that work has finished.
+TEST(GrowableSegmentsOnCuda, ABlockStillWrittenByItsStreamIsUnmappedOnlyAfterIt) {
+  const CudaRuntime* runtime = detail::resolve_cuda_runtime();
+  if (runtime == nullptr || cuda_device_count(*runtime) == 0) {
+    GTEST_SKIP() << "no CUDA device answers on this machine";
+  }
+  std::string why;
+  std::unique_ptr<CudaVirtualMemory> vm = CudaVirtualMemory::create(0, &why);
+  if (!vm) GTEST_SKIP() << why;
+  CachingAllocator a(std::make_unique<CudaBackend>(*runtime, 0), std::move(vm),
+                     std::make_unique<CudaEvents>(*runtime, 0));
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  void* first = a.allocate(2 * MiB, stream);  // the segment's start stays allocated
+  char* big = static_cast<char*>(a.allocate(256 * MiB, stream));
+  for (int i = 0; i < 64; ++i) ASSERT_EQ(cudaMemsetAsync(big, i, 256 * MiB, stream), cudaSuccess);
+  a.deallocate(big);  // stream-ordered: the memsets may still be running
+  a.empty_cache();    // unmaps big's granules
+  EXPECT_EQ(cudaStreamQuery(stream), cudaSuccess) << "unmapped before the stream's work finished";
+  EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  EXPECT_EQ(a.stats().backend_errors, 0);
+  EXPECT_LT(a.stats().reserved_bytes.current, static_cast<std::int64_t>(256 * MiB));
+  a.deallocate(first);
+  EXPECT_EQ(cudaStreamDestroy(stream), cudaSuccess);
+}
+
+// A stream destroyed after its blocks were freed (cudaFreeAsync, then cudaStreamDestroy) is no
+// stream to wait for: unmapping its holes waits for the device instead, without an error.
+TEST(GrowableSegmentsOnCuda, ADestroyedStreamsHolesAreUnmappedAfterTheDevice) {
+  const CudaRuntime* runtime = detail::resolve_cuda_runtime();
+  if (runtime == nullptr || cuda_device_count(*runtime) == 0) {
+    GTEST_SKIP() << "no CUDA device answers on this machine";
+  }
+  std::string why;
+  std::unique_ptr<CudaVirtualMemory> vm = CudaVirtualMemory::create(0, &why);
+  if (!vm) GTEST_SKIP() << why;
+  CachingAllocator a(std::make_unique<CudaBackend>(*runtime, 0), std::move(vm),
+                     std::make_unique<CudaEvents>(*runtime, 0));
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  void* first = a.allocate(4 * MiB, stream);
+  char* hole = static_cast<char*>(a.allocate(64 * MiB, stream));
+  void* last = a.allocate(4 * MiB, stream);
+  ASSERT_EQ(cudaMemsetAsync(hole, 1, 64 * MiB, stream), cudaSuccess);
+  a.deallocate(hole);
+  ASSERT_EQ(cudaStreamDestroy(stream), cudaSuccess);
+  const std::int64_t before = a.stats().reserved_bytes.current;
+  a.empty_cache();
+  EXPECT_EQ(a.stats().backend_errors, 0);
+  EXPECT_EQ(a.stats().reserved_bytes.current, before - static_cast<std::int64_t>(64 * MiB));
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  a.deallocate(first);
+  a.deallocate(last);
 }
 #endif
 

@@ -46,6 +46,9 @@ def check(stats, min_peak_bytes, budget_bytes=None, backend="cuda"):
                             % (index, peak, min_peak_bytes))
         if device["allocations"] <= 0:
             problems.append("device %s: no allocations counted" % index)
+        if device.get("backend_errors", 0) != 0:
+            problems.append("device %s: %d backend errors (reported on stderr)"
+                            % (index, device["backend_errors"]))
         if budget_bytes is not None:
             if device["budget_bytes"] != budget_bytes:
                 problems.append("device %s: budget %d B, expected %d B"
