@@ -586,17 +586,26 @@ TEST(GrowableSegments, RandomWorkloadKeepsEveryByteAccountedFor) {
 
 #if defined(ACTMEM_HAVE_CUDA)
 // The same layout over the CUDA driver's virtual memory, where a device answers.
-TEST(GrowableSegmentsOnCuda, GrowContiguouslyOnTheDeviceAndShrinkOnRelease) {
+// actmem's allocator over the CUDA driver's virtual memory on device 0, or nullptr with `why`.
+std::unique_ptr<CachingAllocator> make_cuda_vmm(std::string* why) {
   const CudaRuntime* runtime = detail::resolve_cuda_runtime();
   if (runtime == nullptr || cuda_device_count(*runtime) == 0) {
-    GTEST_SKIP() << "no CUDA device answers on this machine";
+    *why = "no CUDA device answers on this machine";
+    return nullptr;
   }
+  std::unique_ptr<CudaVirtualMemory> vm = CudaVirtualMemory::create(0, why);
+  if (!vm) return nullptr;
+  return std::make_unique<CachingAllocator>(std::make_unique<CudaBackend>(*runtime, 0),
+                                            std::move(vm),
+                                            std::make_unique<CudaEvents>(*runtime, 0));
+}
+
+TEST(GrowableSegmentsOnCuda, GrowContiguouslyOnTheDeviceAndShrinkOnRelease) {
   std::string why;
-  std::unique_ptr<CudaVirtualMemory> vm = CudaVirtualMemory::create(0, &why);
-  if (!vm) GTEST_SKIP() << why;
-  const std::size_t granule = vm->granularity();
-  CachingAllocator a(std::make_unique<CudaBackend>(*runtime, 0), std::move(vm),
-                     std::make_unique<CudaEvents>(*runtime, 0));
+  const std::unique_ptr<CachingAllocator> allocator = make_cuda_vmm(&why);
+  if (!allocator) GTEST_SKIP() << why;
+  CachingAllocator& a = *allocator;
+  const std::size_t granule = a.virtual_memory()->granularity();
   char* p = static_cast<char*>(a.allocate(3 * MiB));
   char* q = static_cast<char*>(a.allocate(5 * MiB));
   ASSERT_EQ(cudaMemset(p, 1, 3 * MiB), cudaSuccess);
@@ -616,20 +625,27 @@ TEST(GrowableSegmentsOnCuda, GrowContiguouslyOnTheDeviceAndShrinkOnRelease) {
   a.deallocate(r);
 }
 
-// Note [Unmapping waits for the stream], on the device: a block freed while work queued on its
-// stream still writes it is unmapped only once that work has finished.
-TEST(GrowableSegmentsOnCuda, ABlockStillWrittenByItsStreamIsUnmappedOnlyAfterIt) {
-  const CudaRuntime* runtime = detail::resolve_cuda_runtime();
-  if (runtime == nullptr || cuda_device_count(*runtime) == 0) {
-    GTEST_SKIP() << "no CUDA device answers on this machine";
+// Note [Unmapping waits for the stream] on the device: a vmm allocator on device 0 and a stream of
+// the test's own.
+class CudaStreamUnmapping : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    allocator = make_cuda_vmm(&why);
+    if (!allocator) GTEST_SKIP() << why;
+    ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
   }
-  std::string why;
-  std::unique_ptr<CudaVirtualMemory> vm = CudaVirtualMemory::create(0, &why);
-  if (!vm) GTEST_SKIP() << why;
-  CachingAllocator a(std::make_unique<CudaBackend>(*runtime, 0), std::move(vm),
-                     std::make_unique<CudaEvents>(*runtime, 0));
+  void TearDown() override {
+    if (stream != nullptr) cudaStreamDestroy(stream);
+  }
+  std::unique_ptr<CachingAllocator> allocator;
   cudaStream_t stream = nullptr;
-  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+};
+
+// A block freed while work queued on its stream still writes it is unmapped only once that work
+// has finished.
+TEST_F(CudaStreamUnmapping, ABlockStillWrittenByItsStreamIsUnmappedOnlyAfterIt) {
+  CachingAllocator& a = *allocator;
   void* first = a.allocate(2 * MiB, stream);  // the segment's start stays allocated
   char* big = static_cast<char*>(a.allocate(256 * MiB, stream));
   for (int i = 0; i < 64; ++i) ASSERT_EQ(cudaMemsetAsync(big, i, 256 * MiB, stream), cudaSuccess);
@@ -640,29 +656,19 @@ TEST(GrowableSegmentsOnCuda, ABlockStillWrittenByItsStreamIsUnmappedOnlyAfterIt)
   EXPECT_EQ(a.stats().backend_errors, 0);
   EXPECT_LT(a.stats().reserved_bytes.current, static_cast<std::int64_t>(256 * MiB));
   a.deallocate(first);
-  EXPECT_EQ(cudaStreamDestroy(stream), cudaSuccess);
 }
 
 // A stream destroyed after its blocks were freed (cudaFreeAsync, then cudaStreamDestroy) is no
 // stream to wait for: unmapping its holes waits for the device instead, without an error.
-TEST(GrowableSegmentsOnCuda, ADestroyedStreamsHolesAreUnmappedAfterTheDevice) {
-  const CudaRuntime* runtime = detail::resolve_cuda_runtime();
-  if (runtime == nullptr || cuda_device_count(*runtime) == 0) {
-    GTEST_SKIP() << "no CUDA device answers on this machine";
-  }
-  std::string why;
-  std::unique_ptr<CudaVirtualMemory> vm = CudaVirtualMemory::create(0, &why);
-  if (!vm) GTEST_SKIP() << why;
-  CachingAllocator a(std::make_unique<CudaBackend>(*runtime, 0), std::move(vm),
-                     std::make_unique<CudaEvents>(*runtime, 0));
-  cudaStream_t stream = nullptr;
-  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+TEST_F(CudaStreamUnmapping, ADestroyedStreamsHolesAreUnmappedAfterTheDevice) {
+  CachingAllocator& a = *allocator;
   void* first = a.allocate(4 * MiB, stream);
   char* hole = static_cast<char*>(a.allocate(64 * MiB, stream));
   void* last = a.allocate(4 * MiB, stream);
   ASSERT_EQ(cudaMemsetAsync(hole, 1, 64 * MiB, stream), cudaSuccess);
   a.deallocate(hole);
   ASSERT_EQ(cudaStreamDestroy(stream), cudaSuccess);
+  stream = nullptr;
   const std::int64_t before = a.stats().reserved_bytes.current;
   a.empty_cache();
   EXPECT_EQ(a.stats().backend_errors, 0);
