@@ -174,14 +174,36 @@ cudaError_t current_device(int* device) {
   return status;
 }
 
-// The first device's allocator for which `test(allocator)` holds, or nullptr.
+// The first device's allocator for which `test(allocator)` holds, or nullptr; `*device` is its
+// device.
 template <typename Test>
-CachingAllocator* find_allocator(ProcessAllocators& allocators, Test test) {
-  for (int device = 0; device < ProcessAllocators::kMaxDevices; ++device) {
-    CachingAllocator* allocator = allocators.existing(device);
-    if (allocator != nullptr && test(*allocator)) return allocator;
+CachingAllocator* find_allocator(ProcessAllocators& allocators, Test test, int* device = nullptr) {
+  for (int index = 0; index < ProcessAllocators::kMaxDevices; ++index) {
+    CachingAllocator* allocator = allocators.existing(index);
+    if (allocator != nullptr && test(*allocator)) {
+      if (device != nullptr) *device = index;
+      return allocator;
+    }
   }
   return nullptr;
+}
+
+// Waits for `device`'s queued work, whichever device is current (cudaFree's contract is to wait
+// for the device that owns the memory; a program may free a tensor of device 1 while device 0 is
+// current), and makes the current device current again.
+cudaError_t synchronize_device(int device) {
+  const CudaRuntime& runtime = real_cuda().runtime;
+  int current = -1;
+  if (runtime.get_device(&current) != cudaSuccess) {
+    runtime.get_last_error();
+    current = -1;
+  }
+  if (current != device) {
+    if (const cudaError_t set = runtime.set_device(device); set != cudaSuccess) return set;
+  }
+  const cudaError_t synced = runtime.device_synchronize();
+  if (current != device && current >= 0) runtime.set_device(current);
+  return synced;
 }
 
 cudaError_t shim_malloc(void** ptr, size_t size, cudaStream_t stream) {
@@ -205,8 +227,9 @@ cudaError_t shim_malloc(void** ptr, size_t size, cudaStream_t stream) {
 cudaError_t shim_free(void* ptr, cudaStream_t stream, bool stream_ordered) {
   ProcessAllocators* allocators = managed();
   if (allocators == nullptr || ptr == nullptr) return cudaErrorNotSupported;
+  int device = 0;
   CachingAllocator* owner =
-      find_allocator(*allocators, [ptr](CachingAllocator& a) { return a.owns(ptr); });
+      find_allocator(*allocators, [ptr](CachingAllocator& a) { return a.owns(ptr); }, &device);
   if (owner == nullptr) {
     const bool inside = find_allocator(*allocators, [ptr](CachingAllocator& a) {
                           return a.in_reserved_memory(ptr);
@@ -221,7 +244,7 @@ cudaError_t shim_free(void* ptr, cudaStream_t stream, bool stream_ordered) {
   try {
     if (stream_ordered) {
       owner->record_stream(ptr, stream);
-    } else if (const cudaError_t synced = real_cuda().runtime.device_synchronize(); synced != cudaSuccess) {
+    } else if (const cudaError_t synced = synchronize_device(device); synced != cudaSuccess) {
       // cudaFree's own contract is to wait for the device; when that fails, the memory may still
       // be in use, so it stays allocated and the caller gets the error, as from cudaFree.
       std::fprintf(stderr, "actmem: cudaFree(%p): cudaDeviceSynchronize failed: %s; not freed\n",

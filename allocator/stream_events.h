@@ -1,8 +1,9 @@
 // Streams and the events that tell when work queued on them has finished.
 //
 // The caching core never looks inside a stream: it is an opaque handle (cudaStream_t on CUDA, any
-// token on the host backend) that it hands back to StreamEvents, never to anything else. A block freed after use on other streams (record_stream) returns to
-// its pool only when an event recorded on each of those streams at free time has completed.
+// token on the host backend) that it hands back to StreamEvents, never to anything else. A block
+// freed after use on other streams (record_stream) returns to its pool only when an event recorded
+// on each of those streams at free time has completed.
 #pragma once
 
 #include <cstdint>
