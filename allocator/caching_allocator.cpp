@@ -911,9 +911,9 @@ class CachingAllocator::Impl {
 
   // Unmaps the granules wholly inside the free blocks of the growable segments, block by block in
   // pool order from the end (streams by handle, each from its largest block down), until `wanted`
-  // bytes are released; the bytes released (a block gives all it has, so it may be more).
+  // bytes are released; the bytes released (a block gives all it has, so it may be more). The vmm
+  // layout only: its callers (reclaim_holes_for, shrink_growable_segments) have checked vm_.
   std::size_t unmap_free_granules(std::size_t wanted, StreamWaits& waits) {
-    if (!vm_) return 0;
     const std::size_t granule = vm_->granularity();
     std::size_t released = 0;
     for (auto it = large_.blocks.rbegin(); released < wanted && it != large_.blocks.rend(); ++it) {
