@@ -17,7 +17,9 @@
  *   the pools.
  * - All functions are thread-safe. Memory freed on `stream` is reused by later requests on the same
  *   stream only (each stream has its own pool); with actmem_record_stream, only after the work
- *   queued on the recorded streams at free time completes.
+ *   queued on the recorded streams at free time completes. cudaStreamPerThread, a different stream
+ *   on each thread, has no pool: its memory is reused only after the work queued before its free
+ *   on every blocking stream completes (an event on the legacy default stream).
  * - `device` selects one allocator per device (ignored by the host backend).
  */
 #ifndef ACTMEM_ALLOC_H_

@@ -111,6 +111,11 @@ class CachingAllocator::Impl {
 
   void* allocate(std::size_t bytes, Stream stream) {
     if (bytes == 0) return nullptr;
+    if (const Stream shared = events_->across_threads(stream); shared != stream) {
+      void* ptr = allocate(bytes, kUnorderedPool);  // no pool of its own: StreamEvents
+      record_stream(ptr, shared);
+      return ptr;
+    }
     if (bytes > kMaxRequest) {
       std::lock_guard<std::mutex> lock(mutex_);
       throw out_of_memory(bytes, stream, "no allocator can serve a request this large", 0);
@@ -188,6 +193,8 @@ class CachingAllocator::Impl {
   void record_stream(void* ptr, Stream stream) {
     std::lock_guard<std::mutex> lock(mutex_);
     Block* block = live_block(ptr, "record_stream");
+    // A failed record is retried on whichever thread allocates next (process_events).
+    stream = events_->across_threads(stream);
     if (stream == block->stream) return;
     auto& uses = block->stream_uses;
     if (std::find(uses.begin(), uses.end(), stream) == uses.end()) uses.push_back(stream);
@@ -488,13 +495,9 @@ class CachingAllocator::Impl {
     if (block->growable) {
       insert_free(pool, block);
       if (over_budget()) {
-        StreamWaits waits(*events_);
-        try {
-          shrink_growable_segments(waits);
-        } catch (const std::exception& error) {
-          report_backend_error(error, "the granules stay mapped");
-        }
-        if (waits.failure()) report_backend_error(*waits.failure(), "its granules stay mapped");
+        UnmapPass pass(*events_);
+        shrink_growable_segments(pass);
+        if (pass.failure()) report_backend_error(*pass.failure(), "its granules stay mapped");
       }
       return;
     }
@@ -525,7 +528,8 @@ class CachingAllocator::Impl {
   // - An event query that fails with anything but "not ready": the event is kept, as not yet
   //   complete, and asked again next time; reported once per freed block, likewise.
   // - A segment the backend will not take back (cudaFree failing) while a free releases it over
-  //   the budget: it stays cached.
+  //   the budget: it stays cached. In the vmm layout, granules whose stream cannot be waited for,
+  //   or that will not unmap: they stay mapped (Note [Unmapping waits for the stream]).
   // A failure while memory is released leaves that segment cached and the rest released; then
   // empty_cache and set_budget throw it to the caller, and a release before a request fails
   // reports it and goes on. A failure to get memory is out of memory, as before. Every path leaves
@@ -632,13 +636,9 @@ class CachingAllocator::Impl {
         if (!first_failure) first_failure = error;
       }
     }
-    StreamWaits waits(*events_);
-    try {
-      released += shrink_growable_segments(waits);
-    } catch (const BackendError& error) {
-      if (!first_failure) first_failure = error;
-    }
-    if (waits.failure() && !first_failure) first_failure = waits.failure();
+    UnmapPass pass(*events_);
+    released += shrink_growable_segments(pass);
+    if (pass.failure() && !first_failure) first_failure = pass.failure();
     // Memory was given back on purpose: reclaiming holes keeps the level it went down to.
     reserved_high_water_ = static_cast<std::size_t>(stats_.reserved_bytes.current);
     if (first_failure) {
@@ -750,46 +750,59 @@ class CachingAllocator::Impl {
   // - The stream is enough: a block used on other streams (record_stream) is free only once their
   //   events have completed. Not the device: that would also wait for streams that have nothing
   //   to do with the memory (a collective's, say, whose progress may need this very allocator).
-  // - kUnorderedPool (the LD_PRELOAD shim's cudaMalloc blocks) is waited for by nobody: cudaFree
-  //   waited for the device before the block came back.
+  // - kUnorderedPool is waited for by nobody: its blocks came back only once nothing queued could
+  //   use them (the shim's cudaFree waited for the device; a block of the per-thread default
+  //   stream, or one cudaFreeAsync returned, waited for an event).
   // - A stream destroyed since (or the per-thread default stream) is waited for as the device
   //   (StreamEvents::synchronize). Not covered: a destroyed stream's handle that a new stream has
   //   taken over before the old one's work finished.
   // - A stream that cannot be waited for keeps its segment's granules mapped; the other streams'
-  //   go all the same, and the release or reclaim reports the first failure once it is done.
-  class StreamWaits {
+  //   go all the same, and the release or reclaim reports the first failure once it is done. So
+  //   does a stream one of whose granules will not unmap even on its own: the pass leaves the rest
+  //   of that segment alone rather than ask a failing device again, granule by granule.
+  class UnmapPass {
    public:
-    explicit StreamWaits(StreamEvents& events) : events_(events) {}
-    // True once nothing queued on `stream` can still use its free blocks; false when it could
-    // not be waited for (then failure() says why).
-    bool before_unmapping(Stream stream) {
-      if (stream == kUnorderedPool) return true;
-      for (const auto& [waited, done] : waited_) {
-        if (waited == stream) return done;
+    explicit UnmapPass(StreamEvents& events) : events_(events) {}
+    // True when `stream`'s free granules may be unmapped now: nothing queued on it can still use
+    // them, and none of its segment has failed to unmap in this pass. Waits for the stream the
+    // first time it is asked; false when that failed (then failure() says why).
+    bool may_unmap(Stream stream) {
+      for (const auto& [seen, ok] : streams_) {
+        if (seen == stream) return ok;
       }
-      bool done = true;
-      try {
-        events_.synchronize(stream);
-      } catch (const BackendError& error) {
-        done = false;
-        if (!failure_) failure_ = error;
+      bool ok = true;
+      if (stream != kUnorderedPool) {
+        try {
+          events_.synchronize(stream);
+        } catch (const std::exception& error) {  // never out of a free: a BackendError to report
+          ok = false;
+          if (!failure_) failure_ = BackendError(error.what());
+        }
       }
-      waited_.emplace_back(stream, done);
-      return done;
+      streams_.emplace_back(stream, ok);
+      return ok;
     }
-    // The first stream that could not be waited for, if one could not.
+    // `stream`'s segment keeps the rest of its granules mapped until the pass is over.
+    void unmap_failed(Stream stream, const BackendError& error) {
+      for (auto& [seen, ok] : streams_) {
+        if (seen == stream) ok = false;
+      }
+      if (!failure_) failure_ = error;
+    }
+    // The first wait or unmap that failed, if one did.
     const std::optional<BackendError>& failure() const { return failure_; }
 
    private:
     StreamEvents& events_;
-    std::vector<std::pair<Stream, bool>> waited_;
+    std::vector<std::pair<Stream, bool>> streams_;  // asked so far, and whether they may unmap
     std::optional<BackendError> failure_;
   };
 
   // Unmaps every backed granule that lies wholly inside [from, to) of `stream`'s segment; the
-  // bytes released.
+  // bytes released. Never throws: a wait or an unmap that fails is noted in `pass`, and the
+  // stream's granules stay mapped.
   std::size_t unback(GrowableSegment& segment, const char* from, const char* to, Stream stream,
-                     StreamWaits& waits) {
+                     UnmapPass& pass) {
     const std::size_t granule = vm_->granularity();
     const std::size_t first = round_up(static_cast<std::size_t>(from - segment.base), granule) /
                               granule;
@@ -800,7 +813,7 @@ class CachingAllocator::Impl {
         ++g;
         continue;
       }
-      if (!waits.before_unmapping(stream)) break;  // the stream's granules stay mapped
+      if (!pass.may_unmap(stream)) break;  // the stream's granules stay mapped
       std::size_t run = g;
       while (run < end && segment.backed[run]) ++run;
       char* at = segment.base + g * granule;
@@ -821,7 +834,10 @@ class CachingAllocator::Impl {
         released += bytes;
       }
       g = run;
-      if (g < end && segment.backed[g]) throw_unmap_failed(segment, g);
+      if (g < end && segment.backed[g]) {
+        pass.unmap_failed(stream, unmap_failed_error(segment, g));
+        break;
+      }
     }
     return released;
   }
@@ -840,10 +856,11 @@ class CachingAllocator::Impl {
     return end;
   }
 
-  [[noreturn]] void throw_unmap_failed(const GrowableSegment& segment, std::size_t granule) {
-    throw BackendError("actmem: vmm: the granule at " +
-                         pointer_text(segment.base + granule * vm_->granularity()) +
-                         " could not be unmapped; it stays mapped and reserved");
+  BackendError unmap_failed_error(const GrowableSegment& segment, std::size_t granule) const {
+    return BackendError("actmem: vmm: the granule at " +
+                        pointer_text(segment.base + granule * vm_->granularity()) +
+                        " could not be unmapped; it and its stream's other free granules stay "
+                        "mapped and reserved");
   }
 
   // `block` (taken from its pool) ready to hand out for `size`: a growable one with every granule
@@ -893,19 +910,14 @@ class CachingAllocator::Impl {
     const auto reserved = static_cast<std::size_t>(stats_.reserved_bytes.current);
     if (missing == 0 || reserved + missing <= reserved_high_water_) return;
     std::size_t excess = reserved + missing - reserved_high_water_;
-    StreamWaits waits(*events_);
-    try {
-      // The remainder split off, if any: granules the allocated block spans stay mapped.
-      if (end < block.ptr + block.size) {
-        excess -=
-            std::min(excess, unback(segment, end, block.ptr + block.size, block.stream, waits));
-      }
-      unmap_free_granules(excess, waits);
-    } catch (const std::exception& error) {
-      report_backend_error(error, "the segment grows instead");
+    UnmapPass pass(*events_);
+    // The remainder split off, if any: granules the allocated block spans stay mapped.
+    if (end < block.ptr + block.size) {
+      excess -= std::min(excess, unback(segment, end, block.ptr + block.size, block.stream, pass));
     }
-    if (waits.failure()) {
-      report_backend_error(*waits.failure(), "its holes stay mapped; the segment grows instead");
+    unmap_free_granules(excess, pass);
+    if (pass.failure()) {
+      report_backend_error(*pass.failure(), "its holes stay mapped; the segment grows instead");
     }
   }
 
@@ -913,7 +925,7 @@ class CachingAllocator::Impl {
   // pool order from the end (streams by handle, each from its largest block down), until `wanted`
   // bytes are released; the bytes released (a block gives all it has, so it may be more). The vmm
   // layout only: its callers (reclaim_holes_for, shrink_growable_segments) have checked vm_.
-  std::size_t unmap_free_granules(std::size_t wanted, StreamWaits& waits) {
+  std::size_t unmap_free_granules(std::size_t wanted, UnmapPass& pass) {
     const std::size_t granule = vm_->granularity();
     std::size_t released = 0;
     for (auto it = large_.blocks.rbegin(); released < wanted && it != large_.blocks.rend(); ++it) {
@@ -921,7 +933,7 @@ class CachingAllocator::Impl {
       // A block under a granule holds no whole one.
       if (!block.growable || block.size < granule) continue;
       released +=
-          unback(growable_[block.stream], block.ptr, block.ptr + block.size, block.stream, waits);
+          unback(growable_[block.stream], block.ptr, block.ptr + block.size, block.stream, pass);
     }
     return released;
   }
@@ -972,10 +984,11 @@ class CachingAllocator::Impl {
 
   // Unmaps the granules wholly inside free blocks of the growable segments, and trims each
   // segment's extent to the first granule boundary in a free last block; the bytes released.
-  // Streams that could not be waited for keep their granules and extent (waits.failure()).
-  std::size_t shrink_growable_segments(StreamWaits& waits) {
+  // Streams that could not be waited for, or whose granules would not unmap, keep their granules
+  // and extent (pass.failure()).
+  std::size_t shrink_growable_segments(UnmapPass& pass) {
     if (!vm_) return 0;
-    std::size_t released = unmap_free_granules(std::numeric_limits<std::size_t>::max(), waits);
+    std::size_t released = unmap_free_granules(std::numeric_limits<std::size_t>::max(), pass);
     const std::size_t granule = vm_->granularity();
     for (auto& [stream, segment] : growable_) {
       Block* tail = segment.last;
@@ -985,7 +998,8 @@ class CachingAllocator::Impl {
       if (extent >= segment.extent) continue;
       const auto still_backed = std::find(segment.backed.begin() + extent / granule,
                                           segment.backed.end(), true);
-      if (still_backed != segment.backed.end()) continue;  // its stream could not be waited for
+      // Its stream could not be waited for, or one of its granules would not unmap.
+      if (still_backed != segment.backed.end()) continue;
       char* from = segment.base + extent;  // everything from here on is unbacked
       release_node(large_.blocks.extract(tail));
       if (from == tail->ptr) {

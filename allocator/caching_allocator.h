@@ -7,6 +7,9 @@
 //   changes nothing.
 // - A freed block is reused at once by requests on its own stream; if record_stream(ptr, other)
 //   was called, it is reused only after the work queued on `other` when it was freed completes.
+//   A handle that names a different stream on each thread (CUDA's per-thread default stream;
+//   StreamEvents::across_threads) has no pool of its own: its blocks are reused only after the
+//   work queued before their free on every such stream completes.
 // - The budget caps reserved bytes. A request that would cross it first releases cached free
 //   segments, then asks the pressure handlers (without holding the allocator's lock) to free
 //   memory, retries, and only then throws OutOfMemoryError.

@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "allocator/cuda_current_device.h"
 #include "allocator/errors.h"
 
 namespace actmem::alloc {
@@ -13,22 +14,12 @@ void check(const CudaRuntime& runtime, cudaError_t error, const char* what);
 // the device cannot be made current: nothing may then be allocated or freed on the wrong one.
 class DeviceGuard {
  public:
-  DeviceGuard(const CudaRuntime& runtime, int device) : runtime_(runtime) {
-    if (runtime_.get_device(&previous_) != cudaSuccess) {
-      runtime_.get_last_error();
-      previous_ = -1;
-    }
-    if (previous_ != device) check(runtime_, runtime_.set_device(device), "cudaSetDevice");
-    device_ = device;
-  }
-  ~DeviceGuard() {
-    if (previous_ != device_ && previous_ >= 0) runtime_.set_device(previous_);
+  DeviceGuard(const CudaRuntime& runtime, int device) : current_(runtime, device) {
+    check(runtime, current_.status(), "cudaSetDevice");
   }
 
  private:
-  const CudaRuntime& runtime_;
-  int previous_ = 0;
-  int device_ = 0;
+  CurrentDevice current_;
 };
 
 void check(const CudaRuntime& runtime, cudaError_t error, const char* what) {
@@ -99,6 +90,10 @@ void CudaEvents::synchronize(Stream stream) {
     runtime_.get_last_error();
   }
   check(runtime_, runtime_.device_synchronize(), "cudaDeviceSynchronize");
+}
+
+Stream CudaEvents::across_threads(Stream stream) {
+  return static_cast<cudaStream_t>(stream) == cudaStreamPerThread ? cudaStreamLegacy : stream;
 }
 
 int cuda_device_count(const CudaRuntime& runtime) {

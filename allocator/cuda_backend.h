@@ -31,6 +31,9 @@ class CudaEvents final : public StreamEvents {
   bool is_complete(Event event) override;
   void release(Event event) override;
   void synchronize(Stream stream) override;
+  // cudaStreamLegacy for cudaStreamPerThread: the legacy default stream waits for every blocking
+  // stream, each thread's per-thread default stream among them.
+  Stream across_threads(Stream stream) override;
 
  private:
   const CudaRuntime& runtime_;

@@ -26,6 +26,10 @@ struct CudaVirtualMemory::Driver {
   CUresult (*unmap)(CUdeviceptr, size_t);
   CUresult (*set_access)(CUdeviceptr, size_t, const CUmemAccessDesc*, size_t);
   CUresult (*synchronize)();
+  CUresult (*primary_context_retain)(CUcontext*, CUdevice);
+  CUresult (*primary_context_release)(CUdevice);
+  CUresult (*push_context)(CUcontext);
+  CUresult (*pop_context)(CUcontext*);
 
   // The driver's functions, or nullptr with `why` set.
   static const Driver* open(std::string* why) {
@@ -58,6 +62,13 @@ struct CudaVirtualMemory::Driver {
       find(d->unmap, "cuMemUnmap");
       find(d->set_access, "cuMemSetAccess");
       find(d->synchronize, "cuCtxSynchronize");
+      find(d->primary_context_retain, "cuDevicePrimaryCtxRetain");
+      // Drivers before CUDA 11 name it without _v2.
+      find(d->primary_context_release, dlsym(library, "cuDevicePrimaryCtxRelease_v2") != nullptr
+                                           ? "cuDevicePrimaryCtxRelease_v2"
+                                           : "cuDevicePrimaryCtxRelease");
+      find(d->push_context, "cuCtxPushCurrent_v2");
+      find(d->pop_context, "cuCtxPopCurrent_v2");
       if (!complete) {
         delete d;
         return nullptr;
@@ -77,6 +88,26 @@ struct CudaVirtualMemory::Driver {
 };
 
 namespace {
+
+// Makes `context` the calling thread's current one until the end of the scope: cuCtxSynchronize
+// waits for the current context's work, which is another device's when the caller's current
+// device is not this memory's.
+class CurrentContext {
+ public:
+  CurrentContext(const CudaVirtualMemory::Driver& driver, CUcontext context) : driver_(driver) {
+    const CUresult pushed = driver_.push_context(context);
+    if (pushed != CUDA_SUCCESS) driver_.fail("cuCtxPushCurrent", pushed);
+  }
+  ~CurrentContext() {
+    CUcontext popped = nullptr;
+    driver_.pop_context(&popped);
+  }
+  CurrentContext(const CurrentContext&) = delete;
+  CurrentContext& operator=(const CurrentContext&) = delete;
+
+ private:
+  const CudaVirtualMemory::Driver& driver_;
+};
 
 CUmemAllocationProp device_memory(int device) {
   CUmemAllocationProp prop{};
@@ -112,19 +143,37 @@ std::unique_ptr<CudaVirtualMemory> CudaVirtualMemory::create(int device, std::st
     return nullptr;
   }
   const std::size_t reservation = (total + granularity - 1) / granularity * granularity;
+  CUcontext context = nullptr;  // the device's primary context: the CUDA runtime's
+  if (const CUresult retained = driver->primary_context_retain(&context, handle);
+      retained != CUDA_SUCCESS) {
+    const char* text = nullptr;
+    driver->get_error_string(retained, &text);
+    if (why != nullptr) {
+      *why = "CUDA device " + std::to_string(device) + "'s context could not be retained: " +
+             (text != nullptr ? text : "unknown CUDA driver error");
+    }
+    return nullptr;
+  }
   return std::unique_ptr<CudaVirtualMemory>(
-      new CudaVirtualMemory(*driver, device, granularity, reservation));
+      new CudaVirtualMemory(*driver, device, handle, context, granularity, reservation));
 }
 
-CudaVirtualMemory::CudaVirtualMemory(const Driver& driver, int device, std::size_t granularity,
+CudaVirtualMemory::CudaVirtualMemory(const Driver& driver, int device, int device_handle,
+                                     CUctx_st* context, std::size_t granularity,
                                      std::size_t reservation)
-    : driver_(driver), device_(device), granularity_(granularity), reservation_(reservation) {}
+    : driver_(driver),
+      device_(device),
+      device_handle_(device_handle),
+      context_(context),
+      granularity_(granularity),
+      reservation_(reservation) {}
 
 CudaVirtualMemory::~CudaVirtualMemory() {
   for (const auto& [address, handle] : handles_) {
     driver_.unmap(static_cast<CUdeviceptr>(address), granularity_);
     driver_.release(handle);
   }
+  driver_.primary_context_release(device_handle_);
 }
 
 void* CudaVirtualMemory::reserve(std::size_t bytes) {
@@ -137,9 +186,12 @@ void CudaVirtualMemory::release(void* base, std::size_t bytes) {
   const auto start = reinterpret_cast<std::uintptr_t>(base);
   if (handles_.lower_bound(start) != handles_.lower_bound(start + bytes)) {
     // A whole reservation goes back at teardown, whatever streams used it: like cudaFree, wait
-    // for the device.
-    const CUresult synced = driver_.synchronize();
-    if (synced != CUDA_SUCCESS) driver_.fail("cuCtxSynchronize", synced);
+    // for the device, this memory's (not the thread's current one).
+    {
+      const CurrentContext current(driver_, context_);
+      const CUresult synced = driver_.synchronize();
+      if (synced != CUDA_SUCCESS) driver_.fail("cuCtxSynchronize", synced);
+    }
     unmap(base, bytes);
   }
   const CUresult result = driver_.address_free(static_cast<CUdeviceptr>(start), bytes);

@@ -7,7 +7,7 @@
 // unmap() does not wait: unmapping, unlike cudaFree, does not synchronise, and a block freed on a
 // stream may still be read by kernels queued before its free. The caching allocator waits for
 // that stream first (Note [Unmapping waits for the stream]). release(), at teardown, waits for
-// the whole device.
+// the whole device: its own, whichever device is current on the calling thread.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +16,8 @@
 #include <string>
 
 #include "allocator/virtual_memory.h"
+
+struct CUctx_st;  // CUcontext, without the driver's header
 
 namespace actmem::alloc {
 
@@ -37,8 +39,8 @@ class CudaVirtualMemory final : public VirtualMemory {
   struct Driver;  // the driver functions, resolved once
 
  private:
-  CudaVirtualMemory(const Driver& driver, int device, std::size_t granularity,
-                    std::size_t reservation);
+  CudaVirtualMemory(const Driver& driver, int device, int device_handle, CUctx_st* context,
+                    std::size_t granularity, std::size_t reservation);
   // Undoes a map() that fails: unmaps the granules [start, start + bytes) it mapped. Nothing ran
   // on them, so no synchronisation; best effort and silent, since the caller is already failing
   // with the error that matters (a granule that will not unmap stays in handles_: a later map()
@@ -47,6 +49,8 @@ class CudaVirtualMemory final : public VirtualMemory {
 
   const Driver& driver_;
   int device_;
+  int device_handle_;  // CUdevice
+  CUctx_st* context_;  // the device's primary context (CUcontext), retained while this lives
   std::size_t granularity_;
   std::size_t reservation_;
   std::map<std::uintptr_t, unsigned long long> handles_;  // granule address -> its allocation

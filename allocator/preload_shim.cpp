@@ -33,6 +33,7 @@
 #include <string>
 
 #include "allocator/caching_allocator.h"
+#include "allocator/cuda_current_device.h"
 #include "allocator/cuda_runtime.h"
 #include "allocator/errors.h"
 #include "allocator/export.h"
@@ -193,17 +194,9 @@ CachingAllocator* find_allocator(ProcessAllocators& allocators, Test test, int* 
 // current), and makes the current device current again.
 cudaError_t synchronize_device(int device) {
   const CudaRuntime& runtime = real_cuda().runtime;
-  int current = -1;
-  if (runtime.get_device(&current) != cudaSuccess) {
-    runtime.get_last_error();
-    current = -1;
-  }
-  if (current != device) {
-    if (const cudaError_t set = runtime.set_device(device); set != cudaSuccess) return set;
-  }
-  const cudaError_t synced = runtime.device_synchronize();
-  if (current != device && current >= 0) runtime.set_device(current);
-  return synced;
+  const CurrentDevice current(runtime, device);
+  if (current.status() != cudaSuccess) return current.status();
+  return runtime.device_synchronize();
 }
 
 cudaError_t shim_malloc(void** ptr, size_t size, cudaStream_t stream) {

@@ -33,6 +33,14 @@ class StreamEvents {
   // until the device's has); throws BackendError when the device cannot say. What unmapping a
   // growable segment's granules waits for (Note [Unmapping waits for the stream]).
   virtual void synchronize(Stream stream) = 0;
+  // A stream that orders, whichever thread uses it, what `stream` orders on the calling thread:
+  // `stream` itself, except for a handle that names a different stream on each thread (CUDA's
+  // per-thread default stream), which can key no pool: a block one thread freed on its stream
+  // would serve another thread's at once, while the first thread's work may still use it. The
+  // caching allocator serves such a handle from kUnorderedPool, as a block used on the stream
+  // returned here (record_stream), so its free waits for an event on that stream, whichever
+  // thread records it.
+  virtual Stream across_threads(Stream stream) { return stream; }
 };
 
 // Host streams run nothing asynchronously: every event is complete when recorded.

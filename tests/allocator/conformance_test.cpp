@@ -190,6 +190,28 @@ TEST_P(AllocatorConformance, RecordStreamDefersReuseUntilTheStreamCatchesUp) {
   EXPECT_EQ(a.stats().active_bytes.current, 0);
 }
 
+// A handle that names each thread's own stream (CUDA's per-thread default stream) keys no pool:
+// its blocks wait for an event on the stream that orders them all (StreamEvents::across_threads).
+TEST_P(AllocatorConformance, BlocksOfAPerThreadStreamWaitForTheStreamThatOrdersThemAll) {
+  auto state = std::make_shared<ManualEvents::State>();
+  const Stream per_thread = stream_handle(0x70), all_threads = stream_handle(0x71);
+  state->across_threads[per_thread] = all_threads;
+  CachingAllocator& a = make({}, 1ull << 40, std::make_unique<ManualEvents>(state));
+  void* p = a.allocate(64 * KiB, per_thread);
+  state->busy.insert(all_threads);  // the freeing thread's work still reads p
+  a.deallocate(p);
+  void* while_busy = a.allocate(64 * KiB, per_thread);
+  EXPECT_NE(while_busy, p) << "reused before the freeing thread's stream finished";
+  state->busy.erase(all_threads);
+  a.deallocate(while_busy);
+  void* after = a.allocate(64 * KiB, per_thread);
+  EXPECT_EQ(after, p) << "back once the event completed";
+  a.deallocate(after);
+  a.empty_cache();  // takes in the event that free recorded
+  EXPECT_EQ(state->live_events, 0);
+  EXPECT_EQ(a.stats().active_bytes.current, 0);
+}
+
 TEST_P(AllocatorConformance, BudgetCapsReservedAndTheErrorNamesTheNumbers) {
   AllocatorOptions options;
   options.budget_bytes = 4 * MiB;

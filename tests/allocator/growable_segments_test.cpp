@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <random>
@@ -248,6 +249,7 @@ struct DeviceCalls {
   std::vector<Call> calls;
   std::vector<std::uintptr_t> reservations;  // each segment's base, in the order reserved
   std::set<Stream> failing;                  // streams whose synchronize() throws
+  std::set<std::uintptr_t> stuck;            // granules whose unmap() throws, even on their own
 };
 
 constexpr std::size_t kReservation = 1ull << 34;
@@ -284,7 +286,11 @@ class LoggedVirtualMemory final : public VirtualMemory {
   void release(void* base, std::size_t bytes) override { host_.release(base, bytes); }
   bool map(void* ptr, std::size_t bytes) override { return host_.map(ptr, bytes); }
   void unmap(void* ptr, std::size_t bytes) override {
-    log_->calls.push_back({"unmap", reinterpret_cast<std::uintptr_t>(ptr)});
+    const auto at = reinterpret_cast<std::uintptr_t>(ptr);
+    if (log_->stuck.lower_bound(at) != log_->stuck.lower_bound(at + bytes)) {
+      throw BackendError("injected: the range could not be unmapped");
+    }
+    log_->calls.push_back({"unmap", at});
     host_.unmap(ptr, bytes);
   }
   const char* name() const noexcept override { return "logged-vmm-host"; }
@@ -419,6 +425,76 @@ TEST(GrowableSegments, AStreamThatCannotBeWaitedForKeepsItsGranulesMapped) {
   a->check_invariants();
   a->deallocate(ones[0]);
   a->deallocate(ones[1]);
+  a->empty_cache();
+  EXPECT_EQ(reserved(*a), 0);
+}
+
+// A granule that will not unmap, even on its own, stays mapped, and so do the free granules of its
+// stream that the pass has not reached; the other streams' go all the same, and the release names
+// the granule.
+TEST(GrowableSegments, AGranuleThatWillNotUnmapHoldsBackItsOwnStreamOnly) {
+  auto log = std::make_shared<DeviceCalls>();
+  AllocatorOptions options;
+  options.reclaim_holes = false;  // nothing unmaps before the release
+  auto a = make_logged_vmm(log, options);
+  const Stream one = stream_handle(1), two = stream_handle(2);
+  const std::vector<void*> ones = two_holes(*a, one);
+  // Stream 2: 4, 4, 4, 2 and 4 MiB; the second and fourth freed. The release reaches its 4 MiB
+  // hole (4..8 MiB) first, then the 2 MiB one (12..14).
+  std::vector<void*> twos;
+  for (std::size_t mib : {4, 4, 4, 2, 4}) twos.push_back(a->allocate(mib * MiB, two));
+  a->deallocate(twos[1]);
+  a->deallocate(twos[3]);
+  const std::uintptr_t stuck = log->reservations.at(1) + 6 * MiB;
+  log->stuck = {stuck};
+  ::testing::internal::CaptureStderr();
+  try {
+    a->empty_cache();
+    ADD_FAILURE() << "empty_cache did not say that a granule stayed mapped";
+  } catch (const BackendError& error) {
+    char granule[32];
+    std::snprintf(granule, sizeof granule, "%p", reinterpret_cast<void*>(stuck));
+    EXPECT_NE(std::string(error.what()).find(std::string(granule) + " could not be unmapped"),
+              std::string::npos)
+        << error.what();
+  }
+  const std::string reported = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(reported.find("the granules are unmapped one by one"), std::string::npos) << reported;
+  EXPECT_EQ(a->stats().backend_errors, 1) << "the run's unmap; the granule's is thrown";
+  EXPECT_EQ(calls_of(*log, one, {one, two}), kWaitThenTwoUnmaps) << "stream 1's holes went";
+  EXPECT_EQ(calls_of(*log, two, {one, two}), (std::vector<std::string>{"sync", "unmap"}))
+      << "only the first hole's first granule went, on its own";
+  EXPECT_EQ(reserved(*a), static_cast<std::int64_t>((12 + 16) * MiB));
+  a->check_invariants();
+  log->stuck.clear();
+  a->empty_cache();
+  EXPECT_EQ(reserved(*a), static_cast<std::int64_t>((12 + 12) * MiB));
+  for (const auto& blocks : {ones, twos}) {
+    for (void* p : blocks) {
+      if (p != twos[1] && p != twos[3]) a->deallocate(p);
+    }
+  }
+  a->empty_cache();
+  EXPECT_EQ(reserved(*a), 0);
+  a->check_invariants();
+}
+
+// A free tail whose granule will not unmap keeps the segment's extent over it.
+TEST(GrowableSegments, AFreeTailThatWillNotUnmapIsNotTrimmed) {
+  auto log = std::make_shared<DeviceCalls>();
+  auto a = make_logged_vmm(log);
+  void* live = a->allocate(4 * MiB);
+  a->deallocate(a->allocate(4 * MiB));  // the free tail: 4..8 MiB
+  log->stuck = {log->reservations.at(0) + 6 * MiB};
+  ::testing::internal::CaptureStderr();
+  EXPECT_THROW(a->empty_cache(), BackendError);
+  ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(reserved(*a), static_cast<std::int64_t>(6 * MiB)) << "4..6 MiB went; 6..8 stays";
+  a->check_invariants();  // a trimmed extent would have dropped the granule still mapped
+  log->stuck.clear();
+  a->empty_cache();
+  EXPECT_EQ(reserved(*a), static_cast<std::int64_t>(4 * MiB));
+  a->deallocate(live);
   a->empty_cache();
   EXPECT_EQ(reserved(*a), 0);
 }

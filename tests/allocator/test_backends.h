@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <map>
 #include <ostream>
 #include <set>
 #include <string>
@@ -69,6 +70,7 @@ class ManualEvents final : public StreamEvents {
     std::set<Stream> busy;  // streams whose recorded events are still pending
     int live_events = 0;
     std::vector<Stream> synchronized;  // each synchronize(), in order
+    std::map<Stream, Stream> across_threads;  // handles that name each thread's own stream
   };
   explicit ManualEvents(std::shared_ptr<State> state) : state_(std::move(state)) {}
   Event record(Stream stream) override {
@@ -85,6 +87,10 @@ class ManualEvents final : public StreamEvents {
   void synchronize(Stream stream) override {
     state_->synchronized.push_back(stream);
     state_->busy.erase(stream);
+  }
+  Stream across_threads(Stream stream) override {
+    const auto found = state_->across_threads.find(stream);
+    return found != state_->across_threads.end() ? found->second : stream;
   }
 
  private:

@@ -3,6 +3,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdio>
+#include <thread>
 #include <vector>
 
 extern "C" void* fake_cudart_direct_malloc(size_t size);
@@ -33,6 +34,22 @@ int main() {
   void* async_block = nullptr;
   std::printf("malloc_async %d\n", static_cast<int>(cudaMallocAsync(&async_block, 8192, stream)));
   std::printf("free_async %d\n", static_cast<int>(cudaFreeAsync(async_block, stream)));
+
+  // cudaStreamPerThread is each thread's own stream: a block that one thread freed on it must not
+  // go to the next thread while the first one's work may still be queued, only to a later one
+  // once the free's event has completed (the fake's events: at their second query).
+  void* per_thread[3] = {};
+  int per_thread_failures = 0;
+  for (void*& block : per_thread) {
+    std::thread([&] {
+      per_thread_failures += cudaMallocAsync(&block, 8192, cudaStreamPerThread) != cudaSuccess;
+      per_thread_failures += cudaFreeAsync(block, cudaStreamPerThread) != cudaSuccess;
+    }).join();
+  }
+  std::printf("per_thread_failures %d\nper_thread_block_reused_at_once %d\n"
+              "per_thread_block_reused_after_its_event %d\n",
+              per_thread_failures, static_cast<int>(per_thread[1] == per_thread[0]),
+              static_cast<int>(per_thread[2] == per_thread[0]));
 
   // A pointer the program got elsewhere passes through to the real cudaFree.
   void* foreign = fake_cudart_direct_malloc(4096);
