@@ -54,8 +54,10 @@ void ForwardContext::snapshot_buffers(const SegmentModule& module) {
 
 void ForwardContext::capture_generator() { rng_start_ = RngState::capture(); }
 
-void ForwardContext::forward_ended(bool drew) {
-  if (drew && rng_start_) rng_end_ = RngState::capture();
+void ForwardContext::forward_ended(bool drew, const std::vector<GeneratorState>& generators_given) {
+  if (!drew || !rng_start_) return;
+  for (const GeneratorState& given : generators_given) rng_start_->add(given);
+  rng_end_ = RngState::capture(rng_start_->others());
 }
 
 ForwardContext::Rerun::Rerun(const ForwardContext& context)
@@ -88,7 +90,7 @@ ForwardContext::Rerun::Rerun(const ForwardContext& context)
     context_.modules_[i]->set_training_flags(context_.training_[i]);
   }
   if (context_.rng_end_) {
-    rng_before_ = RngState::capture();
+    rng_before_ = RngState::capture(context_.rng_start_->others());
     context_.rng_start_->restore();
   }
   context_.cpu_.apply(c10::DeviceType::CPU);
@@ -99,11 +101,11 @@ ForwardContext::Rerun::Rerun(const ForwardContext& context)
 }
 
 void ForwardContext::Rerun::finish(const std::string& segment) const {
-  if (context_.rng_end_ && RngState::capture() != *context_.rng_end_) {
+  if (context_.rng_end_ && RngState::capture(context_.rng_end_->others()) != *context_.rng_end_) {
     throw std::runtime_error(
         "actmem: segment '" + segment +
-        "' draws random numbers from the default CPU generator, and its rerun did not end where "
-        "its forward did: another thread drew from the generator while the segment ran or was "
+        "' draws random numbers, and its rerun did not leave the generators where its forward "
+        "did: another thread drew from one of them while the segment ran or was "
         "recomputed (or the segment's function draws differently each time), so the rerun "
         "cannot reproduce the forward's numbers. Keep or offload this segment's tensors, or draw "
         "the other thread's numbers from a generator of its own");

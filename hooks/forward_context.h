@@ -1,7 +1,8 @@
 // Internal: what a segment's forward ran under besides its inputs, captured when it begins and in
 // force again while it is rerun in backward, so that the rerun computes what the forward did:
-// - the default CPU generator's state, when the forward drew random numbers (rng_use.h); a forward
-//   that drew none leaves the generator alone in its rerun;
+// - the default generators' states, and those of generators the program gave operators itself,
+//   when the forward drew random numbers (rng_use.h); a forward that drew none leaves the
+//   generators alone in its rerun;
 // - autocast's state for the CPU and CUDA (enabled, dtype);
 // - grad mode;
 // - the training flag of every module the segment and the segments nested in it named, and their
@@ -51,9 +52,11 @@ class ForwardContext {
   // No rerun can come (the segment's tensors are all kept, none may be dropped): the copies go.
   void forget_buffers() { buffers_at_start_.clear(); }
 
-  // The forward has ended: `drew` says whether it drew random numbers. When it did, captures the
-  // generator's state then, to check the rerun against (capture_generator must have run).
-  void forward_ended(bool drew);
+  // The forward has ended: `drew` says whether it drew random numbers, and `generators_given`
+  // which generators of the program's own it drew from, with their states before it did
+  // (RngUseWatch). When it drew, the rerun restores those too, and the generators' states now are
+  // what it checks the rerun against (capture_generator must have run).
+  void forward_ended(bool drew, const std::vector<GeneratorState>& generators_given);
   // Whether the forward drew random numbers: then a rerun must run to the segment's end, so that
   // Rerun::finish can check where the generator ended.
   bool drew() const { return rng_end_.has_value(); }

@@ -198,11 +198,21 @@ HostStore::HostStore(HostStoreOptions options, std::unique_ptr<copy::CopyEngine>
 
 HostStore::~HostStore() { core_->drain(); }
 
+bool HostStore::can_hold(const at::Tensor& tensor) {
+  return tensor.layout() == at::kStrided && tensor.has_storage() && !tensor.is_conj() &&
+         !tensor.is_neg() && !tensor.is_quantized() && !tensor.is_nested() &&
+         !tensor._is_zerotensor();
+}
+
 std::shared_ptr<HostStore::Item> HostStore::offload(const at::Tensor& tensor, bool now) {
+  if (!can_hold(tensor)) return nullptr;
   at::NoGradGuard no_grad;
   at::Tensor source = tensor.detach();
-  // A raw copy needs the elements to fill their span: a tensor with gaps is made dense first.
-  if (!source.is_non_overlapping_and_dense()) source = source.contiguous();
+  // A raw copy needs the elements to fill their span: a tensor with gaps is made dense first, in
+  // the order of its strides, so that it comes back laid out as the kernels that read it expect
+  // (a transposed slice stays transposed: matrix products pick their path, and their rounding,
+  // by the operands' layout).
+  if (!source.is_non_overlapping_and_dense()) source = source.clone(at::MemoryFormat::Preserve);
   const std::int64_t bytes = byte_size(source);
   std::shared_ptr<Item> item;
   {

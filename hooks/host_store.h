@@ -81,13 +81,20 @@ class HostStore {
 
   class Item;  // one tensor sent out; shared by its owner and the store's queues
 
-  // Sends `tensor` out (see the Note); nullptr when the pool cannot grow (nothing is queued, the
-  // caller keeps the tensor). `now`: waits for the copy and lets go of the tensor before returning
-  // (the pressure handler, which needs the memory back at once).
+  // Whether a copy of the tensor's bytes comes back as the same tensor: a strided tensor with
+  // storage, of plain values (no conjugate or negative bit, not quantized, not nested, not a zero
+  // tensor). Any other is kept where it is: the bytes alone would come back as another tensor (a
+  // conjugate view as its base), or cannot be had (a sparse tensor's).
+  static bool can_hold(const at::Tensor& tensor);
+
+  // Sends `tensor` out (see the Note); nullptr when the pool cannot grow or can_hold() is false
+  // (nothing is queued, the caller keeps the tensor). `now`: waits for the copy and lets go of the
+  // tensor before returning (the pressure handler, which needs the memory back at once).
   std::shared_ptr<Item> offload(const at::Tensor& tensor, bool now = false);
 
-  // The item's tensor on its device again (same sizes, strides and dtype), ordered before the work
-  // queued next on the current stream; fetches ahead the items sent out before it (see the Note).
+  // The item's tensor on its device again (same sizes and dtype; the same strides when it was
+  // dense, else dense strides in the same order), ordered before the work queued next on the
+  // current stream; fetches ahead the items sent out before it (see the Note).
   // An item can be taken again (retain_graph): a new copy each time.
   at::Tensor take(const std::shared_ptr<Item>& item);
 

@@ -11,7 +11,6 @@
 #include "hooks/install.h"
 
 namespace actmem {
-namespace {
 
 std::vector<std::uint8_t> state_of(at::Generator generator) {
   std::lock_guard<std::mutex> lock(generator.mutex());
@@ -28,13 +27,15 @@ void set_state(at::Generator generator, const std::vector<std::uint8_t>& state) 
       at::from_blob(bytes.data(), {static_cast<std::int64_t>(bytes.size())}, at::kByte));
 }
 
+namespace {
+
 const at::Generator& cuda_generator(int device) {
   return at::globalContext().defaultGenerator(c10::Device(c10::DeviceType::CUDA, device));
 }
 
 }  // namespace
 
-RngState RngState::capture() {
+RngState RngState::capture(const std::vector<at::Generator>& others) {
   RngState captured;
   captured.cpu_ = state_of(at::globalContext().defaultGenerator(c10::DeviceType::CPU));
   if (installed() && managed_device() == c10::DeviceType::CUDA) {
@@ -42,12 +43,35 @@ RngState RngState::capture() {
     captured.cuda_device_ = device;
     captured.cuda_ = state_of(cuda_generator(device));
   }
+  for (const at::Generator& generator : others) captured.add({generator, state_of(generator)});
   return captured;
+}
+
+std::vector<at::Generator> RngState::others() const {
+  std::vector<at::Generator> generators;
+  for (const auto& [generator, state] : others_) generators.push_back(generator);
+  return generators;
 }
 
 void RngState::restore() const {
   set_state(at::globalContext().defaultGenerator(c10::DeviceType::CPU), cpu_);
   if (cuda_device_) set_state(cuda_generator(*cuda_device_), cuda_);
+  for (const auto& [generator, state] : others_) set_state(generator, state);
+}
+
+bool RngState::operator==(const RngState& other) const {
+  if (cpu_ != other.cpu_ || cuda_device_ != other.cuda_device_ || cuda_ != other.cuda_ ||
+      others_.size() != other.others_.size()) {
+    return false;
+  }
+  for (std::size_t i = 0; i < others_.size(); ++i) {
+    const GeneratorState& mine = others_[i];
+    const GeneratorState& theirs = other.others_[i];
+    if (mine.first != theirs.first || mine.second != theirs.second) {
+      return false;
+    }
+  }
+  return true;
 }
 
 }  // namespace actmem

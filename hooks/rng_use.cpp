@@ -1,12 +1,17 @@
 #include "hooks/rng_use.h"
 
+#include <ATen/Context.h>
 #include <ATen/core/function_schema.h>
 #include <ATen/record_function.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 
+#include <algorithm>
 #include <memory>
 #include <optional>
 #include <string_view>
 #include <unordered_map>
+
+#include "hooks/install.h"
 
 namespace actmem {
 namespace {
@@ -16,6 +21,31 @@ namespace {
 thread_local std::uint64_t t_draws = 0;
 thread_local int t_open_watches = 0;
 thread_local at::CallbackHandle t_callback = 0;
+// The generators of the program's own that operators were given while watches were open, each
+// once per watch: from where the innermost open watch began (the last of t_watch_starts), a
+// generator is not added again.
+thread_local std::vector<GeneratorState> t_given;
+thread_local std::vector<std::size_t> t_watch_starts;
+
+// The generators RngState::capture() takes anyway.
+bool is_default(const at::Generator& generator) {
+  const c10::Device device = generator.device();
+  if (device.is_cpu()) {
+    return generator == at::globalContext().defaultGenerator(c10::DeviceType::CPU);
+  }
+  if (!device.is_cuda() || !installed() || managed_device() != c10::DeviceType::CUDA) return false;
+  const c10::DeviceIndex current =
+      c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getDevice().index();
+  return device.index() == current && generator == at::globalContext().defaultGenerator(device);
+}
+
+void note_given(const at::Generator& generator) {
+  if (!generator.defined() || is_default(generator)) return;
+  for (std::size_t i = t_watch_starts.back(); i < t_given.size(); ++i) {
+    if (t_given[i].first == generator) return;
+  }
+  t_given.emplace_back(generator, state_of(generator));  // before the operator draws
+}
 
 bool is_generator(const c10::TypePtr& type) {
   if (type->kind() == c10::TypeKind::GeneratorType) return true;
@@ -57,23 +87,44 @@ bool takes_generator(const at::RecordFunction& fn) {
 }
 
 std::unique_ptr<at::ObserverContext> count_draws(const at::RecordFunction& fn) {
-  if (takes_generator(fn)) ++t_draws;
+  if (!takes_generator(fn)) return nullptr;
+  ++t_draws;
+  for (const c10::IValue& input : fn.inputs()) {
+    if (input.isGenerator()) note_given(input.toGenerator());
+  }
   return nullptr;
 }
 
 }  // namespace
 
-RngUseWatch::RngUseWatch() : draws_at_start_(t_draws) {
+RngUseWatch::RngUseWatch() : draws_at_start_(t_draws), given_at_start_(t_given.size()) {
+  t_watch_starts.push_back(given_at_start_);
   if (t_open_watches++ == 0) {
-    t_callback = at::addThreadLocalCallback(
-        at::RecordFunctionCallback(&count_draws).scopes({at::RecordScope::FUNCTION}));
+    t_callback = at::addThreadLocalCallback(at::RecordFunctionCallback(&count_draws)
+                                                .needsInputs(true)
+                                                .scopes({at::RecordScope::FUNCTION}));
   }
 }
 
 RngUseWatch::~RngUseWatch() {
-  if (--t_open_watches == 0) at::removeCallback(t_callback);
+  t_watch_starts.pop_back();
+  if (--t_open_watches == 0) {
+    at::removeCallback(t_callback);
+    t_given.clear();
+  }
 }
 
 bool RngUseWatch::drew() const { return t_draws > draws_at_start_; }
+
+std::vector<GeneratorState> RngUseWatch::generators_given() const {
+  std::vector<GeneratorState> given;
+  for (std::size_t i = given_at_start_; i < t_given.size(); ++i) {
+    const at::Generator& generator = t_given[i].first;
+    const bool seen = std::any_of(given.begin(), given.end(),
+                                  [&](const GeneratorState& g) { return g.first == generator; });
+    if (!seen) given.push_back(t_given[i]);
+  }
+  return given;
+}
 
 }  // namespace actmem

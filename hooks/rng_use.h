@@ -7,10 +7,15 @@
 // bernoulli_, randn's normal_, randint, multinomial...) and the few that draw from the default one
 // without taking it (CUDA's fused dropout, attention with dropout): structural, so another
 // thread's draws never count. An operator given its own generator counts too (the answer errs on
-// the side of restoring).
+// the side of restoring), and the watch keeps that generator, with its state before the first
+// operator given it drew: the rerun must put it back too. (So the callback asks for each
+// operator's inputs: about 1.5 us more a segment of a few operators, bench/segment_overhead.)
 #pragma once
 
 #include <cstdint>
+#include <vector>
+
+#include "hooks/rng_state.h"
 
 namespace actmem {
 
@@ -24,9 +29,14 @@ class RngUseWatch {
   // True once an operator that takes a Generator ran on this thread since the watch began
   // (watches nest: an inner one's draws are the outer one's too).
   bool drew() const;
+  // The generators other than the default ones (the CPU's, the current CUDA device's) that
+  // operators on this thread were given since the watch began, each once, with its state before
+  // the first of them drew (an inner watch's are the outer one's too).
+  std::vector<GeneratorState> generators_given() const;
 
  private:
   std::uint64_t draws_at_start_;
+  std::size_t given_at_start_;
 };
 
 }  // namespace actmem

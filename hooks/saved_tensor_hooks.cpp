@@ -82,7 +82,8 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
     if (info.is_leaf) action = Action::kKeep;  // the model holds it: nothing to gain
     if (action == Action::kRecompute && !frame) action = Action::kKeep;
     if (action == Action::kOffload &&
-        static_cast<std::size_t>(e.bytes) < scope_->options().offload_min_bytes) {
+        (static_cast<std::size_t>(e.bytes) < scope_->options().offload_min_bytes ||
+         !HostStore::can_hold(tensor))) {
       action = Action::kKeep;
     }
     bool fell_back = false;
@@ -156,6 +157,14 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
     if (action == Action::kOffload) {
       tensor = scope_->host().take(offloaded);
     } else if (action == Action::kRecompute) {
+      if (!entry_->frame->forward_over) {
+        throw std::runtime_error(
+            "actmem: segment '" + entry_->segment +
+            "' differentiates through a tensor it saved itself, inside its own forward "
+            "(autograd::grad or backward in the segment's function): a tensor its rerun would "
+            "produce is needed before the forward has ended. Keep this segment's tensors (a "
+            "policy that keeps or offloads them), or take the derivative outside the segment");
+      }
       tensor = entry_->frame->take(entry_->index);
       check_recomputed(tensor);
     }

@@ -398,6 +398,7 @@ Action ScopeState::send_out(SavedEntry& entry, bool drop_first) {
     return true;
   };
   auto offload = [&] {
+    if (!HostStore::can_hold(entry.kept)) return false;
     // At once: the allocator waits for this memory.
     std::shared_ptr<HostStore::Item> item = host_.offload(entry.kept, /*now=*/true);
     if (!item) return false;  // the host pool is full

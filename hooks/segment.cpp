@@ -351,13 +351,14 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
       if (bracketed) scope->end_segment(bracket);
       throw;
     }
-    frame->context.forward_ended(watch && watch->drew());
+    if (watch) frame->context.forward_ended(watch->drew(), watch->generators_given());
   }
   if (bracketed) scope->end_segment(bracket);
   for (std::size_t i = 0; i < frame->input_counters.size(); ++i) {
     frame->changed_by_forward.push_back(frame->input_changed(i));
   }
   frame->forward_ns = detail::elapsed_ns(start);
+  frame->forward_over = true;
   scope->settle(*frame);
   detail::t_last_segment.frame = frame;
   detail::t_last_segment.steps_ended = scope->steps_ended();

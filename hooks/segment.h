@@ -10,11 +10,13 @@
 //   segment keeps its inputs and what its forward ran under, and (when the policy recomputes any of
 //   its tensors) reruns fn in backward, at the first unpack that needs it, under that context
 //   again: grad mode; autocast's state for the CPU and CUDA (enabled, dtype); the training flag of
-//   `module` and its submodules; and, when the forward drew random numbers, the CPU generator's
-//   state. `module`'s buffers are put back after the rerun, so BatchNorm running stats move once
-//   per step as without actmem. The rerun stops as soon as every tensor it must produce again has
-//   been produced (it runs to the end when the forward drew random numbers), and each recomputed
-//   tensor is released when backward consumes it.
+//   `module` and its submodules; and, when the forward drew random numbers, the generators' states
+//   (the default ones, and any the function passed to an operator itself). `module`'s buffers
+//   are put back after the rerun, so BatchNorm running stats move once per step as without
+//   actmem. The rerun stops as soon as every tensor it must produce again has been produced (it
+//   runs to the end when the forward drew random numbers), and each recomputed tensor is released
+//   when backward consumes it. A tensor fn saved cannot be recomputed before fn has returned:
+//   differentiating it inside fn (autograd::grad) throws, naming the segment.
 // - A forward that drew no random numbers (no operator taking a Generator ran in it) leaves the
 //   generator alone in its rerun, so other threads' draws are never disturbed. One that drew is
 //   rerun from the generator's state of its forward, and that state is put back after: while

@@ -60,6 +60,9 @@ struct SegmentFrame {
   // Steady-clock time of its forward (launch time on CUDA): what a rerun costs, for eviction;
   // 0 until the forward has ended.
   std::atomic<std::int64_t> forward_ns{0};
+  // Set once the forward has returned: before, nothing it saved can be recomputed (a rerun would
+  // run the segment again inside its own forward, from the generator's state of the moment).
+  std::atomic<bool> forward_over{false};
 
   // Registers the next tensor saved during the forward; returns its pack index. `wanted`: the
   // rerun must produce it again (it is recomputed).
