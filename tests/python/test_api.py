@@ -247,6 +247,40 @@ def test_an_attribute_the_forward_sets_keeps_the_forwards_tensor():
 
 
 
+def test_a_generator_of_the_scripts_own_is_rerun_from_where_the_forward_found_it():
+    # Each block draws its mask from a torch.Generator of its own: the rerun must draw the same
+    # mask, and leave each generator where the forward left it.
+    out = python("""
+        generators = []
+        class Noisy(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.linear = nn.Linear(64, 64)
+                self.generator = torch.Generator()
+                generators.append(self.generator)
+            def forward(self, x):
+                mask = torch.bernoulli(torch.full_like(x, 0.8), generator=self.generator)
+                return x + torch.tanh(self.linear(x * mask))
+        def run(policy):
+            torch.manual_seed(5)
+            net = nn.Sequential(Noisy(), Noisy(), Noisy())
+            for i, generator in enumerate(generators[-3:]):
+                generator.manual_seed(11 + i)
+            if policy:
+                actmem.enable(policy=policy, segments=r"\\d+")
+            loss = net(torch.randn(256, 64)).square().mean()
+            loss.backward()
+            if policy:
+                actmem.disable()
+            return [loss.detach()] + [p.grad.clone() for p in net.parameters()] + [
+                g.get_state() for g in generators[-3:]]
+        plain, managed = run(None), run("recompute")
+        print(all(torch.equal(a, b) for a, b in zip(plain, managed)),
+              actmem.stats()["activations"]["recomputations"])
+    """)
+    assert out.splitlines() == ["True 3"]
+
+
 def test_a_segment_that_changes_its_own_input_says_so_when_recomputed():
     result = subprocess.run([sys.executable, "-c", MODEL + textwrap.dedent("""
         class Scales(nn.Module):
