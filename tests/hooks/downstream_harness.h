@@ -10,7 +10,9 @@
 
 #include <functional>
 #include <initializer_list>
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -129,5 +131,19 @@ inline void expect_actmem_error_under(const Program& program,
         << policy << ": expected actmem's error (" << error << "), got: " << outcome.error;
   }
 }
+
+// The device allocator's budget (0: none) while it lives; the one before comes back after.
+class ScopedDeviceBudget {
+ public:
+  explicit ScopedDeviceBudget(std::int64_t budget) : previous_(device_memory().budget()) {
+    device_memory().set_budget(budget > 0 ? std::optional<std::size_t>(budget) : std::nullopt);
+  }
+  ~ScopedDeviceBudget() { device_memory().set_budget(previous_); }
+  ScopedDeviceBudget(const ScopedDeviceBudget&) = delete;
+  ScopedDeviceBudget& operator=(const ScopedDeviceBudget&) = delete;
+
+ private:
+  std::optional<std::size_t> previous_;
+};
 
 }  // namespace actmem::downstream

@@ -807,7 +807,6 @@ TEST(DownstreamDtypes, HalfAndBFloat16ModulesInSegments) {
       false);
 }
 
-
 // --- 15. More: negative views, tensor hooks and retain_grad, anomaly mode, an LSTM, a siamese
 //         pair, a parameter as a segment input, a backward that throws ---
 
@@ -1040,12 +1039,7 @@ std::vector<torch::Tensor> big_steps(bool scoped, const std::string& policy, std
   net->train();
   torch::optim::SGD opt(net->parameters(), torch::optim::SGDOptions(0.01).momentum(0.9));
   const torch::Tensor x = torch::randn({512, 256});
-  const std::optional<std::size_t> previous = device_memory().budget();
-  device_memory().set_budget(budget > 0 ? std::optional<std::size_t>(budget) : std::nullopt);
-  struct Restore {
-    std::optional<std::size_t> budget;
-    ~Restore() { device_memory().set_budget(budget); }
-  } restore{previous};
+  const ScopedDeviceBudget scoped_budget(budget);
   std::unique_ptr<ActivationScope> scope;
   if (scoped) {
     ScopeOptions options;

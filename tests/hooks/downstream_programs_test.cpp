@@ -398,12 +398,7 @@ std::int64_t mlp_steps(const std::string& policy, std::int64_t budget) {
                         nn::Linear(512, 256));
   torch::optim::SGD optimizer(layers->parameters(), torch::optim::SGDOptions(0.01).momentum(0.9));
   const torch::Tensor x = torch::randn({256, 256});
-  const std::optional<std::size_t> previous = device_memory().budget();
-  device_memory().set_budget(budget > 0 ? std::optional<std::size_t>(budget) : std::nullopt);
-  struct Restore {
-    std::optional<std::size_t> budget;
-    ~Restore() { device_memory().set_budget(budget); }
-  } restore{previous};
+  const ScopedDeviceBudget scoped_budget(budget);
   ActivationScope scope(make_device_policy(policy));
   device_memory().reset_peak_stats();
   for (int step = 0; step < 3; ++step) {
