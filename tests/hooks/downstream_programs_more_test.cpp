@@ -458,7 +458,9 @@ TEST(DownstreamRandom, RandomOpsInsideSegments) {
               "r1",
               [&](const TensorList& in) -> TensorList {
                 const torch::Tensor mask = torch::bernoulli(torch::full({6, 8}, 0.7));
-                torch::Tensor noise = torch::empty({6, 8}).normal_(0, 0.5);
+                // (Not normal_(0, 0.5) on an empty tensor, nor uniform_ and F::normalize below: g++
+                // 12 under ASan warns inside their optional arguments, and warnings are errors.)
+                const torch::Tensor noise = torch::randn({6, 8}) * 0.5;
                 const torch::Tensor pick = torch::multinomial(torch::ones({8}), 4);
                 return {(l2(in[0] * mask) + noise).index_select(1, pick).sigmoid()};
               },
@@ -582,7 +584,8 @@ TEST(DownstreamOuterState, AQueueOfTheOuterModelUpdatedBeforeBackward) {
           const torch::Tensor logits = segment(
               "query", *encoder,
               [&](const torch::Tensor& t) {
-                const torch::Tensor q = F::normalize(encoder(t), F::NormalizeFuncOptions().dim(1));
+                const torch::Tensor e = encoder(t);
+                const torch::Tensor q = e / e.norm(2, {1}, /*keepdim=*/true).clamp_min(1e-12);
                 return q.mm(queue.clone().detach()) / 0.07;
               },
               x);
@@ -1140,7 +1143,7 @@ TEST(DownstreamSharing, TheDCGANExampleLoop) {
         for (int step = 0; step < 3; ++step) {
           discriminator->zero_grad();
           const torch::Tensor real = torch::randn({8, 8});
-          const torch::Tensor real_labels = torch::empty({8}).uniform_(0.8, 1.0);
+          const torch::Tensor real_labels = torch::rand({8}) * 0.2 + 0.8;
           const torch::Tensor d_loss_real =
               torch::binary_cross_entropy(disc(real).reshape({8}), real_labels);
           d_loss_real.backward();
