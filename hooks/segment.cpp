@@ -38,6 +38,11 @@ class Taking {
   Taking& operator=(const Taking&) = delete;
 };
 
+// A tensor's version, 0 for one that keeps none (an inference tensor, made under inference mode).
+std::int64_t version_of(const at::Tensor& tensor) {
+  return tensor.is_inference() ? 0 : tensor._version();
+}
+
 // The last segment whose forward ended on this thread, with what it returned: a segment that
 // starts next and takes one of those (the same tensor, unchanged since) is the next link of a
 // chain. The weak references keep the addresses from being reused while they are compared.
@@ -56,7 +61,7 @@ std::optional<std::size_t> last_output(const at::Tensor& input) {
   for (std::size_t j = 0; j < t_last_segment.outputs.size(); ++j) {
     const auto& [weak, version] = t_last_segment.outputs[j];
     const auto output = weak.lock();
-    if (output.get() == input.unsafeGetTensorImpl() && input._version() == version) return j;
+    if (output.get() == input.unsafeGetTensorImpl() && version_of(input) == version) return j;
   }
   return std::nullopt;
 }
@@ -270,9 +275,12 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
 TensorList segment(const std::string& name, const SegmentFn& fn, const TensorList& inputs,
                    std::shared_ptr<SegmentModule> module) {
   const std::shared_ptr<detail::ScopeState>& scope = detail::active_scope();
-  // Outside a scope or inside a rerun: just run it. Inside another segment's forward: flattened
-  // into it, which restores this one's module too when it reruns.
-  if (!scope || detail::capturing_frame() != nullptr) return fn(inputs);
+  // Outside a scope or inside a rerun: just run it; so without grad mode (no_grad, inference
+  // mode), where autograd saves nothing. Inside another segment's forward: flattened into it,
+  // which restores this one's module too when it reruns.
+  if (!scope || detail::capturing_frame() != nullptr || !c10::GradMode::is_enabled()) {
+    return fn(inputs);
+  }
   if (const std::shared_ptr<detail::SegmentFrame>& outer = detail::forward_frame()) {
     outer->context.add_module(std::move(module));
     return fn(inputs);
@@ -293,7 +301,7 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
   for (std::size_t i = 0; i < inputs.size(); ++i) {
     const at::Tensor& input = inputs[i];
     frame->input_requires_grad.push_back(input.requires_grad());
-    frame->input_versions.push_back(input._version());
+    frame->input_versions.push_back(detail::version_of(input));
     frame->input_counters.push_back(input.unsafeGetTensorImpl()->version_counter());
     const std::optional<std::size_t> output = linked ? detail::last_output(input) : std::nullopt;
     if (output) {
@@ -321,16 +329,13 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
   struct Reset {
     ~Reset() { detail::t_forward_frame = nullptr; }
   } reset;
-  // Timed for the profile only when autograd records (a no-grad evaluation saves nothing).
   // The profile's bracket, if the policy wants one (a plain id: g++ 12 under -fsanitize=thread
   // took the optional's payload for uninitialized where the flag guarded it).
   std::uint64_t bracket = 0;
   bool bracketed = false;
-  if (c10::GradMode::is_enabled()) {
-    if (const std::optional<std::uint64_t> begun = scope->begin_segment(name)) {
-      bracket = *begun;
-      bracketed = true;
-    }
+  if (const std::optional<std::uint64_t> begun = scope->begin_segment(name)) {
+    bracket = *begun;
+    bracketed = true;
   }
   if (bracketed && !link_storages.empty()) {
     scope->link_segment(bracket, last->name, std::move(link_storages), dropped_link);
@@ -364,7 +369,8 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
   detail::t_last_segment.steps_ended = scope->steps_ended();
   detail::t_last_segment.outputs.clear();
   for (const at::Tensor& output : outputs) {
-    detail::t_last_segment.outputs.emplace_back(output.getIntrusivePtr(), output._version());
+    detail::t_last_segment.outputs.emplace_back(output.getIntrusivePtr(),
+                                                detail::version_of(output));
   }
   return outputs;
 }

@@ -95,7 +95,10 @@ def enable(
     _hooks_in_use = weakref.ref(pack)
     replicas_run_their_own_segments()
     segmenter = Segmenter(pattern, source)
-    handle = torch.nn.modules.module.register_module_forward_pre_hook(segmenter)
+    # torch.compile runs the hook as it is, outside its graph: Dynamo cannot trace the WeakSet of
+    # the modules already named, nor the forwards the hook replaces.
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(
+        torch.compiler.disable(segmenter))
     _state = (hooks, handle, segmenter, threading.get_ident())
 
 

@@ -160,6 +160,46 @@ TEST(DownstreamInputs, DataIntegerAndBoolInputsAndNonDifferentiableOutputs) {
       false);
 }
 
+// Validation between training steps under inference mode and under no_grad, through the same
+// segments: nothing is saved there, and the training steps around it train as without actmem.
+TEST(DownstreamInputs, ValidationUnderInferenceModeAndNoGradBetweenSteps) {
+  expect_as_plain(
+      [] {
+        torch::manual_seed(131);
+        nn::Sequential first(nn::Linear(8, 16), nn::BatchNorm1d(16), nn::ReLU(), nn::Dropout(0.2));
+        nn::Linear second(16, 4);
+        torch::optim::SGD opt(first->parameters(), torch::optim::SGDOptions(0.1));
+        auto forward = [&](const torch::Tensor& x) {
+          const torch::Tensor h = segment(
+              "first", *first, [&](const torch::Tensor& t) { return first->forward(t); }, x);
+          return segment("second", *second, [&](const torch::Tensor& t) { return second(t); }, h);
+        };
+        std::vector<torch::Tensor> digest;
+        for (int step = 0; step < 3; ++step) {
+          opt.zero_grad();
+          second->zero_grad();
+          const torch::Tensor loss = forward(torch::randn({6, 8})).pow(2).mean();
+          loss.backward();
+          opt.step();
+          digest.push_back(loss.detach().clone());
+          first->eval();
+          {
+            c10::InferenceMode inference;
+            digest.push_back(forward(torch::randn({6, 8})).clone());
+          }
+          {
+            torch::NoGradGuard no_grad;
+            digest.push_back(forward(torch::randn({6, 8})));
+          }
+          first->train();
+        }
+        add_module(digest, *first);
+        add_module(digest, *second);
+        return digest;
+      },
+      false);
+}
+
 // --- 4. No grad inside segments; a frozen backbone segment run under NoGradGuard feeding a head
 //        segment (a link); detach inside ---
 
