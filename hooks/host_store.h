@@ -3,9 +3,10 @@
 // Note [Offload pipeline]
 // An offloaded activation leaves the device at pack and is back before backward needs it, with as
 // little of the copy time on the step's path as the copy engine (copy/copy_engine.h) allows:
-// - offload (at pack): a block of the host pool (pinned on CUDA; it grows in slabs, capped by
-//   ACTMEM_HOST_BUDGET) and a device-to-host copy queued after the work queued so far on the
-//   tensor's current stream. The device tensor is held until that copy has finished and released
+// - offload (after pack, once the operator that saved the tensor has run: Note [An offload waits
+//   for the operator that saved the tensor] in scope_state.h): a block of the host pool (pinned
+//   on CUDA; it grows in slabs, capped by ACTMEM_HOST_BUDGET) and a device-to-host copy queued
+//   after the work queued so far on the tensor's current stream. The device tensor is held until that copy has finished and released
 //   at a later call of the store, never before: its block goes back to the allocator only when
 //   nothing reads it any more, and nothing waits for it on the host.
 // - take (at unpack): backward unpacks in about the reverse of pack order. The item's copy back is

@@ -47,6 +47,8 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
   }
 
   void call_pack_hook(const at::Tensor& tensor) override {
+    // The operators before this one have run: their offloads' copies can go.
+    scope_->send_deferred_offloads(ScopeState::Deferred::kOfEarlierNodesOnThisThread);
     SavedEntry& e = *entry_;
     const std::shared_ptr<SegmentFrame>& frame = e.frame;
     SavedTensorInfo info;
@@ -86,19 +88,6 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
          !HostStore::can_hold(tensor))) {
       action = Action::kKeep;
     }
-    bool fell_back = false;
-    std::int64_t copy_ns = 0;
-    if (action == Action::kOffload) {
-      const auto start = std::chrono::steady_clock::now();
-      std::shared_ptr<HostStore::Item> item = scope_->host().offload(tensor);
-      copy_ns = elapsed_ns(start);
-      if (item) {
-        e.offloaded = std::move(item);
-      } else {
-        fell_back = true;  // the host pool is full: keep it, lose nothing
-        action = Action::kKeep;
-      }
-    }
     if (frame) {
       e.index = frame->add_pack(action == Action::kRecompute);
       // A recomputed tensor needs its frame (and the inputs it holds); so does a kept one that
@@ -114,16 +103,17 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
     // Detached: autograd may hand us an op's own output, whose grad_fn owns these hooks; holding it
     // as it is would make a cycle that leaks the whole graph when it is dropped without a backward
     // (an exception in the forward, an evaluation with grad on). Unpack re-attaches grad_fn itself.
-    if (action == Action::kKeep) e.kept = tensor.detach();
+    // An offloaded one is held until its copy is queued (Note [An offload waits for the operator
+    // that saved the tensor] in scope_state.h).
+    if (action != Action::kRecompute) e.kept = tensor.detach();
     e.action = action;
-    scope_->record_pack(entry_, info, tensor, segment_input, copy_ns);
+    scope_->record_pack(entry_, info, tensor, segment_input, /*copy_ns=*/0);
     e.sizes = std::move(info.shape);
     e.segment = std::move(info.segment);
 
     const std::int64_t bytes = e.bytes;
     scope_->count([&](ActivationStats& s) {
       ++s.packed;
-      s.offload_fallbacks += fell_back;
       switch (action) {
         case Action::kKeep:
           ++s.tensors_kept;
@@ -139,10 +129,12 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
           break;
       }
     });
+    if (action == Action::kOffload) scope_->defer_offload(entry_);
   }
 
   at::Tensor call_unpack_hook() override {
     check_version();
+    scope_->send_deferred_offloads(ScopeState::Deferred::kAll);  // the forward's operators ran
     // Read the entry under its lock, but restore or rerun without it: either may allocate, and
     // an allocation may run the pressure handler, which looks at entries.
     Action action;
@@ -154,7 +146,7 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
       tensor = entry_->kept;
       offloaded = entry_->offloaded;
     }
-    if (action == Action::kOffload) {
+    if (action == Action::kOffload && offloaded) {
       tensor = scope_->host().take(offloaded);
     } else if (action == Action::kRecompute) {
       if (!entry_->frame->forward_over) {

@@ -1,6 +1,7 @@
 #include "hooks/scope_state.h"
 
 #include <ATen/ATen.h>
+#include <ATen/SequenceNumber.h>
 #include <torch/csrc/autograd/engine.h>
 #include <torch/csrc/autograd/graph_task.h>
 
@@ -335,7 +336,79 @@ void ScopeState::end_step_with_backward(std::uint64_t step) {
   }
 }
 
+void ScopeState::defer_offload(const std::shared_ptr<SavedEntry>& entry) {
+  std::lock_guard<std::mutex> lock(deferred_mutex_);
+  deferred_.push_back({entry, std::this_thread::get_id(), at::sequence_number::peek()});
+  deferred_count_.store(deferred_.size(), std::memory_order_release);
+}
+
+void ScopeState::send_deferred_offloads(Deferred which) {
+  if (deferred_count_.load(std::memory_order_acquire) == 0) return;
+  std::vector<std::shared_ptr<SavedEntry>> ready;
+  {
+    std::lock_guard<std::mutex> lock(deferred_mutex_);
+    const std::thread::id thread = std::this_thread::get_id();
+    const std::uint64_t node = at::sequence_number::peek();
+    std::vector<DeferredOffload> later;
+    for (DeferredOffload& deferred : deferred_) {
+      const bool mine = deferred.thread == thread;
+      const bool now = which == Deferred::kAll ||
+                       (mine && (which == Deferred::kOnThisThread || deferred.node < node));
+      if (!now) {
+        later.push_back(std::move(deferred));
+      } else if (std::shared_ptr<SavedEntry> entry = deferred.entry.lock()) {
+        ready.push_back(std::move(entry));
+      }
+    }
+    deferred_.swap(later);
+    deferred_count_.store(deferred_.size(), std::memory_order_release);
+  }
+  for (const std::shared_ptr<SavedEntry>& entry : ready) send_deferred(*entry);
+}
+
+void ScopeState::send_deferred(SavedEntry& entry) {
+  at::Tensor tensor;
+  {
+    std::lock_guard<std::mutex> lock(entry.mutex);
+    if (entry.action != Action::kOffload || entry.offloaded || !entry.kept.defined()) return;
+    tensor = entry.kept;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  std::shared_ptr<HostStore::Item> item = host_.offload(tensor);
+  const std::int64_t copy_ns = elapsed_ns(start);
+  tensor = at::Tensor();
+  const bool kept = !item;  // the host pool is full: keep it, lose nothing
+  {
+    std::lock_guard<std::mutex> lock(entry.mutex);
+    if (kept) {
+      entry.action = Action::kKeep;
+    } else {
+      entry.offloaded = std::move(item);
+      entry.kept = at::Tensor();
+    }
+  }
+  if (kept) {
+    const std::int64_t bytes = entry.bytes;
+    count([bytes](ActivationStats& s) {
+      ++s.offload_fallbacks;
+      --s.tensors_offloaded;
+      s.bytes_offloaded -= bytes;
+      ++s.tensors_kept;
+      s.bytes_kept += bytes;
+    });
+  }
+  std::lock_guard<std::mutex> lock(step_mutex_);
+  const std::int64_t row = entry.profile_index;
+  if (row < 0 || entry.step != step_ || row >= static_cast<std::int64_t>(profile_.tensors.size())) {
+    return;
+  }
+  ProfiledTensor& t = profile_.tensors[static_cast<std::size_t>(row)];
+  if (!timer_sees_copies_) t.pack_copy_ns += copy_ns;  // clocks count the copy in the segment
+  if (kept) t.action = Action::kKeep;
+}
+
 void ScopeState::end_step(std::optional<std::uint64_t> only) {
+  send_deferred_offloads(Deferred::kAll);
   StepProfile profile;
   std::vector<std::pair<std::uint64_t, std::string>> segments;
   std::map<std::uint64_t, Link> links;

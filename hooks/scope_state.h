@@ -16,6 +16,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "hooks/activation_scope.h"
@@ -134,7 +135,22 @@ class ScopeState : public std::enable_shared_from_this<ScopeState> {
   // memory the segment does not hold anyway (see the definition).
   void settle(SegmentFrame& frame);
 
+  // Note [An offload waits for the operator that saved the tensor]
+  // An operator may save a tensor before its kernel writes it: rrelu_with_noise saves `noise`,
+  // then fills it, and moves no version counter. A copy taken at pack would carry what was there
+  // before. So an offload is decided at pack, while the entry keeps the tensor (action kOffload,
+  // nothing offloaded yet), and its copy is queued once that operator has run: at a pack on the
+  // same thread under a later autograd node (at::sequence_number: a node takes its number when it
+  // is created, before its operator saves and runs), at the end of a segment's forward on that
+  // thread, and at the first unpack and the step's end for all. A copy that finds the host pool
+  // full keeps the tensor, as a pack that found it full did (counted as such).
+  void defer_offload(const std::shared_ptr<SavedEntry>& entry);
+  enum class Deferred { kOfEarlierNodesOnThisThread, kOnThisThread, kAll };
+  void send_deferred_offloads(Deferred which);
+
  private:
+  // Queues the copy of one deferred offload (see the Note).
+  void send_deferred(SavedEntry& entry);
   double copy_bytes_per_second();  // measured once
   // Offloads `entry`'s kept tensor or drops it for its segment's rerun (`drop_first`: try that
   // first), whichever works; returns the action it took, kKeep if neither did. Entry lock held.
@@ -160,6 +176,15 @@ class ScopeState : public std::enable_shared_from_this<ScopeState> {
   ActivationStats stats_;
 
   std::atomic<double> copy_bytes_per_second_{0};
+
+  struct DeferredOffload {
+    std::weak_ptr<SavedEntry> entry;
+    std::thread::id thread;  // that packed it
+    std::uint64_t node = 0;  // at::sequence_number when it was packed
+  };
+  std::mutex deferred_mutex_;  // deferred_
+  std::vector<DeferredOffload> deferred_;
+  std::atomic<std::size_t> deferred_count_{0};  // deferred_.size(), read without the lock
   std::atomic<std::uint64_t> steps_ended_{0};
 
   // Times segments for the profile: CUPTI when the device is CUDA and CUPTI answers, else clocks.

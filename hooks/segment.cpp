@@ -166,20 +166,18 @@ TensorList SegmentFrame::rerun_inputs() {
   }
   for (std::size_t i = 0; i < input_entries_.size(); ++i) {
     if (!input_entries_[i]) continue;
-    Action action;
-    at::Tensor value;
+    at::Tensor value;  // kept, or held until its offload's copy is queued
     std::shared_ptr<HostStore::Item> offloaded;
     {
       std::lock_guard<std::mutex> lock(input_entries_[i]->mutex);
-      action = input_entries_[i]->action;
       value = input_entries_[i]->kept;
       offloaded = input_entries_[i]->offloaded;
     }
-    if (action == Action::kOffload ? !offloaded : !value.defined()) {
+    if (!offloaded && !value.defined()) {
       throw std::logic_error("actmem: segment '" + name + "': input " + std::to_string(i) +
                              " is gone from the saved tensor it was read through");
     }
-    args[i] = (action == Action::kOffload ? scope->host().copy_back(*offloaded) : value).detach();
+    args[i] = (offloaded ? scope->host().copy_back(*offloaded) : value).detach();
     if (input_requires_grad[i]) args[i].requires_grad_(true);
   }
   return args;
@@ -357,6 +355,7 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
       throw;
     }
     if (watch) frame->context.forward_ended(watch->drew(), watch->generators_given());
+    scope->send_deferred_offloads(detail::ScopeState::Deferred::kOnThisThread);
   }
   if (bracketed) scope->end_segment(bracket);
   for (std::size_t i = 0; i < frame->input_counters.size(); ++i) {

@@ -550,6 +550,33 @@ TEST(DownstreamRandom, AnExplicitGeneratorInsideASegment) {
       false);
 }
 
+// RReLU in training saves its noise before its kernel fills it (and moves no version counter):
+// an offload copied at pack would carry the empty noise (Note [An offload waits for the operator
+// that saved the tensor]).
+TEST(DownstreamRandom, RReLUSavesItsNoiseBeforeFillingIt) {
+  expect_as_plain(
+      [] {
+        torch::manual_seed(132);
+        nn::Sequential block(nn::Linear(16, 16), nn::RReLU(), nn::Linear(16, 16), nn::RReLU());
+        nn::Linear head(16, 1);
+        std::vector<torch::Tensor> digest;
+        for (int step = 0; step < 2; ++step) {
+          block->zero_grad();
+          head->zero_grad();
+          const torch::Tensor h = segment(
+              "rrelu", *block, [&](const torch::Tensor& t) { return block->forward(t); },
+              torch::randn({64, 16}));
+          const torch::Tensor loss = head(h).sum();
+          loss.backward();
+          digest.push_back(loss.detach().clone());
+        }
+        add_module(digest, *block);
+        add_module(digest, *head);
+        return digest;
+      },
+      false);
+}
+
 // --- 10. Buffers other than BatchNorm's ---
 
 struct StepCounterImpl : nn::Module {
