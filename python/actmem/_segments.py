@@ -38,8 +38,10 @@ from . import _C, _tree
 #   (Module._replicate_for_data_parallel is wrapped at enable()); a shallow copy.copy still runs
 #   the original, as a bound method stored the same way would;
 # - a whole-module pickle (torch.save(model)) holds it, and loading needs actmem importable.
-# A rerun puts back the attributes its forward rebinds (`self.h = …; self.h.retain_grad()`): the
-# tensors the forward left there are the ones in the graph.
+# A rerun starts from the attributes the forward began with (a tensor the block cached on itself
+# in the step before, `self.cache = y.detach()`, is read as the forward read it) and puts back
+# those the forward left (`self.h = …; self.h.retain_grad()`: the tensors the forward left there
+# are the ones in the graph). Shallowly: a tensor attribute changed in place is not undone.
 
 
 def _attributes(module: nn.Module):
@@ -72,7 +74,15 @@ class SegmentForward:
 
         def run(tensors):
             call_args, call_kwargs = rebuild_arguments(tensors)
-            saved = None if forward["running"] else _attributes(module)
+            # The forward's attributes as it began: a rerun reads them as the forward did (a
+            # tensor the block cached on itself last step and rebinds now), and the ones the
+            # forward left are put back after it.
+            if forward["running"]:
+                forward["start"] = _attributes(module)
+                saved = None
+            else:
+                saved = _attributes(module)
+                _put_back(forward["start"])
             try:
                 if inner is None:
                     result = type(module).forward(module, *call_args, **call_kwargs)

@@ -302,6 +302,38 @@ def test_a_compiled_model_trains_as_without_actmem():
     assert out.splitlines() == ["True True"]
 
 
+def test_a_tensor_the_block_cached_on_itself_is_read_by_the_rerun_as_by_the_forward():
+    out = python("""
+        class Cache(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.linear = nn.Linear(64, 64)
+                self.cache = torch.zeros(64)
+            def forward(self, x):
+                y = x + torch.tanh(self.linear(x + self.cache))
+                self.cache = y.detach().mean(0)  # read by the next step's forward
+                return y
+        def run(policy):
+            torch.manual_seed(5)
+            net = nn.Sequential(Cache(), Cache(), Cache())
+            if policy:
+                actmem.enable(policy=policy, segments=r"\\d+")
+            result = []
+            for _ in range(3):
+                net.zero_grad()
+                loss = net(torch.randn(256, 64)).square().mean()
+                loss.backward()
+                result += [loss.detach()] + [p.grad.clone() for p in net.parameters()]
+            if policy:
+                actmem.disable()
+            return result
+        plain, managed = run(None), run("recompute")
+        print(all(torch.equal(a, b) for a, b in zip(plain, managed)),
+              actmem.stats()["activations"]["recomputations"])
+    """)
+    assert out.splitlines() == ["True 9"]
+
+
 def test_a_segment_that_changes_its_own_input_says_so_when_recomputed():
     result = subprocess.run([sys.executable, "-c", MODEL + textwrap.dedent("""
         class Scales(nn.Module):
