@@ -199,9 +199,15 @@ HostStore::HostStore(HostStoreOptions options, std::unique_ptr<copy::CopyEngine>
 HostStore::~HostStore() { core_->drain(); }
 
 bool HostStore::can_hold(const at::Tensor& tensor) {
-  return tensor.layout() == at::kStrided && tensor.has_storage() && !tensor.is_conj() &&
-         !tensor.is_neg() && !tensor.is_quantized() && !tensor.is_nested() &&
-         !tensor._is_zerotensor();
+  if (tensor.layout() != at::kStrided || !tensor.has_storage() || tensor.is_conj() ||
+      tensor.is_neg() || tensor.is_quantized() || tensor.is_nested() || tensor._is_zerotensor() ||
+      tensor.unsafeGetTensorImpl()->is_python_dispatch()) {
+    return false;
+  }
+  // An expanded tensor (elements sharing memory) would go out as a dense copy bigger than the
+  // memory it holds.
+  return static_cast<std::size_t>(tensor.numel() * tensor.element_size()) <=
+         tensor.storage().nbytes();
 }
 
 std::shared_ptr<HostStore::Item> HostStore::offload(const at::Tensor& tensor, bool now) {

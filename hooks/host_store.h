@@ -1,14 +1,16 @@
 // Where offloaded activations live, and how they go out and come back.
 //
 // Note [Offload pipeline]
-// An offloaded activation leaves the device at pack and is back before backward needs it, with as
-// little of the copy time on the step's path as the copy engine (copy/copy_engine.h) allows:
+// An offloaded activation leaves the device soon after pack and is back before backward needs it,
+// with as little of the copy time on the step's path as the copy engine (copy/copy_engine.h)
+// allows:
 // - offload (after pack, once the operator that saved the tensor has run: Note [An offload waits
 //   for the operator that saved the tensor] in scope_state.h): a block of the host pool (pinned
 //   on CUDA; it grows in slabs, capped by ACTMEM_HOST_BUDGET) and a device-to-host copy queued
-//   after the work queued so far on the tensor's current stream. The device tensor is held until that copy has finished and released
-//   at a later call of the store, never before: its block goes back to the allocator only when
-//   nothing reads it any more, and nothing waits for it on the host.
+//   after the work queued so far on the tensor's current stream. The device tensor is held until
+//   that copy has finished and released at a later call of the store, never before: its block
+//   goes back to the allocator only when nothing reads it any more, and nothing waits for it on
+//   the host.
 // - take (at unpack): backward unpacks in about the reverse of pack order. The item's copy back is
 //   queued now unless a prefetch queued it; the current stream is ordered after it (on CUDA an
 //   event wait, on the thread engine a host wait: the stall). Then the items sent out before it are
@@ -84,8 +86,9 @@ class HostStore {
 
   // Whether a copy of the tensor's bytes comes back as the same tensor: a strided tensor with
   // storage, of plain values (no conjugate or negative bit, not quantized, not nested, not a zero
-  // tensor). Any other is kept where it is: the bytes alone would come back as another tensor (a
-  // conjugate view as its base), or cannot be had (a sparse tensor's).
+  // tensor, not a Python subclass), whose elements do not share memory (an expanded tensor). Any
+  // other is kept where it is: the bytes alone would come back as another tensor (a conjugate
+  // view as its base), cannot be had (a sparse tensor's), or would take more than it holds.
   static bool can_hold(const at::Tensor& tensor);
 
   // Sends `tensor` out (see the Note); nullptr when the pool cannot grow or can_hold() is false

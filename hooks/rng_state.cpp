@@ -38,7 +38,9 @@ const at::Generator& cuda_generator(int device) {
 RngState RngState::capture(const std::vector<at::Generator>& others) {
   RngState captured;
   captured.cpu_ = state_of(at::globalContext().defaultGenerator(c10::DeviceType::CPU));
-  if (installed() && managed_device() == c10::DeviceType::CUDA) {
+  // managed_device(), not installed(): a Python process installs the allocator and no engine, and
+  // its CUDA dropout must rerun from the CUDA generator's state too.
+  if (managed_device() == c10::DeviceType::CUDA) {
     const int device = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getDevice().index();
     captured.cuda_device_ = device;
     captured.cuda_ = state_of(cuda_generator(device));

@@ -33,7 +33,7 @@ bool is_default(const at::Generator& generator) {
   if (device.is_cpu()) {
     return generator == at::globalContext().defaultGenerator(c10::DeviceType::CPU);
   }
-  if (!device.is_cuda() || !installed() || managed_device() != c10::DeviceType::CUDA) return false;
+  if (!device.is_cuda() || managed_device() != c10::DeviceType::CUDA) return false;
   const c10::DeviceIndex current =
       c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getDevice().index();
   return device.index() == current && generator == at::globalContext().defaultGenerator(device);

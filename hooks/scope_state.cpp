@@ -210,7 +210,9 @@ void ScopeState::record_pack(const std::shared_ptr<SavedEntry>& entry, const Sav
     step_storages_.back() = tensor.storage().getWeakStorageImpl();
   }
   t.is_leaf = info.is_leaf;
-  t.action = entry->action;  // set by this pack; only an eviction, registered below, changes it
+  // Set by this pack; changed only by an eviction (registered below) or a deferred offload kept
+  // instead (keep_instead).
+  t.action = entry->action;
   t.segment_input = segment_input;
   t.pack_copy_ns = timer_sees_copies_ ? 0 : copy_ns;  // clocks count the copy in the segment
   t.pack_event = static_cast<std::int64_t>(profile_.levels.size());
@@ -342,31 +344,40 @@ void ScopeState::defer_offload(const std::shared_ptr<SavedEntry>& entry) {
   deferred_count_.store(deferred_.size(), std::memory_order_release);
 }
 
-void ScopeState::send_deferred_offloads(Deferred which) {
-  if (deferred_count_.load(std::memory_order_acquire) == 0) return;
-  std::vector<std::shared_ptr<SavedEntry>> ready;
-  {
-    std::lock_guard<std::mutex> lock(deferred_mutex_);
-    const std::thread::id thread = std::this_thread::get_id();
-    const std::uint64_t node = at::sequence_number::peek();
-    std::vector<DeferredOffload> later;
-    for (DeferredOffload& deferred : deferred_) {
-      const bool mine = deferred.thread == thread;
-      const bool now = which == Deferred::kAll ||
-                       (mine && (which == Deferred::kOnThisThread || deferred.node < node));
-      if (!now) {
-        later.push_back(std::move(deferred));
-      } else if (std::shared_ptr<SavedEntry> entry = deferred.entry.lock()) {
-        ready.push_back(std::move(entry));
-      }
+std::vector<std::shared_ptr<SavedEntry>> ScopeState::take_deferred(Deferred which) {
+  std::vector<std::shared_ptr<SavedEntry>> taken;
+  if (deferred_count_.load(std::memory_order_acquire) == 0) return taken;
+  std::lock_guard<std::mutex> lock(deferred_mutex_);
+  const std::thread::id thread = std::this_thread::get_id();
+  const std::uint64_t node = at::sequence_number::peek();
+  std::vector<DeferredOffload> later;
+  for (DeferredOffload& deferred : deferred_) {
+    const bool now = which == Deferred::kAll ||
+                     (deferred.thread == thread &&
+                      (which == Deferred::kOnThisThread || deferred.node < node));
+    if (!now) {
+      later.push_back(std::move(deferred));
+    } else if (std::shared_ptr<SavedEntry> entry = deferred.entry.lock()) {
+      taken.push_back(std::move(entry));
     }
-    deferred_.swap(later);
-    deferred_count_.store(deferred_.size(), std::memory_order_release);
   }
-  for (const std::shared_ptr<SavedEntry>& entry : ready) send_deferred(*entry);
+  deferred_.swap(later);
+  deferred_count_.store(deferred_.size(), std::memory_order_release);
+  return taken;
 }
 
-void ScopeState::send_deferred(SavedEntry& entry) {
+void ScopeState::send_deferred_offloads(Deferred which) {
+  for (const std::shared_ptr<SavedEntry>& entry : take_deferred(which)) send_deferred(entry);
+}
+
+void ScopeState::keep_deferred_offloads() {
+  for (const std::shared_ptr<SavedEntry>& entry : take_deferred(Deferred::kAll)) {
+    keep_instead(entry, /*fell_back=*/false);
+  }
+}
+
+void ScopeState::send_deferred(const std::shared_ptr<SavedEntry>& pending) {
+  SavedEntry& entry = *pending;
   at::Tensor tensor;
   {
     std::lock_guard<std::mutex> lock(entry.mutex);
@@ -374,41 +385,63 @@ void ScopeState::send_deferred(SavedEntry& entry) {
     tensor = entry.kept;
   }
   const auto start = std::chrono::steady_clock::now();
-  std::shared_ptr<HostStore::Item> item = host_.offload(tensor);
+  std::shared_ptr<HostStore::Item> item;
+  try {
+    item = host_.offload(tensor);
+  } catch (const std::exception&) {
+    // No room on the device for a dense copy of a tensor with gaps, say: the tensor stays.
+  }
   const std::int64_t copy_ns = elapsed_ns(start);
   tensor = at::Tensor();
-  const bool kept = !item;  // the host pool is full: keep it, lose nothing
-  {
-    std::lock_guard<std::mutex> lock(entry.mutex);
-    if (kept) {
-      entry.action = Action::kKeep;
-    } else {
-      entry.offloaded = std::move(item);
-      entry.kept = at::Tensor();
-    }
-  }
-  if (kept) {
-    const std::int64_t bytes = entry.bytes;
-    count([bytes](ActivationStats& s) {
-      ++s.offload_fallbacks;
-      --s.tensors_offloaded;
-      s.bytes_offloaded -= bytes;
-      ++s.tensors_kept;
-      s.bytes_kept += bytes;
-    });
-  }
-  std::lock_guard<std::mutex> lock(step_mutex_);
-  const std::int64_t row = entry.profile_index;
-  if (row < 0 || entry.step != step_ || row >= static_cast<std::int64_t>(profile_.tensors.size())) {
+  if (!item) {  // the host pool is full: keep it, lose nothing
+    keep_instead(pending, /*fell_back=*/true);
     return;
   }
-  ProfiledTensor& t = profile_.tensors[static_cast<std::size_t>(row)];
-  if (!timer_sees_copies_) t.pack_copy_ns += copy_ns;  // clocks count the copy in the segment
-  if (kept) t.action = Action::kKeep;
+  {
+    std::lock_guard<std::mutex> lock(entry.mutex);
+    entry.offloaded = std::move(item);
+    entry.kept = at::Tensor();
+  }
+  std::lock_guard<std::mutex> lock(step_mutex_);
+  if (ProfiledTensor* t = profiled(entry); t != nullptr && !timer_sees_copies_) {
+    t->pack_copy_ns += copy_ns;  // clocks count the copy in the segment
+  }
+}
+
+void ScopeState::keep_instead(const std::shared_ptr<SavedEntry>& kept, bool fell_back) {
+  SavedEntry& entry = *kept;
+  {
+    std::lock_guard<std::mutex> lock(entry.mutex);
+    if (entry.action != Action::kOffload || entry.offloaded || !entry.kept.defined()) return;
+    entry.action = Action::kKeep;
+  }
+  const std::int64_t bytes = entry.bytes;
+  count([bytes, fell_back](ActivationStats& s) {
+    s.offload_fallbacks += fell_back;
+    --s.tensors_offloaded;
+    s.bytes_offloaded -= bytes;
+    ++s.tensors_kept;
+    s.bytes_kept += bytes;
+  });
+  std::lock_guard<std::mutex> lock(step_mutex_);
+  if (ProfiledTensor* t = profiled(entry)) t->action = Action::kKeep;
+  // As a tensor kept at pack: the pressure handler may send it out later (not drop it: an
+  // offloaded entry holds no frame).
+  if (policy_->evicts_under_pressure() && static_cast<std::size_t>(bytes) >= kEvictMinBytes) {
+    evictable_.push_back(kept);
+  }
+}
+
+ProfiledTensor* ScopeState::profiled(const SavedEntry& entry) {
+  const std::int64_t row = entry.profile_index;
+  if (row < 0 || entry.step != step_ || row >= static_cast<std::int64_t>(profile_.tensors.size())) {
+    return nullptr;
+  }
+  return &profile_.tensors[static_cast<std::size_t>(row)];
 }
 
 void ScopeState::end_step(std::optional<std::uint64_t> only) {
-  send_deferred_offloads(Deferred::kAll);
+  keep_deferred_offloads();
   StepProfile profile;
   std::vector<std::pair<std::uint64_t, std::string>> segments;
   std::map<std::uint64_t, Link> links;

@@ -92,7 +92,8 @@ class ScopeState : public std::enable_shared_from_this<ScopeState> {
   // tensor's order in the step.
   std::int64_t begin_pack(const std::shared_ptr<SavedEntry>& entry);
   // Records a pack for the profile (when the policy wants one) and registers a kept tensor for
-  // eviction (when the policy evicts). `copy_ns`: what an offload at pack took.
+  // eviction (when the policy evicts). `copy_ns`: what an offload at pack took (0 since offloads
+  // wait for their operator: the copy's time is added when it is queued).
   void record_pack(const std::shared_ptr<SavedEntry>& entry, const SavedTensorInfo& info,
                    const at::Tensor& tensor, bool segment_input, std::int64_t copy_ns);
   void record_unpack(const SavedEntry& entry);
@@ -139,18 +140,30 @@ class ScopeState : public std::enable_shared_from_this<ScopeState> {
   // An operator may save a tensor before its kernel writes it: rrelu_with_noise saves `noise`,
   // then fills it, and moves no version counter. A copy taken at pack would carry what was there
   // before. So an offload is decided at pack, while the entry keeps the tensor (action kOffload,
-  // nothing offloaded yet), and its copy is queued once that operator has run: at a pack on the
-  // same thread under a later autograd node (at::sequence_number: a node takes its number when it
-  // is created, before its operator saves and runs), at the end of a segment's forward on that
-  // thread, and at the first unpack and the step's end for all. A copy that finds the host pool
-  // full keeps the tensor, as a pack that found it full did (counted as such).
+  // nothing offloaded yet), and its copy is queued once that operator has run, on the thread that
+  // packed it (its current stream is the operator's): at a pack under a later autograd node
+  // (at::sequence_number: a node takes its number when it is created, before its operator saves
+  // and runs), and when a segment begins or ends; what still waits when backward begins (the
+  // first unpack), on any thread. (Keeping those instead, since backward needs them first, was
+  // tried: auto then needed a granule more than keep's budget in
+  // DownstreamAutoBudget.FollowingTheAdviceOfATooSmallBudgetReachesOneThatFits.) What still waits
+  // when the step ends is kept. A copy that finds the host pool full, or no room for a dense copy,
+  // keeps the tensor (counted as a fallback, as a pack that found the pool full was).
   void defer_offload(const std::shared_ptr<SavedEntry>& entry);
   enum class Deferred { kOfEarlierNodesOnThisThread, kOnThisThread, kAll };
   void send_deferred_offloads(Deferred which);
+  void keep_deferred_offloads();
 
  private:
-  // Queues the copy of one deferred offload (see the Note).
-  void send_deferred(SavedEntry& entry);
+  // The deferred offloads `which` names, out of the list (the expired ones dropped).
+  std::vector<std::shared_ptr<SavedEntry>> take_deferred(Deferred which);
+  // Queues the copy of one deferred offload, or keeps the tensor (see the Note).
+  void send_deferred(const std::shared_ptr<SavedEntry>& pending);
+  // A deferred offload kept instead: the action, the counters and the profile say so, and the
+  // pressure handler may send it out.
+  void keep_instead(const std::shared_ptr<SavedEntry>& kept, bool fell_back);
+  // The entry's row in the profile of the step in progress, or null (step_mutex_ held).
+  ProfiledTensor* profiled(const SavedEntry& entry);
   double copy_bytes_per_second();  // measured once
   // Offloads `entry`'s kept tensor or drops it for its segment's rerun (`drop_first`: try that
   // first), whichever works; returns the action it took, kKeep if neither did. Entry lock held.

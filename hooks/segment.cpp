@@ -327,6 +327,8 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
   struct Reset {
     ~Reset() { detail::t_forward_frame = nullptr; }
   } reset;
+  // Offloads waiting for an operator before the segment: copied now, outside its bracket.
+  scope->send_deferred_offloads(detail::ScopeState::Deferred::kOnThisThread);
   // The profile's bracket, if the policy wants one (a plain id: g++ 12 under -fsanitize=thread
   // took the optional's payload for uninitialized where the flag guarded it).
   std::uint64_t bracket = 0;

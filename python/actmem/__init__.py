@@ -96,9 +96,11 @@ def enable(
     replicas_run_their_own_segments()
     segmenter = Segmenter(pattern, source)
     # torch.compile runs the hook as it is, outside its graph: Dynamo cannot trace the WeakSet of
-    # the modules already named, nor the forwards the hook replaces.
-    handle = torch.nn.modules.module.register_module_forward_pre_hook(
-        torch.compiler.disable(segmenter))
+    # the modules already named, nor the forwards the hook replaces. (torch.compiler is 2.1's.)
+    outside_compile = getattr(getattr(torch, "compiler", None), "disable", None)
+    if outside_compile is None:
+        outside_compile = torch._dynamo.disable
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(outside_compile(segmenter))
     _state = (hooks, handle, segmenter, threading.get_ident())
 
 
@@ -123,8 +125,10 @@ def disable() -> None:
 # copy may be released by such a thread after the interpreter began to finalize; releasing a Python
 # object takes the GIL, which then ends the thread through pthread_exit, and that unwinding through
 # C++ code kills the process (std::terminate, exit status -6) after the script succeeded. So at
-# exit, before finalization, actmem pops its hooks and waits (at most 2 s) until no copy of them is
-# left anywhere. (Found with 2-process gloo DDP runs: about 1 in 8 died so.)
+# exit, before finalization, actmem pops its hooks and waits (at most 10 s) until no copy of them is
+# left anywhere. (Found with 2-process gloo DDP runs: about 1 in 8 died so. With a 2 s wait, one run
+# on a VM busy building hung instead: gloo's thread released its copy while the main thread,
+# holding the GIL, was destroying the process group and waiting for that thread.)
 # A weak reference to the pack hook enable() pushed. While _state is set the hooks are still
 # pushed (enabled on another thread than the one exiting): nothing to wait for then.
 _hooks_in_use = None
@@ -135,7 +139,7 @@ def _release_hooks_at_exit() -> None:
     global _hooks_in_use
     if _state is not None and _state[3] == threading.get_ident():
         disable()
-    deadline = time.monotonic() + 2.0
+    deadline = time.monotonic() + 10.0
     while _state is None and _hooks_in_use is not None and _hooks_in_use() is not None:
         if time.monotonic() > deadline:
             break

@@ -55,6 +55,32 @@ def _put_back(saved) -> None:
         m.__dict__.update(attributes)
 
 
+_ABSENT = object()
+
+
+def _rebound(before):
+    """What a forward changed of ``before`` (_attributes as it began): for each module, every
+    attribute it rebound, added or removed, with its value before (_ABSENT: added). Only these are
+    held until the segment's backward, not every attribute the modules have."""
+    changed = []
+    for m, attributes in before:
+        now = m.__dict__
+        diff = {k: v for k, v in attributes.items() if now.get(k, _ABSENT) is not v}
+        diff.update({k: _ABSENT for k in now if k not in attributes})
+        if diff:
+            changed.append((m, diff))
+    return changed
+
+
+def _undo(changed) -> None:
+    for m, diff in changed:
+        for key, value in diff.items():
+            if value is _ABSENT:
+                m.__dict__.pop(key, None)
+            else:
+                m.__dict__[key] = value
+
+
 class SegmentForward:
     """A module's ``forward`` run as the actmem segment ``name`` (Note [Segments as a forward of
     their own]): the tensors among its arguments are the segment's inputs, those in its result its
@@ -78,18 +104,19 @@ class SegmentForward:
             # tensor the block cached on itself last step and rebinds now), and the ones the
             # forward left are put back after it.
             if forward["running"]:
-                forward["start"] = _attributes(module)
-                saved = None
+                before, saved = _attributes(module), None
             else:
                 saved = _attributes(module)
-                _put_back(forward["start"])
+                _undo(forward["rebound"])
             try:
                 if inner is None:
                     result = type(module).forward(module, *call_args, **call_kwargs)
                 else:
                     result = inner(*call_args, **call_kwargs)
             finally:
-                if saved is not None:
+                if saved is None:
+                    forward["rebound"] = _rebound(before)
+                else:
                     _put_back(saved)
             outputs, rebuild = _tree.flatten(result)
             if forward["running"]:
