@@ -281,27 +281,6 @@ def test_a_generator_of_the_scripts_own_is_rerun_from_where_the_forward_found_it
     assert out.splitlines() == ["True 3"]
 
 
-def test_a_compiled_model_trains_as_without_actmem():
-    # torch.compile(model) used to fail in Dynamo on actmem's global forward pre-hook.
-    out = python("""
-        def run(policy):
-            torch.manual_seed(5)
-            net = nn.Sequential(*[nn.Sequential(nn.Linear(64, 64), nn.Tanh()) for _ in range(3)])
-            if policy:
-                actmem.enable(policy=policy, segments=r"\\d+")
-            compiled = torch.compile(net, backend="eager")
-            loss = compiled(torch.randn(256, 64)).square().mean()
-            loss.backward()
-            if policy:
-                actmem.disable()
-            return [loss.detach()] + [p.grad.clone() for p in net.parameters()]
-        plain, managed = run(None), run("recompute")
-        print(all(torch.equal(a, b) for a, b in zip(plain, managed)),
-              actmem.stats()["activations"]["recomputations"] > 0)
-    """)
-    assert out.splitlines() == ["True True"]
-
-
 def test_a_tensor_the_block_cached_on_itself_is_read_by_the_rerun_as_by_the_forward():
     out = python("""
         class Cache(nn.Module):
