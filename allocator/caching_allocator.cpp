@@ -753,9 +753,9 @@ class CachingAllocator::Impl {
   // - kUnorderedPool is waited for by nobody: its blocks came back only once nothing queued could
   //   use them (the shim's cudaFree waited for the device; a block of the per-thread default
   //   stream, or one cudaFreeAsync returned, waited for an event).
-  // - A stream destroyed since (or the per-thread default stream) is waited for as the device
-  //   (StreamEvents::synchronize). Not covered: a destroyed stream's handle that a new stream has
-  //   taken over before the old one's work finished.
+  // - A stream destroyed since is waited for as the device (StreamEvents::synchronize). Not
+  //   covered: a destroyed stream's handle that a new stream has taken over before the old one's
+  //   work finished.
   // - A stream that cannot be waited for keeps its segment's granules mapped; the other streams'
   //   go all the same, and the release or reclaim reports the first failure once it is done. So
   //   does a stream one of whose granules will not unmap even on its own: the pass leaves the rest

@@ -80,15 +80,11 @@ void CudaEvents::release(Event event) {
 
 void CudaEvents::synchronize(Stream stream) {
   DeviceGuard guard(runtime_, device_);
-  const auto cuda_stream = static_cast<cudaStream_t>(stream);
-  // The per-thread default stream is a different stream on each thread: the one that freed the
-  // block may not be this one. Waited for as the device.
-  if (cuda_stream != cudaStreamPerThread) {
-    if (runtime_.stream_synchronize(cuda_stream) == cudaSuccess) return;
-    // A stream destroyed since its blocks were freed (cudaFreeAsync, then cudaStreamDestroy):
-    // the device's work covers whatever it queued.
-    runtime_.get_last_error();
-  }
+  // (Never cudaStreamPerThread: no pool is keyed by it, across_threads.)
+  if (runtime_.stream_synchronize(static_cast<cudaStream_t>(stream)) == cudaSuccess) return;
+  // A stream destroyed since its blocks were freed (cudaFreeAsync, then cudaStreamDestroy): the
+  // device's work covers whatever it queued.
+  runtime_.get_last_error();
   check(runtime_, runtime_.device_synchronize(), "cudaDeviceSynchronize");
 }
 

@@ -9,7 +9,7 @@
 // thread's draws never count. An operator given its own generator counts too (the answer errs on
 // the side of restoring), and the watch keeps that generator, with its state before the first
 // operator given it drew: the rerun must put it back too. (So the callback asks for each
-// operator's inputs: about 1.5 us more a segment of a few operators, bench/segment_overhead.)
+// operator's inputs: about 2 us more a segment of a few operators, bench/segment_overhead.)
 #pragma once
 
 #include <cstdint>

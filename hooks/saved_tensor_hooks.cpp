@@ -107,7 +107,7 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
     // that saved the tensor] in scope_state.h).
     if (action != Action::kRecompute) e.kept = tensor.detach();
     e.action = action;
-    scope_->record_pack(entry_, info, tensor, segment_input, /*copy_ns=*/0);
+    scope_->record_pack(entry_, info, tensor, segment_input);
     e.sizes = std::move(info.shape);
     e.segment = std::move(info.segment);
 

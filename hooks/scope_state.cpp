@@ -179,7 +179,7 @@ std::vector<std::int64_t> ScopeState::peaks_between_events() {
 }
 
 void ScopeState::record_pack(const std::shared_ptr<SavedEntry>& entry, const SavedTensorInfo& info,
-                             const at::Tensor& tensor, bool segment_input, std::int64_t copy_ns) {
+                             const at::Tensor& tensor, bool segment_input) {
   const bool profile = policy_->wants_profile();
   const bool evicts = policy_->evicts_under_pressure() && entry->action == Action::kKeep &&
                       !info.is_leaf && static_cast<std::size_t>(info.bytes) >= kEvictMinBytes;
@@ -214,7 +214,6 @@ void ScopeState::record_pack(const std::shared_ptr<SavedEntry>& entry, const Sav
   // instead (keep_instead).
   t.action = entry->action;
   t.segment_input = segment_input;
-  t.pack_copy_ns = timer_sees_copies_ ? 0 : copy_ns;  // clocks count the copy in the segment
   t.pack_event = static_cast<std::int64_t>(profile_.levels.size());
   push_event(device);
   entry->profile_index = static_cast<std::int64_t>(profile_.tensors.size());
@@ -381,7 +380,7 @@ void ScopeState::send_deferred(const std::shared_ptr<SavedEntry>& pending) {
   at::Tensor tensor;
   {
     std::lock_guard<std::mutex> lock(entry.mutex);
-    if (entry.action != Action::kOffload || entry.offloaded || !entry.kept.defined()) return;
+    if (!entry.offload_waiting()) return;
     tensor = entry.kept;
   }
   const auto start = std::chrono::steady_clock::now();
@@ -412,7 +411,7 @@ void ScopeState::keep_instead(const std::shared_ptr<SavedEntry>& kept, bool fell
   SavedEntry& entry = *kept;
   {
     std::lock_guard<std::mutex> lock(entry.mutex);
-    if (entry.action != Action::kOffload || entry.offloaded || !entry.kept.defined()) return;
+    if (!entry.offload_waiting()) return;
     entry.action = Action::kKeep;
   }
   const std::int64_t bytes = entry.bytes;
@@ -504,8 +503,8 @@ Action ScopeState::send_out(SavedEntry& entry, bool drop_first) {
     return true;
   };
   auto offload = [&] {
-    if (!HostStore::can_hold(entry.kept)) return false;
-    // At once: the allocator waits for this memory.
+    // At once: the allocator waits for this memory. (Null also for a tensor the store cannot
+    // hold.)
     std::shared_ptr<HostStore::Item> item = host_.offload(entry.kept, /*now=*/true);
     if (!item) return false;  // the host pool is full
     entry.offloaded = std::move(item);

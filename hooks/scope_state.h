@@ -50,6 +50,11 @@ struct SavedEntry {
   Action action = Action::kKeep;
   at::Tensor kept;
   std::shared_ptr<HostStore::Item> offloaded;
+  // An offload decided at pack whose copy is not queued yet: the entry still holds the tensor
+  // (Note [An offload waits for the operator that saved the tensor]). Lock held.
+  bool offload_waiting() const {
+    return action == Action::kOffload && !offloaded && kept.defined();
+  }
   // While the segment may be rerun for it: recomputed, or kept and droppable under pressure.
   std::shared_ptr<SegmentFrame> frame;
   std::int64_t index = -1;  // its pack index within the frame
@@ -92,10 +97,10 @@ class ScopeState : public std::enable_shared_from_this<ScopeState> {
   // tensor's order in the step.
   std::int64_t begin_pack(const std::shared_ptr<SavedEntry>& entry);
   // Records a pack for the profile (when the policy wants one) and registers a kept tensor for
-  // eviction (when the policy evicts). `copy_ns`: what an offload at pack took (0 since offloads
-  // wait for their operator: the copy's time is added when it is queued).
+  // eviction (when the policy evicts). An offload's copy time is added when the copy is queued
+  // (Note [An offload waits for the operator that saved the tensor]).
   void record_pack(const std::shared_ptr<SavedEntry>& entry, const SavedTensorInfo& info,
-                   const at::Tensor& tensor, bool segment_input, std::int64_t copy_ns);
+                   const at::Tensor& tensor, bool segment_input);
   void record_unpack(const SavedEntry& entry);
   // Bracket one segment's forward for the profile (on the thread that runs it); the time comes
   // from the scope's SegmentTimer when the step ends. begin_segment returns the bracket's id.

@@ -21,7 +21,7 @@ struct ProfiledTensor {
   // What the hooks did with it at pack: the profiled step keeps everything when no budget is set,
   // and sends out what it can under one (so that it fits).
   Action action = Action::kKeep;
-  std::int64_t pack_copy_ns = 0;  // the offload's copy at pack, inside its segment's forward time
+  std::int64_t pack_copy_ns = 0;  // the offload's copy, inside its segment's forward time
   bool segment_input = false;     // the storage is an input of its segment (the segment holds it)
   // Whether dropping every saved copy of its storage would free it: at the start of backward,
   // nothing but saved tensors held it (a tensor sent out at pack: nothing held its storage any
