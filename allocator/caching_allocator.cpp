@@ -53,6 +53,8 @@ std::size_t smallest_segment_for(std::size_t size) {
 // True while this thread runs a pressure handler: an allocation it makes may not ask the handlers
 // again (that would recurse into them, and re-lock their list).
 thread_local bool t_in_handler = false;
+// True while this thread holds a CachingAllocator::Speculative.
+thread_local bool t_speculative = false;
 
 std::string pointer_text(const void* ptr) {
   char buffer[32];
@@ -144,6 +146,12 @@ class CachingAllocator::Impl {
           return nullptr;
         };
         if (void* ptr = serve()) return ptr;
+        if (t_speculative) {
+          throw OutOfMemoryError("actmem: a speculative allocation of " +
+                                     format_bytes(static_cast<std::int64_t>(bytes)) +
+                                     " found no room: not served",
+                                 bytes);
+        }
         if (release_cached_segments(OnFailure::kReport) > 0) {
           if (void* ptr = serve()) return ptr;
         }
@@ -1248,6 +1256,9 @@ CachingAllocator::CachingAllocator(std::unique_ptr<Backend> backend,
 CachingAllocator::CachingAllocator(std::unique_ptr<Backend> backend, AllocatorOptions options)
     : CachingAllocator(std::move(backend), std::make_unique<ImmediateEvents>(), options) {}
 CachingAllocator::~CachingAllocator() = default;
+
+CachingAllocator::Speculative::Speculative() : previous_(t_speculative) { t_speculative = true; }
+CachingAllocator::Speculative::~Speculative() { t_speculative = previous_; }
 
 void* CachingAllocator::allocate(std::size_t bytes, Stream stream) {
   return impl_->allocate(bytes, stream);

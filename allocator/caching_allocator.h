@@ -102,6 +102,22 @@ class CachingAllocator {
   HandlerId add_pressure_handler(PressureHandler handler);
   void remove_pressure_handler(HandlerId id);
 
+  // While one lives, the allocations this thread makes (from any CachingAllocator) are
+  // speculative: one that no free block or new segment within the budget can serve fails at once
+  // with OutOfMemoryError, without releasing cached segments, asking the pressure handlers or
+  // counting as an out-of-memory (stats().ooms, the trace). For work that can do without the
+  // memory, such as a prefetch, which must not make room by sending other tensors out.
+  class Speculative {
+   public:
+    Speculative();
+    ~Speculative();
+    Speculative(const Speculative&) = delete;
+    Speculative& operator=(const Speculative&) = delete;
+
+   private:
+    bool previous_;
+  };
+
   AllocatorStats stats() const;
   void reset_peak_stats();
 

@@ -58,8 +58,9 @@ class HostStore::Item {
 class HostStore::Core {
  public:
   Core(HostStoreOptions store_options, std::unique_ptr<copy::CopyEngine> copy_engine,
-       std::unique_ptr<alloc::Backend> pool_backend)
-      : window(store_options.prefetch_window.value_or(0)),
+       std::unique_ptr<alloc::Backend> pool_backend, c10::Device engine_device)
+      : device(engine_device),
+        window(store_options.prefetch_window.value_or(0)),
         engine(std::move(copy_engine)),
         pool(std::move(pool_backend), pool_options(store_options.capacity)) {}
 
@@ -67,7 +68,7 @@ class HostStore::Core {
   // finished. May run under `mutex` (an item can die inside reap()). Once the store is gone,
   // nothing would reap it (and a host block's deleter holds the core: a cycle), so it waits.
   void retire(copy::CopyEngine::Ticket ticket, at::Tensor tensor) {
-    if (ticket == 0 || engine->finished(ticket)) return;
+    if (ticket == 0 || finished_or_failed(ticket)) return;
     {
       std::lock_guard<std::mutex> lock(retired_mutex);
       if (!store_gone) {
@@ -75,7 +76,25 @@ class HostStore::Core {
         return;
       }
     }
-    engine->wait(ticket);
+    wait_or_fail(ticket);
+  }
+
+  // For the destructors (an item's, the store's), which must not throw: a copy whose state the
+  // engine cannot tell (a device failed for good, a CUDA runtime unloading at exit) runs no more,
+  // so it counts as finished.
+  bool finished_or_failed(copy::CopyEngine::Ticket ticket) noexcept {
+    try {
+      return engine->finished(ticket);
+    } catch (const std::exception&) {
+      return true;
+    }
+  }
+  void wait_or_fail(copy::CopyEngine::Ticket ticket) noexcept {
+    try {
+      engine->wait(ticket);
+    } catch (const std::exception&) {
+      // As above: nothing left to wait for.
+    }
   }
 
   // The store is going: waits for the copies of what is retired, then lets it go.
@@ -86,7 +105,7 @@ class HostStore::Core {
       store_gone = true;
       draining.swap(retired);
     }
-    for (const Retired& r : draining) engine->wait(r.ticket);
+    for (const Retired& r : draining) wait_or_fail(r.ticket);
   }
 
   // Lets go of the sources whose copy has finished, and forgets items that are gone.
@@ -137,6 +156,19 @@ class HostStore::Core {
                              item.host.options().device(item.device));
   }
 
+  // Orders `stream` after copy back `ticket`. If that fails, waits for the copy on the host
+  // before the error goes on: the caller frees the copy's destination on the way out, and the copy
+  // must not write into a block handed out again.
+  void order_after(copy::CopyEngine::Ticket ticket, alloc::Stream stream) {
+    if (ticket == 0) return;
+    try {
+      engine->order_after(ticket, stream);
+    } catch (...) {
+      wait_or_fail(ticket);
+      throw;
+    }
+  }
+
   // Queues the copy back into `destination`. (mutex held)
   copy::CopyEngine::Ticket queue_in(const Item& item, const at::Tensor& destination) {
     const std::int64_t bytes = byte_size(item.host);
@@ -148,7 +180,7 @@ class HostStore::Core {
   }
 
   ~Core() {
-    for (const Retired& r : retired) engine->wait(r.ticket);
+    for (const Retired& r : retired) wait_or_fail(r.ticket);
   }
 
   struct Retired {
@@ -156,6 +188,7 @@ class HostStore::Core {
     at::Tensor tensor;
   };
 
+  const c10::Device device;  // whose tensors the engine copies
   std::mutex mutex;          // everything below but the engine and the pool, which lock themselves
   const std::size_t window;  // the prefetch window in force
   const std::unique_ptr<copy::CopyEngine> engine;
@@ -188,17 +221,21 @@ HostStore::HostStore(HostStoreOptions options) {
   if (!options.prefetch_window) {
     options.prefetch_window = cuda ? HostStoreOptions::kCudaPrefetchWindow : 0;
   }
-  core_ = std::make_shared<Core>(options, copy::make_copy_engine(cuda, device),
-                                 copy::make_host_backend(cuda));
+  core_ = std::make_shared<Core>(
+      options, copy::make_copy_engine(cuda, device), copy::make_host_backend(cuda),
+      cuda ? c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device))
+           : c10::Device(c10::DeviceType::CPU));
 }
 
 HostStore::HostStore(HostStoreOptions options, std::unique_ptr<copy::CopyEngine> engine,
                      std::unique_ptr<alloc::Backend> pool_backend)
-    : core_(std::make_shared<Core>(options, std::move(engine), std::move(pool_backend))) {}
+    : core_(std::make_shared<Core>(options, std::move(engine), std::move(pool_backend),
+                                   c10::Device(c10::DeviceType::CPU))) {}
 
 HostStore::~HostStore() { core_->drain(); }
 
-bool HostStore::can_hold(const at::Tensor& tensor) {
+bool HostStore::can_hold(const at::Tensor& tensor) const {
+  if (tensor.device() != core_->device) return false;
   if (tensor.layout() != at::kStrided || !tensor.has_storage() || tensor.is_conj() ||
       tensor.is_neg() || tensor.is_quantized() || tensor.is_nested() || tensor._is_zerotensor() ||
       tensor.unsafeGetTensorImpl()->is_python_dispatch()) {
@@ -281,7 +318,7 @@ at::Tensor HostStore::take(const std::shared_ptr<Item>& item) {
     ticket = item->in = core_->queue_in(*item, destination);
   }
   const bool hidden = ticket == 0 || core_->engine->finished(ticket);
-  if (ticket != 0) core_->engine->order_after(ticket, current_stream(item->device));
+  core_->order_after(ticket, current_stream(item->device));
   std::vector<std::shared_ptr<Item>> chosen;
   {
     std::lock_guard<std::mutex> lock(core_->mutex);
@@ -300,8 +337,19 @@ at::Tensor HostStore::take(const std::shared_ptr<Item>& item) {
       chosen.push_back(candidate);
     }
   }
-  for (const std::shared_ptr<Item>& candidate : chosen) {
-    at::Tensor ahead_copy = Core::device_tensor_for(*candidate);
+  for (std::size_t i = 0; i < chosen.size(); ++i) {
+    const std::shared_ptr<Item>& candidate = chosen[i];
+    at::Tensor ahead_copy;
+    try {
+      // Only into room there is: a prefetch that made room by sending kept tensors out, or that
+      // failed the unpack, would cost more than it saves.
+      const alloc::CachingAllocator::Speculative speculative;
+      ahead_copy = Core::device_tensor_for(*candidate);
+    } catch (const std::exception&) {
+      std::lock_guard<std::mutex> lock(core_->mutex);
+      for (std::size_t j = i; j < chosen.size(); ++j) chosen[j]->fetching = false;
+      break;  // these come back when taken
+    }
     std::lock_guard<std::mutex> lock(core_->mutex);
     candidate->in = core_->queue_in(*candidate, ahead_copy);
     candidate->fetched = std::move(ahead_copy);
@@ -318,8 +366,40 @@ at::Tensor HostStore::copy_back(const Item& item) {
     std::lock_guard<std::mutex> lock(core_->mutex);
     ticket = core_->queue_in(item, destination);
   }
-  if (ticket != 0) core_->engine->order_after(ticket, current_stream(item.device));
+  core_->order_after(ticket, current_stream(item.device));
   return destination;
+}
+
+std::size_t HostStore::release_sources(std::size_t bytes) {
+  // The bytes a source frees when the store lets go of it: none if something else holds it.
+  const auto sole_bytes = [](const at::Tensor& source) -> std::size_t {
+    return source.defined() && source.storage().use_count() == 1 ? source.storage().nbytes() : 0;
+  };
+  std::size_t released = 0;
+  std::vector<std::shared_ptr<Item>> in_flight;  // oldest first, as sent
+  {
+    std::lock_guard<std::mutex> lock(core_->mutex);
+    for (const std::weak_ptr<Item>& weak : core_->sending) {
+      const std::shared_ptr<Item> item = weak.lock();
+      if (!item) continue;
+      if (core_->engine->finished(item->out)) {
+        released += sole_bytes(item->source);
+        item->source = at::Tensor();
+      } else {
+        in_flight.push_back(item);
+      }
+    }
+    core_->reap();  // forgets those let go of
+  }
+  for (const std::shared_ptr<Item>& item : in_flight) {
+    if (released >= bytes) break;
+    core_->engine->wait(item->out);  // without the mutex: other copies go on being queued
+    std::lock_guard<std::mutex> lock(core_->mutex);
+    released += sole_bytes(item->source);
+    item->source = at::Tensor();
+    core_->reap();
+  }
+  return released;
 }
 
 TransferStats HostStore::stats() const {

@@ -84,12 +84,16 @@ class HostStore {
 
   class Item;  // one tensor sent out; shared by its owner and the store's queues
 
-  // Whether a copy of the tensor's bytes comes back as the same tensor: a strided tensor with
+  // Whether the store can send `tensor` out: a tensor of the device its copy engine serves (the
+  // CUDA device current when the store was made, or the CPU for the inline engine and engines of
+  // the caller's), whose bytes, copied, come back as the same tensor: a strided tensor with
   // storage, of plain values (no conjugate or negative bit, not quantized, not nested, not a zero
   // tensor, not a Python subclass), whose elements do not share memory (an expanded tensor). Any
   // other is kept where it is: the bytes alone would come back as another tensor (a conjugate
   // view as its base), cannot be had (a sparse tensor's), or would take more than it holds.
-  static bool can_hold(const at::Tensor& tensor);
+  // A tensor of another device is kept where it is: the engine would order its copy after
+  // another device's stream, or read device memory as host memory.
+  bool can_hold(const at::Tensor& tensor) const;
 
   // Sends `tensor` out (see the Note); nullptr when the pool cannot grow or can_hold() is false
   // (nothing is queued, the caller keeps the tensor). `now`: waits for the copy and lets go of the
@@ -105,6 +109,13 @@ class HostStore {
   // A copy of the item's tensor on its device, outside the prefetch order (a segment's rerun
   // reading an input through it); waits for it.
   at::Tensor copy_back(const Item& item);
+
+  // For a device allocator short of memory: lets go of the device tensors whose copy out has
+  // finished, then waits for the copies out still running, oldest first, and lets go of theirs,
+  // until the tensors nothing else holds add up to `bytes`. Returns their bytes. (Each device
+  // tensor sent out is held until its copy has finished, and let go of at a later call of the
+  // store: under a budget, copies slower than the forward would otherwise hold the memory.)
+  std::size_t release_sources(std::size_t bytes);
 
   TransferStats stats() const;
   alloc::CachingAllocator& pool();

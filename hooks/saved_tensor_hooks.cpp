@@ -1,6 +1,7 @@
 // The saved-tensor hooks actmem gives autograd, the Engine that hands them out, and the scope that
 // turns them on. See activation_scope.h and segment.h for the contracts.
 #include <ATen/ATen.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/csrc/autograd/engine.h>
 #include <torch/csrc/autograd/saved_variable_hooks.h>
 
@@ -58,6 +59,9 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
     e.version = e.version_counter.enabled() ? e.version_counter.current_version() : 0;
     e.dtype = tensor.scalar_type();
     e.device = tensor.device();
+    if (!e.device.is_cpu()) {
+      e.stream = c10::impl::getDeviceGuardImpl(e.device.type())->getStream(e.device);
+    }
     info.bytes = e.bytes;
     info.segment = frame ? frame->name : "";
     info.shape.assign(tensor.sizes().begin(), tensor.sizes().end());
@@ -85,7 +89,7 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
     if (action == Action::kRecompute && !frame) action = Action::kKeep;
     if (action == Action::kOffload &&
         (static_cast<std::size_t>(e.bytes) < scope_->options().offload_min_bytes ||
-         !HostStore::can_hold(tensor))) {
+         !scope_->host().can_hold(tensor))) {
       action = Action::kKeep;
     }
     if (frame) {
@@ -276,11 +280,12 @@ ActivationScope::ActivationScope(std::shared_ptr<Policy> policy, ScopeOptions op
 }
 
 void ActivationScope::add_pressure_handler() {
-  if (!state_->policy().evicts_under_pressure()) return;
+  const Policy& policy = state_->policy();
+  if (!policy.evicts_under_pressure() && !policy.may_offload()) return;
   std::weak_ptr<detail::ScopeState> weak = state_;
   pressure_handler_ = device_memory().add_pressure_handler([weak](std::size_t bytes) {
     const std::shared_ptr<detail::ScopeState> state = weak.lock();
-    return state ? state->evict(bytes) : 0;
+    return state ? state->relieve(bytes) : 0;
   });
 }
 

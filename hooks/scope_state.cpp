@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/SequenceNumber.h>
+#include <c10/core/StreamGuard.h>
 #include <torch/csrc/autograd/engine.h>
 #include <torch/csrc/autograd/graph_task.h>
 
@@ -375,6 +376,16 @@ void ScopeState::keep_deferred_offloads() {
   }
 }
 
+std::shared_ptr<HostStore::Item> ScopeState::offload_after_its_operator(const SavedEntry& entry,
+                                                                       const at::Tensor& tensor,
+                                                                       bool now) {
+  // The store orders its copy (and the dense copy of a tensor with gaps) after the current
+  // stream: the packing one here, on its device, whatever this thread was doing.
+  std::optional<c10::StreamGuard> packing_stream;
+  if (entry.stream) packing_stream.emplace(*entry.stream);
+  return host_.offload(tensor, now);
+}
+
 void ScopeState::send_deferred(const std::shared_ptr<SavedEntry>& pending) {
   SavedEntry& entry = *pending;
   at::Tensor tensor;
@@ -386,7 +397,7 @@ void ScopeState::send_deferred(const std::shared_ptr<SavedEntry>& pending) {
   const auto start = std::chrono::steady_clock::now();
   std::shared_ptr<HostStore::Item> item;
   try {
-    item = host_.offload(tensor);
+    item = offload_after_its_operator(entry, tensor, /*now=*/false);
   } catch (const std::exception&) {
     // No room on the device for a dense copy of a tensor with gaps, say: the tensor stays.
   }
@@ -505,7 +516,8 @@ Action ScopeState::send_out(SavedEntry& entry, bool drop_first) {
   auto offload = [&] {
     // At once: the allocator waits for this memory. (Null also for a tensor the store cannot
     // hold.)
-    std::shared_ptr<HostStore::Item> item = host_.offload(entry.kept, /*now=*/true);
+    std::shared_ptr<HostStore::Item> item =
+        offload_after_its_operator(entry, entry.kept, /*now=*/true);
     if (!item) return false;  // the host pool is full
     entry.offloaded = std::move(item);
     entry.kept = at::Tensor();
@@ -567,19 +579,40 @@ double ScopeState::copy_bytes_per_second() {
   constexpr std::int64_t kElements = 64 * 1024;
   constexpr int kRoundTrips = 16;
   try {
-    const at::Tensor probe = at::zeros({kElements}, at::kFloat);
+    // On the managed device: on CUDA, a CPU probe would time host-to-host copies.
+    const at::Tensor probe =
+        at::zeros({kElements}, at::TensorOptions(at::kFloat).device(managed_device()));
     const auto start = std::chrono::steady_clock::now();
+    at::Tensor back;
     for (int i = 0; i < kRoundTrips; ++i) {
       const std::shared_ptr<HostStore::Item> item = host_.offload(probe, /*now=*/true);
       if (!item) return 0;
-      host_.copy_back(*item);
+      back = host_.copy_back(*item);
     }
+    (void)back.sum().item<float>();  // the last copy back has landed (it is queued on CUDA)
     const double seconds = std::max<double>(static_cast<double>(elapsed_ns(start)) * 1e-9, 1e-9);
     copy_bytes_per_second_ = 2.0 * kRoundTrips * kElements * 4 / seconds;
   } catch (const std::exception&) {
     return 0;  // no room even for the probe: the plan prices offloads as unavailable
   }
   return copy_bytes_per_second_.load();
+}
+
+std::size_t ScopeState::relieve(std::size_t bytes_needed) {
+  alloc::CachingAllocator& device = device_memory();
+  const std::int64_t allocated_before = device.stats().allocated_bytes.current;
+  host_.release_sources(bytes_needed);
+  const std::int64_t freed =
+      std::max<std::int64_t>(0, allocated_before - device.stats().allocated_bytes.current);
+  if (freed >= static_cast<std::int64_t>(bytes_needed) || !policy_->evicts_under_pressure()) {
+    return static_cast<std::size_t>(freed);
+  }
+  try {
+    return static_cast<std::size_t>(freed) + evict(bytes_needed - static_cast<std::size_t>(freed));
+  } catch (const BudgetTooSmallError&) {
+    if (freed > 0) return static_cast<std::size_t>(freed);  // the allocator tries again with it
+    throw;
+  }
 }
 
 std::size_t ScopeState::evict(std::size_t bytes_needed) {

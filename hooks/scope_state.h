@@ -6,6 +6,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/StorageImpl.h>
+#include <c10/core/Stream.h>
 
 #include <atomic>
 #include <chrono>
@@ -66,6 +67,9 @@ struct SavedEntry {
   std::uint32_t version = 0;
   c10::ScalarType dtype = c10::ScalarType::Undefined;
   c10::Device device = c10::Device(c10::DeviceType::CPU);
+  // The current stream of that device when it was packed: the saving operator's, which a copy to
+  // the host must follow wherever it is queued from. None for a CPU tensor.
+  std::optional<c10::Stream> stream;
   std::vector<std::int64_t> sizes;
   std::string segment;  // its segment's name, "" outside segments
   std::chrono::steady_clock::time_point packed_at;
@@ -134,6 +138,10 @@ class ScopeState : public std::enable_shared_from_this<ScopeState> {
   // until `bytes_needed` reserved bytes are released or no candidate is left; returns the bytes
   // freed. Throws BudgetTooSmallError when nothing could go.
   std::size_t evict(std::size_t bytes_needed);
+  // The scope's pressure handler: first lets go of the device tensors the host store holds for
+  // copies out (HostStore::release_sources), then, if that was not enough and the policy evicts,
+  // evicts. Returns the device bytes freed; throws as evict does when nothing was.
+  std::size_t relieve(std::size_t bytes_needed);
 
   // Whether a kept tensor may hold its segment's frame so that pressure can drop it for a rerun.
   bool may_drop(const SavedTensorInfo& info, bool segment_input) const;
@@ -145,8 +153,10 @@ class ScopeState : public std::enable_shared_from_this<ScopeState> {
   // An operator may save a tensor before its kernel writes it: rrelu_with_noise saves `noise`,
   // then fills it, and moves no version counter. A copy taken at pack would carry what was there
   // before. So an offload is decided at pack, while the entry keeps the tensor (action kOffload,
-  // nothing offloaded yet), and its copy is queued once that operator has run, on the thread that
-  // packed it (its current stream is the operator's): at a pack under a later autograd node
+  // nothing offloaded yet), and its copy is queued once that operator has run, after the work of
+  // the stream that was current when it packed (the operator's stream; the copy may be queued on
+  // another thread, or after the program switched streams): on the thread that packed it, at a
+  // pack under a later autograd node
   // (at::sequence_number: a node takes its number when it is created, before its operator saves
   // and runs), and when a segment begins or ends; what still waits when backward begins (the
   // first unpack), on any thread. (Keeping those instead, since backward needs them first, was
@@ -160,10 +170,18 @@ class ScopeState : public std::enable_shared_from_this<ScopeState> {
   void keep_deferred_offloads();
 
  private:
+  struct DeferredOffload {
+    std::weak_ptr<SavedEntry> entry;
+    std::thread::id thread;  // that packed it
+    std::uint64_t node = 0;  // at::sequence_number when it was packed
+  };
   // The deferred offloads `which` names, out of the list (the expired ones dropped).
   std::vector<std::shared_ptr<SavedEntry>> take_deferred(Deferred which);
   // Queues the copy of one deferred offload, or keeps the tensor (see the Note).
   void send_deferred(const std::shared_ptr<SavedEntry>& pending);
+  // HostStore::offload of `tensor`, saved as `entry`, ordered after the entry's packing stream.
+  std::shared_ptr<HostStore::Item> offload_after_its_operator(const SavedEntry& entry,
+                                                               const at::Tensor& tensor, bool now);
   // A deferred offload kept instead: the action, the counters and the profile say so, and the
   // pressure handler may send it out.
   void keep_instead(const std::shared_ptr<SavedEntry>& kept, bool fell_back);
@@ -195,11 +213,6 @@ class ScopeState : public std::enable_shared_from_this<ScopeState> {
 
   std::atomic<double> copy_bytes_per_second_{0};
 
-  struct DeferredOffload {
-    std::weak_ptr<SavedEntry> entry;
-    std::thread::id thread;  // that packed it
-    std::uint64_t node = 0;  // at::sequence_number when it was packed
-  };
   std::mutex deferred_mutex_;  // deferred_
   std::vector<DeferredOffload> deferred_;
   std::atomic<std::size_t> deferred_count_{0};  // deferred_.size(), read without the lock

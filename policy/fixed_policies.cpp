@@ -18,6 +18,7 @@ class KeepPolicy final : public Policy {
   const char* name() const override { return "keep"; }
   Action decide(const SavedTensorInfo&) override { return Action::kKeep; }
   bool may_recompute() const override { return false; }
+  bool may_offload() const override { return false; }
 };
 
 class RecomputePolicy final : public Policy {
@@ -26,6 +27,7 @@ class RecomputePolicy final : public Policy {
   Action decide(const SavedTensorInfo& t) override {
     return t.segment.empty() ? Action::kKeep : Action::kRecompute;
   }
+  bool may_offload() const override { return false; }
 };
 
 // Recomputes every segment, and drops links as ChainSpacing says (Chen et al. 2016, with the
@@ -34,6 +36,7 @@ class ChainPolicy final : public Policy {
  public:
   explicit ChainPolicy(LogLevel log) : log_(log) {}
   const char* name() const override { return "chain"; }
+  bool may_offload() const override { return false; }
   Action decide(const SavedTensorInfo& t) override {
     std::lock_guard<std::mutex> lock(mutex_);
     spacing_.saw(t);

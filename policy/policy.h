@@ -67,6 +67,9 @@ class Policy {
   // False for a policy that never has a segment rerun (its decisions are never kRecompute and it
   // does not evict): the hooks then skip what only a rerun needs.
   virtual bool may_recompute() const { return true; }
+  // False for a policy that never sends a tensor to the host (its decisions are never kOffload
+  // and it does not evict): nothing of its can hold device memory for a copy in flight.
+  virtual bool may_offload() const { return true; }
   virtual bool evicts_under_pressure() const { return false; }
   // Whether the starting segment lets go of an input that the segment before it returned (see
   // SegmentLink). Asked as the segment starts, only when may_recompute(). Dropping an input is

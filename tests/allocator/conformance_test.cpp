@@ -319,6 +319,30 @@ TEST_P(AllocatorConformance, AnAllocationInsideAHandlerFailsFastInsteadOfRecursi
   a.deallocate(held);
 }
 
+TEST_P(AllocatorConformance, ASpeculativeAllocationTakesOnlyRoomThereIs) {
+  AllocatorOptions options;
+  options.budget_bytes = 4 * MiB;
+  CachingAllocator& a = make(options);
+  void* held = a.allocate(2 * MiB);
+  void* cached = a.allocate(2 * MiB);
+  a.deallocate(cached);  // a free 2 MiB segment: the budget is reached
+  add_idle_handler(a);
+  {
+    const CachingAllocator::Speculative speculative;
+    void* fits = a.allocate(MiB + MiB / 2);  // in the cached segment
+    EXPECT_NE(fits, nullptr);
+    a.deallocate(fits);
+    EXPECT_THROW(a.allocate(3 * MiB), OutOfMemoryError);
+  }
+  EXPECT_EQ(handler_calls_, 0) << "a speculative request asks no handler";
+  EXPECT_EQ(a.stats().ooms, 0) << "nor counts as out of memory";
+  EXPECT_EQ(a.stats().reserved_bytes.current, std::int64_t{4} * MiB)
+      << "nor releases the cached segment to make room";
+  EXPECT_THROW(a.allocate(3 * MiB), OutOfMemoryError);
+  EXPECT_EQ(handler_calls_, 1) << "outside the guard, requests ask the handlers again";
+  a.deallocate(held);
+}
+
 TEST_P(AllocatorConformance, AHandlerThatFreesNothingEndsInOutOfMemory) {
   AllocatorOptions options;
   options.budget_bytes = 2 * MiB;

@@ -165,6 +165,85 @@ TEST(OffloadPipeline, PrefetchRunsAheadInReversePackOrderWithinTheWindow) {
   for (int i = 0; i < 5; ++i) EXPECT_TRUE(torch::equal(*back[i], originals[i])) << i;
 }
 
+// Under memory pressure (the scope's pressure handler): the device tensors held for copies out
+// go first, the finished ones, then the oldest still running, waited for, until enough is free.
+TEST(OffloadPipeline, UnderPressureTheSourcesOfCopiesOutGoOldestFirst) {
+  Pipeline p = pipeline(0);
+  std::vector<std::shared_ptr<HostStore::Item>> items;
+  const std::int64_t none = device_bytes();
+  for (int i = 0; i < 3; ++i) items.push_back(p.store->offload(torch::randn({kElements})));
+  EXPECT_EQ(device_bytes() - none, 3 * kBytes) << "held while their copies are queued";
+  p.engine->finish(1);
+  EXPECT_EQ(p.store->release_sources(1), static_cast<std::size_t>(kBytes)) << "the finished one";
+  EXPECT_EQ(device_bytes() - none, 2 * kBytes);
+  EXPECT_EQ(p.engine->issued(), 3u);
+  EXPECT_EQ(p.store->release_sources(kBytes), static_cast<std::size_t>(kBytes))
+      << "the oldest running one, waited for; the newest stays";
+  EXPECT_EQ(device_bytes() - none, kBytes);
+  const torch::Tensor held = torch::randn({kElements});
+  const std::int64_t with_held = device_bytes();
+  items.push_back(p.store->offload(held));
+  EXPECT_EQ(p.store->release_sources(4 * kBytes), static_cast<std::size_t>(kBytes))
+      << "a tensor the program still holds frees nothing";
+  EXPECT_EQ(device_bytes(), with_held - kBytes);
+  for (int i = 3; i >= 0; --i) p.store->take(items[i]);
+}
+
+// A prefetch takes only room there is: under a budget it does not fit, the pressure handlers are
+// not asked (they would send other tensors out to make room) and the take goes on without it.
+TEST(OffloadPipeline, APrefetchThatDoesNotFitTheBudgetIsLeftForLater) {
+  // 20 MiB items: each a segment of its own (classic layout) or ten granules (vmm).
+  constexpr std::int64_t kLarge = std::int64_t{5} << 20;
+  constexpr std::size_t kLargeBytes = std::size_t{20} << 20;
+  Pipeline p = pipeline(2 * kLargeBytes);
+  std::vector<std::shared_ptr<HostStore::Item>> items;
+  for (int i = 0; i < 3; ++i) {
+    items.push_back(p.store->offload(torch::full({kLarge}, static_cast<float>(i)), /*now=*/true));
+  }
+  alloc::CachingAllocator& device = device_memory();
+  device.empty_cache();
+  const alloc::AllocatorStats before = device.stats();
+  int asked = 0;
+  const auto handler = device.add_pressure_handler([&](std::size_t) {
+    ++asked;
+    return std::size_t{0};
+  });
+  // Room for the item taken (and a granule to spare for where it starts), not for another.
+  const std::optional<std::size_t> budget = device.budget();
+  device.set_budget(static_cast<std::size_t>(before.reserved_bytes.current) + kLargeBytes +
+                    (std::size_t{2} << 20));
+  torch::Tensor two;
+  TransferStats stats;
+  try {
+    two = p.store->take(items[2]);
+    stats = p.store->stats();
+  } catch (...) {
+    device.set_budget(budget);
+    device.remove_pressure_handler(handler);
+    throw;
+  }
+  device.set_budget(budget);
+  device.remove_pressure_handler(handler);
+  EXPECT_EQ(asked, 0) << "the handlers were not asked for a prefetch";
+  EXPECT_EQ(device.stats().ooms, before.ooms) << "a prefetch that did not fit is no failure";
+  EXPECT_EQ(stats.prefetched, 0);
+  EXPECT_TRUE(torch::equal(two, torch::full({kLarge}, 2.0f)));
+  EXPECT_TRUE(torch::equal(p.store->take(items[1]), torch::full({kLarge}, 1.0f)));
+  EXPECT_EQ(p.store->stats().prefetched, 1) << "once there is room, 0 is fetched ahead again";
+  EXPECT_TRUE(torch::equal(p.store->take(items[0]), torch::zeros({kLarge})));
+}
+
+// A store copies the tensors of its engine's device only (a CUDA store of another GPU's, here a
+// CPU store of a meta tensor's): the others stay where they are.
+TEST(OffloadPipeline, OnlyTensorsOfTheEnginesDeviceGoOut) {
+  Pipeline p = pipeline(0);
+  const torch::Tensor elsewhere = torch::empty({kElements}, torch::kMeta);
+  EXPECT_FALSE(p.store->can_hold(elsewhere));
+  EXPECT_EQ(p.store->offload(elsewhere), nullptr);
+  EXPECT_TRUE(p.store->can_hold(torch::zeros({kElements})));
+  EXPECT_EQ(p.engine->issued(), 0u);
+}
+
 TEST(OffloadPipeline, NoWindowMeansEachItemComesBackWhenTaken) {
   Pipeline p = pipeline(0);
   std::vector<std::shared_ptr<HostStore::Item>> items;

@@ -8,6 +8,13 @@
 
 #include <string>
 
+#ifdef ACTMEM_TORCH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAEvent.h>
+#include <ATen/cuda/Sleep.h>
+#include <c10/cuda/CUDAGuard.h>
+#endif
+
 #include "bench/compare/training_run.h"
 #include "hooks/actmem.h"
 #include "models/catalogue.h"
@@ -84,6 +91,51 @@ TEST(CudaOffload, CopiesGoThroughTheCudaEngineAndUnpacksNeedNoHostWait) {
   EXPECT_LE(transfers.exposed_ns, transfers.copy_ns)
       << "the compute stream cannot wait longer for copies than they ran";
 }
+
+#ifdef ACTMEM_TORCH_CUDA
+// Note [An offload waits for the operator that saved the tensor]: the copy is queued later than
+// the pack, here by an operator on another stream. It must still wait for the stream the tensor
+// was saved on, where a long kernel holds back the exp that writes it: ordered after the current
+// stream instead, the copy would carry the block's earlier bytes, and the gradient with them.
+TEST(CudaOffload, ACopyQueuedFromAnotherStreamWaitsForTheStreamThatSavedTheTensor) {
+  if (!cuda_managed()) GTEST_SKIP() << kNoDevice;
+  const auto train = [](const char* policy) {
+    ScopeOptions options;
+    options.offload_min_bytes = 0;
+    ActivationScope scope(make_policy(policy), options);
+    torch::manual_seed(3);
+    const torch::Tensor x = torch::randn({1 << 20}, torch::kCUDA).requires_grad_();
+    const torch::Tensor w = torch::randn({1 << 10}, torch::kCUDA).requires_grad_();
+    const c10::cuda::CUDAStream main = c10::cuda::getCurrentCUDAStream();
+    const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
+    at::cuda::CUDAEvent inputs_ready;
+    inputs_ready.record(main);
+    inputs_ready.block(side);
+    torch::Tensor y;
+    {
+      c10::cuda::CUDAStreamGuard on_side(side);
+      at::cuda::sleep(200'000'000);  // about 0.1 s: y is written long after the next operator
+      y = x.exp();                   // saves y, which offload sends out
+    }
+    const torch::Tensor z = w.exp();  // the next operator, on the main stream, queues y's copy
+    torch::Tensor loss;
+    {
+      c10::cuda::CUDAStreamGuard on_side(side);
+      loss = y.sum();
+    }
+    at::cuda::CUDAEvent loss_ready;
+    loss_ready.record(side);
+    loss_ready.block(main);
+    (loss + z.sum()).backward();
+    return std::make_pair(x.grad().cpu(), scope.stats().transfers.copies_to_host);
+  };
+  const auto [kept, none] = train("keep");
+  const auto [offloaded, copies] = train("offload");
+  EXPECT_EQ(none, 0);
+  EXPECT_GT(copies, 0) << "y went out";
+  EXPECT_TRUE(torch::equal(offloaded, kept)) << "the copy read y before exp wrote it";
+}
+#endif
 
 }  // namespace
 }  // namespace actmem::bench
