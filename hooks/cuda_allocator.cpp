@@ -1,9 +1,12 @@
 #include "hooks/cuda_allocator.h"
 
 #include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/util/Exception.h>
+#include <cuda_runtime_api.h>
 #include <torch/csrc/cuda/CUDAPluggableAllocator.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
@@ -46,14 +49,73 @@ void record_stream(void* ptr, cudaStream_t stream) {
   throw std::invalid_argument("actmem: record_stream on a CUDA pointer actmem did not allocate");
 }
 
+c10::CachingAllocator::Stat to_c10(const alloc::Stat& stat) {
+  c10::CachingAllocator::Stat out;
+  out.current = stat.current;
+  out.peak = stat.peak;
+  out.allocated = stat.total;
+  out.freed = stat.total - stat.current;
+  return out;
+}
+
+// PyTorch's pluggable allocator, answering what it leaves unsupported (it throws) from actmem's
+// statistics: torch.cuda.memory_allocated, max_memory_allocated, memory_reserved, memory_stats
+// and reset_peak_memory_stats, which unmodified training scripts call, and cacheInfo, which
+// cuDNN's benchmark mode asks to size its workspace. Only the aggregate figures are filled
+// ("allocated_bytes.all.current" and the like); the per-pool ones stay 0.
+class ActmemCudaAllocator final : public pluggable::CUDAPluggableAllocator {
+ public:
+  ActmemCudaAllocator() : CUDAPluggableAllocator(&detail::allocate, &detail::deallocate) {}
+
+  c10::CachingDeviceAllocator::DeviceStats getDeviceStats(c10::DeviceIndex device) override {
+    const alloc::AllocatorStats stats = ProcessAllocators::instance().for_device(device).stats();
+    constexpr auto all = static_cast<std::size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    c10::CachingDeviceAllocator::DeviceStats out;
+    out.allocation[all] = to_c10(stats.live_blocks);
+    out.segment[all] = to_c10(stats.segments);
+    out.allocated_bytes[all] = to_c10(stats.allocated_bytes);
+    out.reserved_bytes[all] = to_c10(stats.reserved_bytes);
+    out.active_bytes[all] = to_c10(stats.active_bytes);
+    out.requested_bytes[all] = to_c10(stats.requested_bytes);
+    out.num_ooms = stats.ooms;
+    out.num_device_alloc = stats.backend_allocs;
+    out.num_device_free = stats.backend_frees;
+    return out;
+  }
+
+  void resetPeakStats(c10::DeviceIndex device) override {
+    ProcessAllocators::instance().for_device(device).reset_peak_stats();
+  }
+
+  // The largest block a request could get now: the largest free cached block, or what the device
+  // (within the budget, if one is set) has beyond what is reserved. `largest` comes in as a guess;
+  // 0 asks for one, as in PyTorch's own allocator.
+  void cacheInfo(c10::DeviceIndex device, size_t* largest) override {
+    const alloc::AllocatorStats stats = ProcessAllocators::instance().for_device(device).stats();
+    std::size_t room = *largest;
+    if (room == 0) {
+      const c10::cuda::CUDAGuard on_device(device);
+      std::size_t free = 0, total = 0;
+      if (cudaMemGetInfo(&free, &total) == cudaSuccess) room = free;
+      (void)cudaGetLastError();  // a failed query leaves no sticky error behind
+    }
+    if (stats.budget_bytes > 0) {
+      const std::int64_t under_budget = stats.budget_bytes - stats.reserved_bytes.current;
+      room = std::min<std::size_t>(
+          room, static_cast<std::size_t>(std::max<std::int64_t>(under_budget, 0)));
+    }
+    *largest = std::max(room, static_cast<std::size_t>(stats.largest_free_block_bytes));
+  }
+};
+
 }  // namespace
 
 void install_cuda_allocator() {
-  std::shared_ptr<c10::cuda::CUDACachingAllocator::CUDAAllocator> created =
-      pluggable::createCustomAllocator(&allocate, &deallocate);
-  auto& custom = static_cast<pluggable::CUDAPluggableAllocator&>(*created);
-  custom.set_record_stream_fn(&record_stream);
-  custom.set_reset_fn([] { ProcessAllocators::instance().empty_cache(); });
+  auto custom = std::make_shared<ActmemCudaAllocator>();
+  custom->init(0);  // as createCustomAllocator does: LibTorch's lazy CUDA init calls it again
+  custom->set_record_stream_fn(&record_stream);
+  custom->set_reset_fn([] { ProcessAllocators::instance().empty_cache(); });
+  std::shared_ptr<c10::cuda::CUDACachingAllocator::CUDAAllocator> created = custom;
   try {
     pluggable::changeCurrentAllocator(created);
   } catch (const c10::Error& error) {

@@ -4,7 +4,9 @@
 // (torch::cuda::CUDAPluggableAllocator, what torch.cuda.memory.CUDAPluggableAllocator builds
 // from Python): every CUDA tensor's bytes come from alloc::ProcessAllocators::for_device(device),
 // on the stream LibTorch allocates on; Tensor::record_stream reaches the caching allocator's
-// record_stream; torch's empty-cache call empties actmem's caches.
+// record_stream; torch's empty-cache call empties actmem's caches; torch.cuda's memory statistics
+// (memory_allocated, max_memory_allocated, reset_peak_memory_stats, memory_stats) and cuDNN's
+// cacheInfo read actmem's, where PyTorch's own pluggable allocator refuses them.
 // Built from cuda_allocator.cpp when LibTorch has CUDA, else from cuda_allocator_none.cpp.
 #pragma once
 

@@ -9,6 +9,10 @@
 
 #include <string>
 
+#ifdef ACTMEM_TORCH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
 #include "allocator/process_allocators.h"
 #include "hooks/actmem.h"
 #include "hooks/device_allocator.h"
@@ -98,6 +102,34 @@ TEST(DeviceInstall, OnACudaDeviceCudaTensorsAreActmemsAndCpuTensorsAreNot) {
   EXPECT_EQ(scope.stats().recomputations, 1);
   EXPECT_TRUE(torch::equal(x.grad() != 0, y[0].detach() != 0));
 }
+
+#ifdef ACTMEM_TORCH_CUDA
+// PyTorch's pluggable allocator refuses its memory statistics (torch.cuda.max_memory_allocated,
+// reset_peak_memory_stats) and cuDNN's cacheInfo; training scripts call them. actmem answers them.
+TEST(DeviceInstall, TorchsMemoryStatisticsOnCudaAreActmems) {
+  if (!has_cuda_device()) GTEST_SKIP() << kNoDevice;
+  install();
+  ASSERT_EQ(managed_device(), c10::DeviceType::CUDA);
+  namespace torch_memory = c10::cuda::CUDACachingAllocator;
+  constexpr auto all = static_cast<std::size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+  const c10::DeviceIndex device = c10::cuda::current_device();
+  alloc::CachingAllocator& memory = device_memory();
+  {
+    const torch::Tensor gpu = torch::ones({1 << 20}, torch::kCUDA);
+    const auto seen = torch_memory::getDeviceStats(device);
+    EXPECT_EQ(seen.allocated_bytes[all].current, memory.stats().allocated_bytes.current);
+    EXPECT_EQ(seen.reserved_bytes[all].current, memory.stats().reserved_bytes.current);
+    EXPECT_GE(seen.allocated_bytes[all].current, std::int64_t{4} << 20);
+  }
+  torch::cuda::synchronize();
+  torch_memory::resetPeakStats(device);
+  const auto reset = torch_memory::getDeviceStats(device);
+  EXPECT_EQ(reset.allocated_bytes[all].peak, reset.allocated_bytes[all].current);
+  std::size_t largest = 0;
+  torch_memory::cacheInfo(device, &largest);
+  EXPECT_GT(largest, std::size_t{0});
+}
+#endif
 
 }  // namespace
 }  // namespace actmem
