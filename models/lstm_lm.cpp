@@ -4,6 +4,8 @@
 #include <torch/torch.h>
 
 #include <string>
+#include <tuple>
+#include <vector>
 
 #include "hooks/segment.h"
 
@@ -17,9 +19,7 @@ class LstmLm : public Model {
   explicit LstmLm(const LstmLmConfig& config)
       : config_(config),
         encoder_(register_module("encoder", nn::Embedding(config.vocabulary, config.embedding))),
-        rnn_(register_module("rnn", nn::LSTM(nn::LSTMOptions(config.embedding, config.hidden)
-                                                 .num_layers(config.layers)
-                                                 .dropout(config.dropout)))),
+        rnn_(register_module("rnn", stacked_lstm(config))),
         decoder_(register_module("decoder", nn::Linear(config.hidden, config.vocabulary))),
         dropout_(register_module("dropout", nn::Dropout(config.dropout))) {}
 
@@ -73,8 +73,8 @@ class LstmLm : public Model {
           "time" + std::to_string(k),
           [this](const TensorList& in) -> TensorList {
             const torch::Tensor embedded = dropout_->forward(encoder_->forward(in[0]));
-            auto [y, state] = rnn_->forward(embedded, std::make_tuple(in[1], in[2]));
-            return {dropout_->forward(y), std::get<0>(state), std::get<1>(state)};
+            auto [y, h_out, c_out] = stacked_forward(embedded, in[1], in[2]);
+            return {dropout_->forward(y), h_out, c_out};
           },
           {chunks[k], h, c}, this);
       outputs.push_back(out[0]);
@@ -84,9 +84,40 @@ class LstmLm : public Model {
     return torch::cat(outputs, 0);
   }
 
+  // The stacked LSTM as one single-layer LSTM per layer, with the dropout between layers that
+  // nn::LSTM's own `dropout` option applies, as nn::Dropout. The same computation, but on CUDA
+  // nn::LSTM(dropout > 0) runs cuDNN's RNN, which draws its dropout masks from a state of its own,
+  // seeded from the CUDA generator and advanced by every forward: a segment's rerun, which
+  // restores the generator, would reseed it and draw other masks. nn::Dropout draws from the
+  // generator, which a rerun restores.
+  static nn::ModuleList stacked_lstm(const LstmLmConfig& config) {
+    nn::ModuleList layers;
+    for (std::int64_t i = 0; i < config.layers; ++i) {
+      layers->push_back(
+          nn::LSTM(nn::LSTMOptions(i == 0 ? config.embedding : config.hidden, config.hidden)));
+    }
+    return layers;
+  }
+
+  // The stack's output and final states ([layers, batch, hidden] each) from initial states h0, c0.
+  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> stacked_forward(
+      torch::Tensor y, const torch::Tensor& h0, const torch::Tensor& c0) {
+    std::vector<torch::Tensor> h, c;
+    for (std::size_t i = 0; i < rnn_->size(); ++i) {
+      if (i > 0) y = dropout_->forward(y);
+      const auto index = static_cast<std::int64_t>(i);
+      auto [out, state] = rnn_->at<nn::LSTMImpl>(i).forward(
+          y, std::make_tuple(h0.narrow(0, index, 1), c0.narrow(0, index, 1)));
+      y = out;
+      h.push_back(std::get<0>(state));
+      c.push_back(std::get<1>(state));
+    }
+    return {y, torch::cat(h, 0), torch::cat(c, 0)};
+  }
+
   LstmLmConfig config_;
   nn::Embedding encoder_;
-  nn::LSTM rnn_;
+  nn::ModuleList rnn_;
   nn::Linear decoder_;
   nn::Dropout dropout_;
 };
