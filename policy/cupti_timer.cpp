@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdlib>
+#include <iterator>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -123,8 +124,7 @@ class CuptiTimer final : public SegmentTimer {
         (void)cuptiActivityPopExternalCorrelationId(kCorrelationKind, &last);
       }
     }
-    for (std::size_t i = enabled_; i-- > 0;) (void)cuptiActivityDisable(kKinds[i]);
-    if (enabled_ > 0) (void)cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
+    if (enabled_ > 0) stop_recording();
     {
       std::lock_guard<std::mutex> lock(g_mutex);
       if (g_records == &records_) g_records = nullptr;
@@ -132,24 +132,23 @@ class CuptiTimer final : public SegmentTimer {
     g_timer_exists.store(false);
   }
 
-  // Registers the buffers and enables the kinds; on failure returns why (the destructor undoes
-  // what was done).
+  // Registers the buffers and checks that CUPTI enables every kind; on failure returns why (the
+  // destructor undoes what was done). Nothing is recorded until the first bracket begins.
   std::string start() {
     {
       std::lock_guard<std::mutex> lock(g_mutex);
       g_records = &records_;
     }
-    CUptiResult result = cuptiActivityRegisterCallbacks(&buffer_requested, &buffer_completed);
+    const CUptiResult result =
+        cuptiActivityRegisterCallbacks(&buffer_requested, &buffer_completed);
     if (result != CUPTI_SUCCESS) return describe("cuptiActivityRegisterCallbacks", result);
-    for (CUpti_ActivityKind kind : kKinds) {
-      result = cuptiActivityEnable(kind);
-      if (result != CUPTI_SUCCESS) {
-        return describe(
-            std::string("cuptiActivityEnable(CUPTI_ACTIVITY_KIND_") + kind_name(kind) + ")",
-            result);
-      }
-      ++enabled_;
+    std::lock_guard<std::mutex> lock(mutex_);
+    try {
+      start_recording();
+    } catch (const std::runtime_error& error) {
+      return error.what();
     }
+    stop_recording();
     return {};
   }
 
@@ -157,6 +156,7 @@ class CuptiTimer final : public SegmentTimer {
 
   void begin(std::uint64_t id) override {
     std::lock_guard<std::mutex> lock(mutex_);
+    start_recording();
     check(cuptiActivityPushExternalCorrelationId(kCorrelationKind, id),
           "cuptiActivityPushExternalCorrelationId");
     open_[std::this_thread::get_id()].push_back(id);
@@ -199,7 +199,20 @@ class CuptiTimer final : public SegmentTimer {
     if (stack.empty()) open_.erase(thread);
   }
 
+  // Note [CUPTI records profiled steps only]
+  // CUPTI records every launch while its kinds are enabled: a cost on each launch, and memory for
+  // the records until they are collected. So the kinds are enabled when a bracket begins and
+  // disabled by the collect() that finds no bracket open: the steps the auto policy follows a
+  // plan in open none (ScopeState::begin_segment), and pay nothing, not even collect()'s device
+  // synchronisation.
   SegmentTimes collect() override {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (enabled_ == 0) {  // nothing recorded since the collect that stopped recording
+        std::lock_guard<std::mutex> records_lock(g_mutex);
+        return records_.take(0);
+      }
+    }
     // CUPTI delivers records of completed work only: let the device finish the step first.
     const cudaError_t synced = cudaDeviceSynchronize();
     if (synced != cudaSuccess) {
@@ -210,11 +223,29 @@ class CuptiTimer final : public SegmentTimer {
     std::size_t dropped = 0;
     check(cuptiActivityGetNumDroppedRecords(nullptr, 0, &dropped),
           "cuptiActivityGetNumDroppedRecords");
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (open_.empty()) stop_recording();  // else a bracket on another thread still counts
+    }
     std::lock_guard<std::mutex> lock(g_mutex);
     return records_.take(static_cast<std::int64_t>(dropped));
   }
 
  private:
+  // Enables the kinds not enabled yet, in order; throws naming the one CUPTI refuses. (mutex_ held)
+  void start_recording() {
+    for (; enabled_ < std::size(kKinds); ++enabled_) {
+      check(cuptiActivityEnable(kKinds[enabled_]),
+            std::string("cuptiActivityEnable(CUPTI_ACTIVITY_KIND_") + kind_name(kKinds[enabled_]) +
+                ")");
+    }
+  }
+  // Disables what is enabled, in reverse, and delivers what was recorded. (mutex_ held)
+  void stop_recording() {
+    for (; enabled_ > 0; --enabled_) (void)cuptiActivityDisable(kKinds[enabled_ - 1]);
+    (void)cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
+  }
+
   CuptiRecords records_;     // filled by the callbacks, under g_mutex
   std::size_t enabled_ = 0;  // how many of kKinds are enabled
   std::mutex mutex_;         // guards open_

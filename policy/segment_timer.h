@@ -21,9 +21,9 @@
 //   Kernels launched outside every bracket count for no segment.
 // - collect() returns what was measured since the previous collect() (or since creation) and
 //   starts afresh. Clocks: a bracket still open counts when it ends, in a later collect(). CUPTI:
-//   it synchronises the device and flushes CUPTI's buffers first (CUPTI delivers only records of
-//   completed work; a kernel delivered in a later collect() than its launch's correlation counts
-//   for no segment).
+//   when it recorded anything, it synchronises the device and flushes CUPTI's buffers first
+//   (CUPTI delivers only records of completed work; a kernel delivered in a later collect() than
+//   its launch's correlation counts for no segment).
 // - Every method may be called from any thread; begin/end from several threads at once.
 // - A failing CUPTI call throws std::runtime_error (from begin, end or collect) naming the call and
 //   CUPTI's own message.
@@ -70,9 +70,10 @@ std::unique_ptr<SegmentTimer> make_clock_timer();
 // callbacks are global to the process, so only one CUPTI timer may exist at a time: while one
 // does, another call returns nullptr with that reason. Another CUPTI client in the process
 // (torch.profiler, Nsight Systems) takes the same callbacks: do not profile with both at once.
-// While it exists, CUPTI records every runtime and driver call, kernel and copy (a little cost per
-// launch, and memory until collect(), capped): create it for the steps to profile, destroy it
-// after, with every bracket closed (other threads' open brackets stay on their CUPTI stacks).
+// CUPTI records every runtime and driver call, kernel and copy (a little cost per launch, and
+// memory until collect(), capped) from the first begin() on, until a collect() finds no bracket
+// open: work outside the brackets of the steps measured costs nothing. Destroy it with every
+// bracket closed (other threads' open brackets stay on their CUPTI stacks).
 std::unique_ptr<SegmentTimer> make_cupti_timer(std::string* why);
 
 }  // namespace actmem

@@ -442,6 +442,27 @@ class SpinKernel {
   std::string error_;
 };
 
+// Note [CUPTI records profiled steps only]: between a collect() and the next bracket (the steps
+// that follow a plan), nothing is recorded.
+TEST(CuptiTimer, RecordsNothingBetweenACollectAndTheNextBracket) {
+  ACTMEM_CUPTI_TIMER_OR_SKIP(timer);
+  constexpr std::size_t kBytes = std::size_t{16} << 20;
+  std::vector<unsigned char> host(kBytes, 1);
+  void* device = nullptr;
+  ASSERT_CUDA(cudaMalloc(&device, kBytes));
+  timer->begin(1);
+  timer->end(1);
+  timer->collect();  // no bracket open: recording stops
+  ASSERT_CUDA(cudaMemcpy(device, host.data(), kBytes, cudaMemcpyHostToDevice));
+  EXPECT_EQ(timer->collect().copy_bytes, 0) << "a copy outside any profiled step";
+  timer->begin(2);
+  ASSERT_CUDA(cudaMemcpy(device, host.data(), kBytes, cudaMemcpyHostToDevice));
+  timer->end(2);
+  const SegmentTimes times = timer->collect();
+  ASSERT_CUDA(cudaFree(device));
+  EXPECT_GE(times.copy_bytes, static_cast<std::int64_t>(kBytes)) << "recording again";
+}
+
 TEST(CuptiTimer, AttributesKernelsToTheInnermostBracket) {
   ACTMEM_CUPTI_TIMER_OR_SKIP(timer);
   ASSERT_CUDA(cudaFree(nullptr));  // the primary context, current on this thread
