@@ -34,7 +34,8 @@
 # them there, on a machine that has them; carry third_party/ along). Without Google Benchmark the
 # build has no bench/ and the compare step is not run (the summary says so).
 #
-# Environment: PYTHON (default python3), ACTMEM_GPU_CHECK_BUDGET_S (the whole run's time, default
+# Environment: PYTHON (default python3), ACTMEM_HOST_BUDGET (the compare step's pinned pool cap,
+# default 48GiB), ACTMEM_GPU_CHECK_BUDGET_S (the whole run's time, default
 # 540 s: every step's timeout is cut to fit), ACTMEM_CTEST_JOBS (default 8), ACTMEM_COMPARE_ARGS
 # (actmem_compare's arguments, default --preset gpu-check), ACTMEM_TORCH_ARGS (the torch step's,
 # default --max-batch-budget 8GiB; e.g. --models resnet,lstm to fit a shorter run),
@@ -351,9 +352,11 @@ if [[ -n $bench_off ]]; then
 elif [[ ! -x $compare_bin ]]; then
   skip compare "$compare_bin was not built (see build.log)"
 else
+  # The pinned host pool grows without a cap unless told: offload's max-batch search could pin
+  # most of the machine's memory. 48 GiB bounds it well inside the device machine's 128.
   # shellcheck disable=SC2086  # ACTMEM_COMPARE_ARGS is a list of words
-  run compare "$compare_log" "$compare_bin" --out "$out/results" \
-    ${ACTMEM_COMPARE_ARGS:---preset gpu-check}
+  run compare "$compare_log" env ACTMEM_HOST_BUDGET="${ACTMEM_HOST_BUDGET:-48GiB}" \
+    "$compare_bin" --out "$out/results" ${ACTMEM_COMPARE_ARGS:---preset gpu-check}
   finish compare "$rc" "results in results/" "$compare_log"
 fi
 
