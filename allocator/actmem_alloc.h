@@ -1,8 +1,10 @@
 /* actmem's C ABI: the only symbols libactmem_alloc.so exports.
  *
- * actmem_malloc / actmem_free have exactly the signatures PyTorch's pluggable allocator expects:
+ * actmem_torch_malloc / actmem_free have exactly the signatures PyTorch's pluggable allocator
+ * expects:
  *
- *   torch.cuda.memory.CUDAPluggableAllocator("libactmem_alloc.so", "actmem_malloc", "actmem_free")
+ *   torch.cuda.memory.CUDAPluggableAllocator("libactmem_alloc.so", "actmem_torch_malloc",
+ *                                            "actmem_free")
  *
  * Configuration comes from the environment, read once when the library loads (see README.md:
  * ACTMEM_BACKEND, ACTMEM_BUDGET, ACTMEM_ALLOC_CONF, ACTMEM_STATS, ACTMEM_TRACE). A malformed value
@@ -39,6 +41,13 @@ typedef struct CUstream_st* cudaStream_t;
 
 ACTMEM_EXPORT void* actmem_malloc(size_t size, int device, cudaStream_t stream);
 ACTMEM_EXPORT void actmem_free(void* ptr, size_t size, int device, cudaStream_t stream);
+
+/* actmem_malloc for PyTorch's CUDAPluggableAllocator, which uses what its function returns without
+ * checking it (a NULL would become a tensor at address 0, and the first kernel to touch it an
+ * illegal-address error that ends the CUDA context): where actmem_malloc returns NULL, this throws
+ * a C++ std::runtime_error with the same message (PyTorch raises it as a RuntimeError). Only for
+ * callers in C++ that catch exceptions. */
+ACTMEM_EXPORT void* actmem_torch_malloc(size_t size, int device, cudaStream_t stream);
 
 /* Marks `ptr` as used on `stream`: after it is freed, it is reused only once the work queued on
  * `stream` at free time has completed. */

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <stdexcept>
 #include <string>
 
 #include "allocator/errors.h"
@@ -50,6 +51,16 @@ void* actmem_malloc(size_t size, int device, cudaStream_t stream) {
   } catch (const std::exception& error) {
     report(error);
     return nullptr;
+  }
+}
+
+void* actmem_torch_malloc(size_t size, int device, cudaStream_t stream) {
+  if (size == 0) return nullptr;
+  try {
+    return ProcessAllocators::instance().for_device(device).allocate(size, stream);
+  } catch (const std::exception& error) {
+    t_last_error = error.what();
+    throw std::runtime_error(error.what());  // a type the caller's runtime knows
   }
 }
 

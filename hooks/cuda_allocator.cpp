@@ -36,7 +36,8 @@ void deallocate(void* ptr, size_t /*bytes*/, int device, cudaStream_t /*stream*/
 }
 
 // Tensor::record_stream gives the pointer and the stream, not the device: the allocator that
-// handed the pointer out is the one that knows it.
+// handed the pointer out is the one that knows it. Memory actmem did not hand out (a tensor over
+// a DLPack import, from_blob) has no reuse to defer: ignored, as by PyTorch's own allocator.
 void record_stream(void* ptr, cudaStream_t stream) {
   ProcessAllocators& process = ProcessAllocators::instance();
   for (int device = 0; device < ProcessAllocators::kMaxDevices; ++device) {
@@ -46,7 +47,6 @@ void record_stream(void* ptr, cudaStream_t stream) {
       return;
     }
   }
-  throw std::invalid_argument("actmem: record_stream on a CUDA pointer actmem did not allocate");
 }
 
 c10::CachingAllocator::Stat to_c10(const alloc::Stat& stat) {

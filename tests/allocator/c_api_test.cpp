@@ -3,6 +3,7 @@
 // at exit.
 #include <gtest/gtest.h>
 
+#include <stdexcept>
 #include <string>
 
 #include "allocator/actmem_alloc.h"
@@ -46,6 +47,22 @@ TEST(CApi, BudgetComesFromTheEnvironmentAndCanBeChanged) {
   actmem_free(p, 65 * MiB, 0, nullptr);
   actmem_empty_cache();
   actmem_set_budget(0, 64 * MiB);
+}
+
+// PyTorch's CUDAPluggableAllocator does not check for NULL: its entry point throws instead.
+TEST(CApi, TheTorchEntryPointThrowsWhereMallocReturnsNull) {
+  try {
+    actmem_torch_malloc(65 * MiB, 0, nullptr);
+    FAIL() << "expected an exception";
+  } catch (const std::runtime_error& error) {
+    EXPECT_NE(std::string(error.what()).find("exceeds the budget"), std::string::npos)
+        << error.what();
+  }
+  EXPECT_NE(std::string(actmem_last_error()).find("exceeds the budget"), std::string::npos);
+  void* p = actmem_torch_malloc(1000, 0, nullptr);
+  ASSERT_NE(p, nullptr);
+  actmem_free(p, 1000, 0, nullptr);
+  EXPECT_EQ(actmem_torch_malloc(0, 0, nullptr), nullptr);
 }
 
 TEST(CApiDeathTest, ADoubleFreeAbortsWithAMessage) {

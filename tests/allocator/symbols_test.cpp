@@ -23,7 +23,7 @@ TEST(ExportedSymbols, LibActmemAllocExportsOnlyTheCApi) {
   EXPECT_EQ(exported_symbols(ACTMEM_ALLOC_SO),
             (std::set<std::string>{"actmem_empty_cache", "actmem_free", "actmem_get_budget",
                                    "actmem_last_error", "actmem_malloc", "actmem_record_stream",
-                                   "actmem_set_budget", "actmem_stats_json"}));
+                                   "actmem_set_budget", "actmem_stats_json", "actmem_torch_malloc"}));
 }
 
 TEST(ExportedSymbols, ThePreloadShimExportsOnlyTheInterposedFunctions) {

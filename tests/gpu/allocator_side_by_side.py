@@ -71,7 +71,7 @@ def child(workload, steps, library):
     from torch import nn
 
     if library:
-        allocator = torch.cuda.memory.CUDAPluggableAllocator(library, "actmem_malloc",
+        allocator = torch.cuda.memory.CUDAPluggableAllocator(library, "actmem_torch_malloc",
                                                              "actmem_free")
         torch.cuda.memory.change_current_allocator(allocator)
     device = torch.device("cuda")

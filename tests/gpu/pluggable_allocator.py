@@ -3,7 +3,7 @@
     python3 tests/gpu/pluggable_allocator.py build/gpu/allocator/libactmem_alloc.so
 
 Installs actmem as PyTorch's CUDA allocator with
-torch.cuda.memory.CUDAPluggableAllocator(path, "actmem_malloc", "actmem_free") and
+torch.cuda.memory.CUDAPluggableAllocator(path, "actmem_torch_malloc", "actmem_free") and
 change_current_allocator (before any CUDA memory is taken: PyTorch refuses to swap an allocator
 that has allocated), trains a small convolutional network for a few steps, then reads actmem's
 statistics through its C ABI (actmem_stats_json, allocator/actmem_alloc.h) and checks that they
@@ -46,7 +46,7 @@ def main():
     if not torch.cuda.is_available():
         return fail("torch %s sees no CUDA device" % torch.__version__)
 
-    allocator = torch.cuda.memory.CUDAPluggableAllocator(path, "actmem_malloc", "actmem_free")
+    allocator = torch.cuda.memory.CUDAPluggableAllocator(path, "actmem_torch_malloc", "actmem_free")
     torch.cuda.memory.change_current_allocator(allocator)
 
     # The same file: dlopen hands back the handle PyTorch opened, so these are the same
