@@ -165,8 +165,10 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
       check_recomputed(tensor);
     }
     scope_->record_unpack(*entry_);
-    // PyTorch's own engine (Python) does not say when a backward returns; actmem's does.
-    if (!installed()) scope_->end_step_with_backward(entry_->step);
+    // The step ends when the backward running this unpack returns. PyTorch's own engine (Python)
+    // does not say when that is; actmem's does, but only on the thread that called backward, which
+    // may hold no scope (a backward run on a worker thread): the callback serves both.
+    scope_->end_step_with_backward(entry_->step);
     scope_->count([](ActivationStats& s) { ++s.unpacked; });
     return tensor;
   }

@@ -132,13 +132,26 @@ bool SegmentFrame::recomputes_any() {
 }
 
 void SegmentFrame::capture(const at::Tensor& tensor) {
+  if (stop_thrown_) throw_stop_swallowed();  // the function caught it and went on
   const std::int64_t index = capture_index_++;
   if (capturing_ && index < static_cast<std::int64_t>(wanted_.size()) && wanted_[index]) {
     recomputed_[index] = tensor.detach();
   }
   // Once the last tensor the rerun must produce is there, the rest of the segment need not run;
   // unless it draws random numbers, when it runs to the end for the generator check.
-  if (index >= last_wanted_ && !context.drew()) throw StopRerun{};
+  if (index >= last_wanted_ && !context.drew()) {
+    stop_thrown_ = true;
+    throw StopRerun{};
+  }
+}
+
+void SegmentFrame::throw_stop_swallowed() const {
+  throw std::runtime_error(
+      "actmem: segment '" + name +
+      "' caught the exception actmem stops its rerun with (a catch (...) in its function, or a "
+      "Python bare except, that did not rethrow it), and ran on: whatever it did then, the "
+      "forward did not. Let exceptions the function does not handle itself pass, or keep this "
+      "segment");
 }
 
 TensorList SegmentFrame::rerun_inputs() {
@@ -151,9 +164,14 @@ TensorList SegmentFrame::rerun_inputs() {
           "copy of the input");
     }
     if (input_changed(i)) {
-      throw std::runtime_error("actmem: segment '" + name + "': input " + std::to_string(i) +
-                               " was modified in place after the segment ran, so it cannot be "
-                               "recomputed; clone it, or keep this segment");
+      // In PyTorch's words, as plain LibTorch reports an operator of the segment that saved it.
+      TORCH_CHECK(false,
+                  "one of the variables needed for gradient computation has been modified by an "
+                  "inplace operation: input ",
+                  i, " of segment '", name, "' is at version ",
+                  input_counters[i].current_version(), "; expected version ", input_versions[i],
+                  " instead. (actmem: it was modified in place after the segment ran, so the "
+                  "segment cannot be recomputed from it; clone it, or keep this segment)");
     }
   }
   TensorList args = inputs;
@@ -193,6 +211,7 @@ void SegmentFrame::rerun(bool outputs) {
   capturing_ = !outputs || !materialized_;
   if (capturing_) recomputed_.assign(wanted_.size(), at::Tensor());
   capture_index_ = 0;
+  stop_thrown_ = false;
   last_wanted_ = -1;
   for (std::int64_t i = 0; capturing_ && i < packs; ++i) {
     if (wanted_[i]) last_wanted_ = i;
@@ -213,6 +232,7 @@ void SegmentFrame::rerun(bool outputs) {
     } catch (const StopRerun&) {
       stopped = true;
     }
+    if (!stopped && stop_thrown_) throw_stop_swallowed();
     if (!stopped) in_force.finish(name);
   }
   const std::int64_t ns = elapsed_ns(start);
@@ -298,6 +318,13 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
   bool dropped_link = false;
   for (std::size_t i = 0; i < inputs.size(); ++i) {
     const at::Tensor& input = inputs[i];
+    if (!input.defined()) {  // an optional input left out (a mask): the rerun gets none either
+      frame->input_requires_grad.push_back(false);
+      frame->input_versions.push_back(0);
+      frame->input_counters.emplace_back(c10::VariableVersion::DISABLED);
+      frame->inputs.emplace_back();
+      continue;
+    }
     frame->input_requires_grad.push_back(input.requires_grad());
     frame->input_versions.push_back(detail::version_of(input));
     frame->input_counters.push_back(input.unsafeGetTensorImpl()->version_counter());

@@ -98,6 +98,8 @@ struct SegmentFrame {
  private:
   // mutex_ held. `outputs`: keep what fn returns, for output_for_chain (and run it to the end).
   void rerun(bool outputs);
+  // The error for a function that caught the StopRerun its rerun threw, and went on.
+  [[noreturn]] void throw_stop_swallowed() const;
   // The rerun's inputs: `inputs`, with those read through entries filled in; throws if one was
   // changed in place since the forward.
   TensorList rerun_inputs();
@@ -114,6 +116,8 @@ struct SegmentFrame {
   std::int64_t outstanding_ = 0;
   bool materialized_ = false;
   bool capturing_ = true;     // the rerun in progress keeps the tensors it must produce
+  bool stop_thrown_ = false;  // it threw StopRerun: a capture or a return after that means the
+                              // function swallowed it
   TensorList chain_outputs_;  // what the rerun returned, until the next segment takes it
 };
 
