@@ -16,6 +16,7 @@ anyway), and the outermost module itself never is."""
 
 import collections
 import copy
+import inspect
 import re
 import warnings
 import weakref
@@ -91,6 +92,13 @@ class SegmentForward:
         self.name = name
         self.module = module
         self.inner = inner
+        # What inspect.signature(module.forward) reads: the forward's own parameters (callers that
+        # pick the keyword arguments to pass by it, as Hugging Face and diffusers code does).
+        try:
+            self.__signature__ = inspect.signature(
+                inner if inner is not None else type(module).forward.__get__(module))
+        except (TypeError, ValueError):  # a forward without one (a builtin)
+            pass
 
     def __call__(self, *args, **kwargs):
         module = self.module
@@ -99,7 +107,12 @@ class SegmentForward:
         forward = {"running": True}  # the forward's run leaves the result's shape; reruns none
 
         def run(tensors):
-            call_args, call_kwargs = rebuild_arguments(tensors)
+            # The forward gets the very arguments it was called with (a list it appends to is the
+            # caller's); a rerun, copies of their containers around the tensors it is given.
+            if forward["running"]:
+                call_args, call_kwargs = args, kwargs
+            else:
+                call_args, call_kwargs = rebuild_arguments(tensors)
             # The forward's attributes as it began: a rerun reads them as the forward did (a
             # tensor the block cached on itself last step and rebinds now), and the ones the
             # forward left are put back after it.

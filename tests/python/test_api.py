@@ -328,3 +328,50 @@ def test_a_segment_that_changes_its_own_input_says_so_when_recomputed():
     """)], env=environment(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     assert "segment '1': input 0 was modified in place by the segment's own forward" in result.stderr
+
+
+def test_a_block_appends_to_the_list_its_caller_passed():
+    # Hidden states collected into a list the caller passes: the forward gets the caller's own
+    # list (it got a copy of the container: the caller's stayed empty), a rerun a copy.
+    out = python("""
+        class Block(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.linear = nn.Linear(8, 8)
+            def forward(self, x, collected):
+                collected.append(x.sum().item())
+                return torch.tanh(self.linear(x))
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.blocks = nn.ModuleList([Block(), Block()])
+            def forward(self, x, hidden):
+                for block in self.blocks:
+                    x = block(x, hidden)
+                return x
+        net = Net()
+        actmem.enable(policy="recompute")
+        hidden = []
+        net(torch.ones(2, 8, requires_grad=True), hidden).sum().backward()
+        print(len(hidden), actmem.stats()["activations"]["recomputations"])
+    """)
+    assert out.splitlines() == ["2 2"]
+
+
+def test_a_segments_forward_keeps_its_signature():
+    # Callers that choose the keyword arguments by the forward's signature (diffusers, Hugging
+    # Face) must see the block's own.
+    out = python("""
+        import inspect
+        class Block(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.linear = nn.Linear(8, 8)
+            def forward(self, x, temb=None):
+                return torch.tanh(self.linear(x))
+        net = nn.Sequential(Block(), Block())
+        actmem.enable(policy="recompute")
+        net(torch.ones(2, 8))
+        print(actmem.segments(), list(inspect.signature(net[0].forward).parameters))
+    """)
+    assert out.splitlines() == ["['0', '1'] ['x', 'temb']"]
