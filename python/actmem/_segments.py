@@ -42,44 +42,57 @@ from . import _C, _tree
 # A rerun starts from the attributes the forward began with (a tensor the block cached on itself
 # in the step before, `self.cache = y.detach()`, is read as the forward read it) and puts back
 # those the forward left (`self.h = …; self.h.retain_grad()`: the tensors the forward left there
-# are the ones in the graph). Shallowly: a tensor attribute changed in place is not undone.
+# are the ones in the graph), registered buffers included. Shallowly: a tensor attribute changed
+# in place is not undone (buffers changed in place are: the C++ half restores their values).
 
 
 def _attributes(module: nn.Module):
-    return [(m, dict(m.__dict__)) for m in module.modules()]
+    """Each module's attributes and registered buffers (a buffer rebound in the forward,
+    ``self.running = self.running * 0.9 + …``, changes ``_buffers``, not ``__dict__``)."""
+    return [(m, dict(m.__dict__), dict(m._buffers)) for m in module.modules()]
+
+
+def _restore(namespace: dict, values: dict) -> None:
+    for key in [k for k in namespace if k not in values]:
+        del namespace[key]
+    namespace.update(values)
 
 
 def _put_back(saved) -> None:
-    for m, attributes in saved:
-        for key in [k for k in m.__dict__ if k not in attributes]:
-            del m.__dict__[key]
-        m.__dict__.update(attributes)
+    for m, attributes, buffers in saved:
+        _restore(m.__dict__, attributes)
+        _restore(m._buffers, buffers)
 
 
 _ABSENT = object()
 
 
+def _changes(before: dict, now: dict) -> dict:
+    diff = {k: v for k, v in before.items() if now.get(k, _ABSENT) is not v}
+    diff.update({k: _ABSENT for k in now if k not in before})
+    return diff
+
+
 def _rebound(before):
     """What a forward changed of ``before`` (_attributes as it began): for each module, every
-    attribute it rebound, added or removed, with its value before (_ABSENT: added). Only these are
-    held until the segment's backward, not every attribute the modules have."""
+    attribute and buffer it rebound, added or removed, with its value before (_ABSENT: added).
+    Only these are held until the segment's backward, not every attribute the modules have."""
     changed = []
-    for m, attributes in before:
-        now = m.__dict__
-        diff = {k: v for k, v in attributes.items() if now.get(k, _ABSENT) is not v}
-        diff.update({k: _ABSENT for k in now if k not in attributes})
-        if diff:
-            changed.append((m, diff))
+    for m, attributes, buffers in before:
+        diff, buffer_diff = _changes(attributes, m.__dict__), _changes(buffers, m._buffers)
+        if diff or buffer_diff:
+            changed.append((m, diff, buffer_diff))
     return changed
 
 
 def _undo(changed) -> None:
-    for m, diff in changed:
-        for key, value in diff.items():
-            if value is _ABSENT:
-                m.__dict__.pop(key, None)
-            else:
-                m.__dict__[key] = value
+    for m, diff, buffer_diff in changed:
+        for namespace, values in ((m.__dict__, diff), (m._buffers, buffer_diff)):
+            for key, value in values.items():
+                if value is _ABSENT:
+                    namespace.pop(key, None)
+                else:
+                    namespace[key] = value
 
 
 class SegmentForward:

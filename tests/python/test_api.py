@@ -375,3 +375,34 @@ def test_a_segments_forward_keeps_its_signature():
         print(actmem.segments(), list(inspect.signature(net[0].forward).parameters))
     """)
     assert out.splitlines() == ["['0', '1'] ['x', 'temb']"]
+
+
+def test_a_buffer_the_forward_rebinds_is_read_by_the_rerun_as_by_the_forward():
+    # self.running = self.running * 0.9 + …: a registered buffer rebound, not changed in place
+    # (it lives in _buffers, not __dict__). The rerun read the forward's new value before.
+    out = python("""
+        class Block(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.linear = nn.Linear(8, 8)
+                self.register_buffer("running", torch.zeros(8))
+            def forward(self, x):
+                h = self.linear(x)
+                self.running = self.running * 0.9 + 0.1 * h.detach().mean(0)
+                return torch.tanh(h - self.running)
+        def train(policy):
+            torch.manual_seed(3)
+            net = nn.Sequential(Block(), Block())
+            if policy:
+                actmem.enable(policy=policy)
+            for _ in range(2):
+                net.zero_grad()
+                net(torch.randn(4, 8)).square().sum().backward()
+            if policy:
+                actmem.disable()
+            return [p.grad for p in net.parameters()] + list(net.buffers())
+        plain, managed = train(None), train("recompute")
+        print(all(torch.equal(a, b) for a, b in zip(plain, managed)),
+              actmem.stats()["activations"]["recomputations"] > 0)
+    """)
+    assert out.splitlines() == ["True True"]
