@@ -1,5 +1,6 @@
 #include "hooks/forward_context.h"
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/autocast_mode.h>
 #include <c10/core/GradMode.h>
 
@@ -8,6 +9,22 @@
 #include <unordered_set>
 
 namespace actmem::detail {
+namespace {
+
+// Puts `value` back into `buffer` (grad mode off) through variable_data(), which has a version
+// counter of its own: the forward saved some buffers (BatchNorm's running stats) for backward, and
+// putting back the values they had must not look like an in-place change to them. A buffer the
+// forward resized (an observer's min_val, empty until its first batch) first gets its old shape
+// back, which does show as a change: one saved for backward then fails, as it would in PyTorch.
+// A buffer whose elements share memory (registered expanded) cannot be written in place, by the
+// forward or here: it is left as it is.
+void put_back(const at::Tensor& buffer, const at::Tensor& value) {
+  if (at::has_internal_overlap(buffer) == at::MemOverlap::Yes) return;
+  if (buffer.sizes() != value.sizes()) buffer.resize_(value.sizes());
+  buffer.variable_data().copy_(value);
+}
+
+}  // namespace
 
 ForwardContext::Autocast ForwardContext::Autocast::of(c10::DeviceType device) {
   return {at::autocast::is_autocast_enabled(device), at::autocast::get_autocast_dtype(device)};
@@ -78,12 +95,9 @@ ForwardContext::Rerun::Rerun(const ForwardContext& context)
     }
   }
   {
-    // The forward's own values, where it changed a buffer before reading it (through
-    // variable_data(), as below: no in-place change for autograd to see).
+    // The forward's own values, where it changed a buffer before reading it.
     at::NoGradGuard no_grad;
-    for (const auto& [buffer, value] : context_.buffers_at_start_) {
-      buffer.variable_data().copy_(value);
-    }
+    for (const auto& [buffer, value] : context_.buffers_at_start_) put_back(buffer, value);
   }
   for (const auto& module : context_.modules_) training_before_.push_back(module->training_flags());
   for (std::size_t i = 0; i < context_.modules_.size(); ++i) {
@@ -122,10 +136,7 @@ ForwardContext::Rerun::~Rerun() {
     context_.modules_[i]->set_training_flags(training_before_[i]);
   }
   at::NoGradGuard no_grad;
-  // Through variable_data(), which has a version counter of its own: the forward saved some
-  // buffers (BatchNorm's running stats) for backward, and putting back the values they had must
-  // not look like an in-place change to them.
-  for (const auto& [buffer, value] : buffers_before_) buffer.variable_data().copy_(value);
+  for (const auto& [buffer, value] : buffers_before_) put_back(buffer, value);
 }
 
 }  // namespace actmem::detail

@@ -634,6 +634,57 @@ TEST(DownstreamBuffers, CustomBuffersAndNormsWithUnusualRunningStats) {
       false);
 }
 
+// An observer's buffer, empty until the first batch resizes it in place (torch.ao's MinMax
+// observers), and a buffer registered expanded (its elements share memory: nothing can write it).
+// A rerun put the buffers back by copying into them: the first failed on the shape, the second on
+// the overlap (found by a helper's Python scripts).
+struct ObserverImpl : nn::Module {
+  torch::Tensor low, shift;
+  nn::Linear linear{nullptr};
+  ObserverImpl() {
+    low = register_buffer("low", torch::empty({0}));
+    shift = register_buffer("shift", torch::full({1, 8}, 0.1).expand({5, 8}));
+    linear = register_module("linear", nn::Linear(8, 8));
+  }
+  torch::Tensor forward(const torch::Tensor& x) {
+    const torch::Tensor h = linear(x) + shift;
+    {
+      torch::NoGradGuard no_grad;
+      const torch::Tensor m = std::get<0>(h.min(0));
+      if (low.numel() == 0) {
+        low.resize_(m.sizes());
+        low.copy_(m);
+      } else {
+        low.copy_(torch::minimum(low, m));
+      }
+    }
+    return (h - low).tanh();
+  }
+};
+TORCH_MODULE(Observer);
+
+TEST(DownstreamBuffers, ABufferResizedByTheFirstForwardAndAnExpandedOne) {
+  expect_as_plain(
+      [] {
+        torch::manual_seed(117);
+        Observer first, second;
+        nn::Sequential net(first, second);
+        std::vector<torch::Tensor> digest;
+        for (int step = 0; step < 2; ++step) {
+          net->zero_grad();
+          torch::Tensor h = torch::randn({5, 8});
+          h = segment("first", *first, [&](const torch::Tensor& t) { return first(t); }, h);
+          h = segment("second", *second, [&](const torch::Tensor& t) { return second(t); }, h);
+          const torch::Tensor loss = h.pow(2).mean();
+          loss.backward();
+          digest.push_back(loss.detach().clone());
+        }
+        add_module(digest, *net);
+        return digest;
+      },
+      false);
+}
+
 // MoCo-style: a queue of the outer model, read (cloned) inside the encoder's segment and updated
 // in place before the backward. The segment names the encoder, its natural module.
 TEST(DownstreamOuterState, AQueueOfTheOuterModelUpdatedBeforeBackward) {
