@@ -15,6 +15,7 @@ Only the outermost of nested matches is a segment (the library flattens nested s
 anyway), and the outermost module itself never is."""
 
 import collections
+import contextlib
 import copy
 import inspect
 import re
@@ -22,6 +23,7 @@ import warnings
 import weakref
 from typing import Iterable, List, Optional, Tuple
 
+import torch
 from torch import nn
 
 from . import _C, _tree
@@ -44,6 +46,13 @@ from . import _C, _tree
 # those the forward left (`self.h = …; self.h.retain_grad()`: the tensors the forward left there
 # are the ones in the graph), registered buffers included. Shallowly: a tensor attribute changed
 # in place is not undone (buffers changed in place are: the C++ half restores their values).
+
+
+# The saved-tensor hooks enable() pushed, (pack, unpack), while it is in force: a rerun pushes them
+# again, on whatever thread runs it. PyTorch's default hooks are thread-local, so a backward run on
+# another thread (threading.Thread(target=loss.backward)) reran without them, and its tensors were
+# never captured.
+rerun_hooks = None
 
 
 def _attributes(module: nn.Module):
@@ -134,11 +143,14 @@ class SegmentForward:
             else:
                 saved = _attributes(module)
                 _undo(forward["rebound"])
+            hooks = None if forward["running"] or rerun_hooks is None else rerun_hooks
             try:
-                if inner is None:
-                    result = type(module).forward(module, *call_args, **call_kwargs)
-                else:
-                    result = inner(*call_args, **call_kwargs)
+                with (torch.autograd.graph.saved_tensors_hooks(*hooks) if hooks
+                      else contextlib.nullcontext()):
+                    if inner is None:
+                        result = type(module).forward(module, *call_args, **call_kwargs)
+                    else:
+                        result = inner(*call_args, **call_kwargs)
             finally:
                 if saved is None:
                     forward["rebound"] = _rebound(before)

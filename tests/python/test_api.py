@@ -406,3 +406,29 @@ def test_a_buffer_the_forward_rebinds_is_read_by_the_rerun_as_by_the_forward():
               actmem.stats()["activations"]["recomputations"] > 0)
     """)
     assert out.splitlines() == ["True True"]
+
+
+def test_a_backward_on_another_thread_reruns_its_segments():
+    # PyTorch's default saved-tensor hooks are thread-local: a rerun on the thread that runs the
+    # backward captured nothing, and the backward failed there (the grads stayed None).
+    out = python("""
+        import threading
+        def train(policy):
+            torch.manual_seed(4)
+            net = nn.Sequential(nn.Linear(8, 8), *[nn.Sequential(nn.Linear(8, 8), nn.Tanh())
+                                                   for _ in range(2)])
+            if policy:
+                actmem.enable(policy=policy)
+            loss = net(torch.randn(4, 8)).square().sum()
+            worker = threading.Thread(target=loss.backward)
+            worker.start()
+            worker.join()
+            if policy:
+                actmem.disable()
+            return [p.grad for p in net.parameters()]
+        plain, managed = train(None), train("recompute")
+        print(all(g is not None for g in managed),
+              all(torch.equal(a, b) for a, b in zip(plain, managed)),
+              actmem.stats()["activations"]["recomputations"])
+    """)
+    assert out.splitlines() == ["True True 2"]
