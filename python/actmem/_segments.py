@@ -19,12 +19,14 @@ import contextlib
 import copy
 import inspect
 import re
+import sys
 import warnings
 import weakref
 from typing import Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from . import _C, _tree
 
@@ -216,14 +218,20 @@ def _matches(pattern: re.Pattern, name: str) -> bool:
     return any(pattern.fullmatch(".".join(parts[i:])) for i in range(len(parts)))
 
 
+def _block_class(module: nn.Module) -> type:
+    """The class a block was written as: a parametrization on its own parameters gives each
+    instance a class of its own (ParametrizedBlock, a subclass of Block)."""
+    return type(module).__mro__[1] if parametrize.is_parametrized(module) else type(module)
+
+
 def _repeated_blocks(modules: List[Tuple[str, nn.Module]]) -> Iterable[str]:
     for name, module in modules:
         if not isinstance(module, (nn.Sequential, nn.ModuleList)):
             continue
         children = list(module.named_children())
-        classes = collections.Counter(type(child) for _, child in children)
+        classes = collections.Counter(_block_class(child) for _, child in children)
         for child_name, child in children:
-            if classes[type(child)] >= 2 and next(child.children(), None) is not None:
+            if classes[_block_class(child)] >= 2 and next(child.children(), None) is not None:
                 yield f"{name}.{child_name}" if name else child_name
 
 
@@ -261,8 +269,10 @@ class Segmenter:
         modules = list(module.named_modules())
         for _, m in modules:
             self._named.add(m)
-        if len(modules) == 1:
-            return None  # a layer called on its own (a loss): nothing to choose from
+        if len(modules) == 1 or isinstance(module, parametrize.ParametrizationList):
+            # A layer called on its own (a loss), or a parametrization computing its parameter
+            # (even before the model's first call): nothing to choose from, and not a model.
+            return None
         chosen = choose(module, self.pattern)
         for name, m in chosen:
             if make_segment(m, name):
@@ -270,10 +280,13 @@ class Segmenter:
         if not chosen:
             shown = [name for name, _ in modules[1:13]]
             more = f" and {len(modules) - 13} more" if len(modules) > 13 else ""
-            warnings.warn(
+            message = (
                 f"actmem: {self.source} picks no module of {type(module).__name__} as a segment, "
                 f"so none of its activations can be recomputed; its modules are "
-                f"{', '.join(shown)}{more}",
-                stacklevel=4,  # past Module._call_impl: the line that called the model
-            )
+                f"{', '.join(shown)}{more}")
+            try:
+                # Past Module._call_impl and its inner(): the line that called the model.
+                warnings.warn(message, stacklevel=5)
+            except Warning:  # warnings turned into errors: the script's call must not fail
+                print(message, file=sys.stderr)
         return None

@@ -432,3 +432,44 @@ def test_a_backward_on_another_thread_reruns_its_segments():
               actmem.stats()["activations"]["recomputations"])
     """)
     assert out.splitlines() == ["True True 2"]
+
+
+def test_blocks_with_a_parametrization_of_their_own_are_still_repeated_blocks():
+    # A parametrization on a block's own parameter gives each instance a class of its own
+    # (ParametrizedBlock): the default rule saw no repeated class and picked nothing.
+    out = python("""
+        from torch.nn.utils import parametrize
+        class Scale(nn.Module):
+            def forward(self, w):
+                return w * 2
+        class Block(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.weight = nn.Parameter(torch.randn(8, 8))
+                self.linear = nn.Linear(8, 8)
+            def forward(self, x):
+                return torch.tanh(self.linear(x) @ self.weight)
+        net = nn.Sequential(Block(), Block())
+        for block in net:
+            parametrize.register_parametrization(block, "weight", Scale())
+        actmem.enable(policy="recompute")
+        net(torch.randn(4, 8)).sum().backward()
+        print(actmem.segments(), actmem.stats()["activations"]["recomputations"])
+    """)
+    assert out.splitlines() == ["['0', '1'] 2"]
+
+
+def test_warnings_turned_into_errors_do_not_fail_the_scripts_call():
+    # A script under warnings.filterwarnings("error") failed at its model's first call on
+    # actmem's "picks no module" warning; the message goes to stderr instead.
+    result = subprocess.run(
+        [sys.executable, "-c", MODEL + textwrap.dedent("""
+            import warnings
+            warnings.filterwarnings("error")
+            actmem.enable(policy="recompute")
+            flat = nn.Sequential(nn.Linear(8, 8), nn.Tanh())
+            print(flat(torch.ones(2, 8)).shape)
+        """)], env=environment(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.splitlines() == ["torch.Size([2, 8])"]
+    assert "picks no module of Sequential" in result.stderr
