@@ -1073,8 +1073,10 @@ class CachingAllocator::Impl {
   // `least_budget`: a lower bound of the budget the request needed (OutOfMemoryError).
   OutOfMemoryError out_of_memory(std::size_t bytes, Stream stream, const char* why,
                                  std::size_t least_budget) {
-    ++stats_.ooms;
-    record_trace(TraceEntry::Action::kOom, nullptr, bytes, stream);
+    if (!t_speculative) {  // a speculative request that finds no room is no failure
+      ++stats_.ooms;
+      record_trace(TraceEntry::Action::kOom, nullptr, bytes, stream);
+    }
     const auto& s = stats_;
     std::string message = "actmem: out of memory: tried to allocate " +
                           format_bytes(static_cast<std::int64_t>(bytes)) + " on the " +

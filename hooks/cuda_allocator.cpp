@@ -96,11 +96,18 @@ class ActmemCudaAllocator final : public pluggable::CUDAPluggableAllocator {
     if (room == 0) {
       const c10::cuda::CUDAGuard on_device(device);
       std::size_t free = 0, total = 0;
-      if (cudaMemGetInfo(&free, &total) == cudaSuccess) room = free;
-      (void)cudaGetLastError();  // a failed query leaves no sticky error behind
+      if (cudaMemGetInfo(&free, &total) == cudaSuccess) {
+        room = free;
+      } else {
+        (void)cudaGetLastError();  // a failed query leaves no error for PyTorch's next check
+      }
     }
     if (stats.budget_bytes > 0) {
-      const std::int64_t under_budget = stats.budget_bytes - stats.reserved_bytes.current;
+      // Whole 2 MiB granules: a request rounded up past the budget would run the pressure
+      // handlers (sending activations out) for a workspace cuDNN can do without.
+      constexpr std::int64_t kGranule = std::int64_t{2} << 20;
+      const std::int64_t under_budget =
+          (stats.budget_bytes - stats.reserved_bytes.current) / kGranule * kGranule;
       room = std::min<std::size_t>(
           room, static_cast<std::size_t>(std::max<std::int64_t>(under_budget, 0)));
     }

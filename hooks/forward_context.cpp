@@ -5,6 +5,7 @@
 #include <c10/core/GradMode.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <stdexcept>
 #include <unordered_set>
 
@@ -136,7 +137,14 @@ ForwardContext::Rerun::~Rerun() {
     context_.modules_[i]->set_training_flags(training_before_[i]);
   }
   at::NoGradGuard no_grad;
-  for (const auto& [buffer, value] : buffers_before_) put_back(buffer, value);
+  for (const auto& [buffer, value] : buffers_before_) {
+    try {
+      put_back(buffer, value);
+    } catch (const std::exception& error) {  // a destructor: say it, do not end the process
+      std::fprintf(stderr, "actmem: a buffer could not be put back after a rerun: %s\n",
+                   error.what());
+    }
+  }
 }
 
 }  // namespace actmem::detail

@@ -400,6 +400,10 @@ std::size_t HostStore::release_sources(std::size_t bytes) {
   }
   for (const std::shared_ptr<Item>& item : in_flight) {
     if (released >= bytes) break;
+    {
+      std::lock_guard<std::mutex> lock(core_->mutex);
+      if (sole_bytes(item->source) == 0) continue;  // held elsewhere too: waiting frees nothing
+    }
     core_->engine->wait(item->out);  // without the mutex: other copies go on being queued
     std::lock_guard<std::mutex> lock(core_->mutex);
     released += sole_bytes(item->source);

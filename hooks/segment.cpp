@@ -132,7 +132,9 @@ bool SegmentFrame::recomputes_any() {
 }
 
 void SegmentFrame::capture(const at::Tensor& tensor) {
-  if (stop_thrown_) throw_stop_swallowed();  // the function caught it and went on
+  // Saved after the stop was thrown: while it unwinds (a Python `finally`, a destructor), or by a
+  // function that swallowed it, which the end of rerun() tells apart. Nothing more is needed.
+  if (stop_thrown_) return;
   const std::int64_t index = capture_index_++;
   if (capturing_ && index < static_cast<std::int64_t>(wanted_.size()) && wanted_[index]) {
     recomputed_[index] = tensor.detach();

@@ -127,8 +127,8 @@ struct SegmentFrame {
   std::int64_t outstanding_ = 0;
   bool materialized_ = false;
   bool capturing_ = true;     // the rerun in progress keeps the tensors it must produce
-  bool stop_thrown_ = false;  // it threw StopRerun: a capture or a return after that means the
-                              // function swallowed it
+  bool stop_thrown_ = false;  // it threw StopRerun: a return from the function after that means
+                              // the function swallowed it
   TensorList chain_outputs_;  // what the rerun returned, until the next segment takes it
 };
 

@@ -32,7 +32,6 @@ from typing import Optional, Union
 import torch  # loads LibTorch, which _C links against
 
 from . import _C
-from . import _segments
 from ._segments import Segmenter, make_segment, replicas_run_their_own_segments
 
 __all__ = ["enable", "disable", "enabled", "segment", "segments", "stats", "device"]
@@ -94,7 +93,6 @@ def enable(
     hooks.__enter__()
     global _hooks_in_use
     _hooks_in_use = weakref.ref(pack)
-    _segments.rerun_hooks = (pack, unpack)
     replicas_run_their_own_segments()
     segmenter = Segmenter(pattern, source)
     # Not through torch.compiler.disable, which would let torch.compile(model) run (Dynamo cannot
@@ -114,7 +112,6 @@ def disable() -> None:
     if threading.get_ident() != thread:
         raise RuntimeError("actmem: disable() must be called on the thread that called enable()")
     handle.remove()
-    _segments.rerun_hooks = None
     hooks.__exit__(None, None, None)
     _C.disable()
     _state = None

@@ -50,17 +50,35 @@ from . import _C, _tree
 # in place is not undone (buffers changed in place are: the C++ half restores their values).
 
 
-# The saved-tensor hooks enable() pushed, (pack, unpack), while it is in force: a rerun pushes them
-# again, on whatever thread runs it. PyTorch's default hooks are thread-local, so a backward run on
-# another thread (threading.Thread(target=loss.backward)) reran without them, and its tensors were
-# never captured.
-rerun_hooks = None
+# Saved-tensor hooks a rerun pushes, on whatever thread runs it: PyTorch's default hooks are
+# thread-local, so a backward run on another thread (threading.Thread(target=loss.backward)), or
+# after actmem.disable(), reran without actmem's and its tensors were never captured. A pair of
+# their own (not enable()'s, whose last copies the exit handler waits for); their pack captures
+# for the rerun in progress.
+_rerun_hooks = None
+
+
+def _hooks_for_reruns():
+    global _rerun_hooks
+    if _rerun_hooks is None:
+        _rerun_hooks = _C.make_hooks()
+    return _rerun_hooks
+
+
+def _buffers_of(m: nn.Module):
+    """A module's registered buffers as a dict it can be compared with and put back into; None
+    for a TorchScript module, whose buffers are not Python's to rebind."""
+    return None if isinstance(m, torch.jit.ScriptModule) else m._buffers
 
 
 def _attributes(module: nn.Module):
     """Each module's attributes and registered buffers (a buffer rebound in the forward,
     ``self.running = self.running * 0.9 + …``, changes ``_buffers``, not ``__dict__``)."""
-    return [(m, dict(m.__dict__), dict(m._buffers)) for m in module.modules()]
+    saved = []
+    for m in module.modules():
+        buffers = _buffers_of(m)
+        saved.append((m, dict(m.__dict__), None if buffers is None else dict(buffers)))
+    return saved
 
 
 def _restore(namespace: dict, values: dict) -> None:
@@ -72,7 +90,8 @@ def _restore(namespace: dict, values: dict) -> None:
 def _put_back(saved) -> None:
     for m, attributes, buffers in saved:
         _restore(m.__dict__, attributes)
-        _restore(m._buffers, buffers)
+        if buffers is not None:
+            _restore(m._buffers, buffers)
 
 
 _ABSENT = object()
@@ -90,7 +109,8 @@ def _rebound(before):
     Only these are held until the segment's backward, not every attribute the modules have."""
     changed = []
     for m, attributes, buffers in before:
-        diff, buffer_diff = _changes(attributes, m.__dict__), _changes(buffers, m._buffers)
+        diff = _changes(attributes, m.__dict__)
+        buffer_diff = {} if buffers is None else _changes(buffers, m._buffers)
         if diff or buffer_diff:
             changed.append((m, diff, buffer_diff))
     return changed
@@ -145,10 +165,9 @@ class SegmentForward:
             else:
                 saved = _attributes(module)
                 _undo(forward["rebound"])
-            hooks = None if forward["running"] or rerun_hooks is None else rerun_hooks
             try:
-                with (torch.autograd.graph.saved_tensors_hooks(*hooks) if hooks
-                      else contextlib.nullcontext()):
+                with (contextlib.nullcontext() if forward["running"]
+                      else torch.autograd.graph.saved_tensors_hooks(*_hooks_for_reruns())):
                     if inner is None:
                         result = type(module).forward(module, *call_args, **call_kwargs)
                     else:
@@ -224,6 +243,12 @@ def _block_class(module: nn.Module) -> type:
     return type(module).__mro__[1] if parametrize.is_parametrized(module) else type(module)
 
 
+def _has_own_children(module: nn.Module) -> bool:
+    """Whether it is a block, not a layer: children besides the ``parametrizations`` that
+    weight_norm and spectral_norm hang on a layer."""
+    return any(name != "parametrizations" for name, _ in module.named_children())
+
+
 def _repeated_blocks(modules: List[Tuple[str, nn.Module]]) -> Iterable[str]:
     for name, module in modules:
         if not isinstance(module, (nn.Sequential, nn.ModuleList)):
@@ -231,7 +256,7 @@ def _repeated_blocks(modules: List[Tuple[str, nn.Module]]) -> Iterable[str]:
         children = list(module.named_children())
         classes = collections.Counter(_block_class(child) for _, child in children)
         for child_name, child in children:
-            if classes[_block_class(child)] >= 2 and next(child.children(), None) is not None:
+            if classes[_block_class(child)] >= 2 and _has_own_children(child):
                 yield f"{name}.{child_name}" if name else child_name
 
 

@@ -473,3 +473,58 @@ def test_warnings_turned_into_errors_do_not_fail_the_scripts_call():
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.splitlines() == ["torch.Size([2, 8])"]
     assert "picks no module of Sequential" in result.stderr
+
+
+def test_review_cases_a_scripted_module_weight_normed_layers_finally_and_disable():
+    # Found by a review of the changes above: a TorchScript module in a block (its buffers are not
+    # a Python dict) failed the forward under every policy; weight-normed layers became segments
+    # and broke parametrize.cached(); a `finally` doing grad work while the rerun's stop unwound
+    # was taken for a swallowed stop; a backward after disable() reran without capture hooks.
+    out = python("""
+        from torch.nn.utils import parametrizations, parametrize
+        class Act(nn.Module):
+            def forward(self, x):
+                return x * torch.sigmoid(x)
+        class Scripted(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.linear = nn.Linear(8, 8)
+                self.act = torch.jit.trace(Act(), torch.randn(4, 8))  # -c has no source to script
+            def forward(self, x):
+                return self.act(self.linear(x)) + x
+        class Finally(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.linear = nn.Linear(8, 8)
+            def forward(self, x):
+                try:
+                    return torch.tanh(self.linear(x)) * x
+                finally:
+                    self.penalty = self.linear.weight.sin().sum()
+        def train(policy, make, cached=False, disable_first=False):
+            torch.manual_seed(6)
+            net = make()
+            if policy:
+                actmem.enable(policy=policy)
+            x = torch.randn(4, 8, requires_grad=True)
+            with (parametrize.cached() if cached else contextlib.nullcontext()):
+                out = net(x)
+                loss = out.sum() + sum(getattr(m, "penalty", 0) for m in net)
+                if policy and disable_first:
+                    actmem.disable()
+                loss.backward()
+            if policy and not disable_first:
+                actmem.disable()
+            return [x.grad] + [p.grad for p in net.parameters()]
+        import contextlib
+        same = lambda a, b: all(torch.equal(u, v) for u, v in zip(a, b))
+        scripted = lambda: nn.Sequential(Scripted(), Scripted())
+        normed = lambda: nn.Sequential(parametrizations.weight_norm(nn.Linear(8, 8)), nn.ReLU(),
+                                       parametrizations.weight_norm(nn.Linear(8, 8)))
+        finally_ = lambda: nn.Sequential(Finally(), Finally())
+        print(same(train(None, scripted), train("keep", scripted)),
+              same(train(None, normed, cached=True), train("recompute", normed, cached=True)),
+              same(train(None, finally_), train("recompute", finally_)),
+              same(train(None, finally_), train("recompute", finally_, disable_first=True)))
+    """)
+    assert out.splitlines() == ["True True True True"]
