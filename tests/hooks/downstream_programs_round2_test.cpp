@@ -708,13 +708,17 @@ TEST(DownstreamRound2Random, GumbelSoftmaxMultinomialRandpermBernoulliAndFeature
           "sample",
           [&](const TensorList& in) -> TensorList {
             const torch::Tensor l = logits(in[0]);
-            const torch::Tensor hard =
-                F::gumbel_softmax(l, F::GumbelSoftmaxFuncOptions().tau(0.7).hard(true));
+            // Gumbel softmax (hard) and a Bernoulli mask written out, as F::gumbel_softmax and
+            // bernoulli_ do: g++ 12 under ASan rejects their defaulted optional<Generator>.
+            const torch::Tensor gumbel = -torch::log(-torch::log(torch::rand_like(l)));
+            const torch::Tensor soft = ((l + gumbel) / 0.7).softmax(-1);
+            const torch::Tensor one_hot =
+                torch::zeros_like(soft).scatter_(-1, soft.argmax(-1, true), 1.0);
+            const torch::Tensor hard = one_hot - soft.detach() + soft;
             const torch::Tensor picks = torch::multinomial(l.softmax(-1), 3, true);
-            torch::Tensor keep = torch::empty_like(l).bernoulli_(0.8);
+            const torch::Tensor keep = (torch::rand_like(l) < 0.8).to(l.scalar_type());
             const torch::Tensor noisy = l * keep + torch::randn_like(l) * 0.1 +
-                                        torch::rand_like(l) * 0.05 +
-                                        torch::normal(0.0, 0.1, l.sizes());
+                                        torch::rand_like(l) * 0.05 + torch::randn(l.sizes()) * 0.1;
             return {out(hard + noisy.gather(1, picks).mean(1, true)), picks};
           },
           {feat});
@@ -1985,8 +1989,9 @@ TEST(DownstreamRound2Chains, TwoThousandTimeStepsOneSegmentEach) {
 // the run oldest first now (SegmentFrame::rerun_run_behind). Offload took minutes here (the host
 // store was quadratic in the tensors a step saves). Plain LibTorch: under a second. One policy at
 // a time, at other lengths:
-//   ROUND2_POLICY=every-link ROUND2_LENGTH=20000 ACTMEM_BACKEND=host build/release/tests/hooks_test \
-//     --gtest_also_run_disabled_tests --gtest_filter='*LongUnrolledUnderOnePolicy'
+//   ROUND2_POLICY=every-link ROUND2_LENGTH=20000 ACTMEM_BACKEND=host
+//     build/release/tests/hooks_test --gtest_also_run_disabled_tests
+//     --gtest_filter='*LongUnrolledUnderOnePolicy'
 TEST(DownstreamRound2Chains, TwelveThousandTimeStepsOneSegmentEach) {
   expect_as_plain([] { return long_unrolled_program(12000); }, false);
 }
