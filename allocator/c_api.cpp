@@ -40,14 +40,19 @@ void report(const std::exception& error) {
   std::fprintf(stderr, "%s\n", error.what());
 }
 
+// What both malloc entry points serve; they differ in how a failure reaches the caller.
+void* allocate(size_t size, int device, cudaStream_t stream) {
+  if (size == 0) return nullptr;
+  return ProcessAllocators::instance().for_device(device).allocate(size, stream);
+}
+
 }  // namespace
 
 extern "C" {
 
 void* actmem_malloc(size_t size, int device, cudaStream_t stream) {
-  if (size == 0) return nullptr;
   try {
-    return ProcessAllocators::instance().for_device(device).allocate(size, stream);
+    return allocate(size, device, stream);
   } catch (const std::exception& error) {
     report(error);
     return nullptr;
@@ -55,9 +60,8 @@ void* actmem_malloc(size_t size, int device, cudaStream_t stream) {
 }
 
 void* actmem_torch_malloc(size_t size, int device, cudaStream_t stream) {
-  if (size == 0) return nullptr;
   try {
-    return ProcessAllocators::instance().for_device(device).allocate(size, stream);
+    return allocate(size, device, stream);
   } catch (const std::exception& error) {
     t_last_error = error.what();
     throw std::runtime_error(error.what());  // a type the caller's runtime knows

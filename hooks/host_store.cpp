@@ -109,8 +109,15 @@ class HostStore::Core {
     for (const Retired& r : draining) wait_or_fail(r.ticket);
   }
 
-  // Lets go of the sources whose copy has finished, and forgets items that are gone.
-  void reap() {  // mutex held
+  // The bytes a source frees when the store lets go of it: none if something else holds it.
+  static std::size_t sole_bytes(const at::Tensor& source) {
+    return source.defined() && source.storage().use_count() == 1 ? source.storage().nbytes() : 0;
+  }
+
+  // Lets go of the sources whose copy has finished, and forgets items that are gone. Returns the
+  // bytes of the sources let go of that nothing else held.
+  std::size_t reap() {  // mutex held
+    std::size_t released = 0;
     std::vector<Retired> finished;
     {
       std::lock_guard<std::mutex> lock(retired_mutex);
@@ -126,7 +133,10 @@ class HostStore::Core {
     while (!sending.empty()) {
       const std::shared_ptr<Item> item = sending.front().lock();
       if (item && !engine->finished(item->out)) break;
-      if (item) item->source = at::Tensor();
+      if (item) {
+        released += sole_bytes(item->source);
+        item->source = at::Tensor();
+      }
       sending.pop_front();
     }
     // Items gone (their saved variables freed) are forgotten once the map has doubled since the
@@ -137,6 +147,7 @@ class HostStore::Core {
       }
       waiting_after_walk = waiting.size();
     }
+    return released;
   }
 
   // Device bytes fetched ahead and not yet taken.
@@ -378,37 +389,24 @@ at::Tensor HostStore::copy_back(const Item& item) {
 }
 
 std::size_t HostStore::release_sources(std::size_t bytes) {
-  // The bytes a source frees when the store lets go of it: none if something else holds it.
-  const auto sole_bytes = [](const at::Tensor& source) -> std::size_t {
-    return source.defined() && source.storage().use_count() == 1 ? source.storage().nbytes() : 0;
-  };
   std::size_t released = 0;
   std::vector<std::shared_ptr<Item>> in_flight;  // oldest first, as sent
   {
     std::lock_guard<std::mutex> lock(core_->mutex);
+    released = core_->reap();  // the finished ones
     for (const std::weak_ptr<Item>& weak : core_->sending) {
-      const std::shared_ptr<Item> item = weak.lock();
-      if (!item) continue;
-      if (core_->engine->finished(item->out)) {
-        released += sole_bytes(item->source);
-        item->source = at::Tensor();
-      } else {
-        in_flight.push_back(item);
-      }
+      if (std::shared_ptr<Item> item = weak.lock()) in_flight.push_back(std::move(item));
     }
-    core_->reap();  // forgets those let go of
   }
   for (const std::shared_ptr<Item>& item : in_flight) {
     if (released >= bytes) break;
     {
       std::lock_guard<std::mutex> lock(core_->mutex);
-      if (sole_bytes(item->source) == 0) continue;  // held elsewhere too: waiting frees nothing
+      if (Core::sole_bytes(item->source) == 0) continue;  // held elsewhere: waiting frees nothing
     }
     core_->engine->wait(item->out);  // without the mutex: other copies go on being queued
     std::lock_guard<std::mutex> lock(core_->mutex);
-    released += sole_bytes(item->source);
-    item->source = at::Tensor();
-    core_->reap();
+    released += core_->reap();  // it, and what finished before it
   }
   return released;
 }
