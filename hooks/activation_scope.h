@@ -15,8 +15,8 @@
 #include <optional>
 #include <string>
 
-#include "allocator/errors.h"
 #include "hooks/host_store.h"
+#include "hooks/out_of_memory.h"
 #include "policy/policy.h"
 #include "policy/policy_config.h"
 
@@ -53,15 +53,6 @@ struct ScopeOptions {
 
   // The options the policy's environment variables name (policy/policy_config.h).
   static ScopeOptions from(const PolicyConfig& config);
-};
-
-// A training step does not fit the device budget even with every activation that can go out,
-// out: thrown by the pressure handler of a scope whose policy evicts (auto) when nothing is left
-// to evict. It is an out-of-memory error (callers that catch those catch it); what() says how
-// much stayed allocated and how much more the step needed: the least it needs at that point.
-class BudgetTooSmallError : public alloc::OutOfMemoryError {
- public:
-  using alloc::OutOfMemoryError::OutOfMemoryError;
 };
 
 namespace detail {

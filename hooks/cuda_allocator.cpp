@@ -13,6 +13,7 @@
 #include <string>
 
 #include "allocator/process_allocators.h"
+#include "hooks/out_of_memory.h"
 
 namespace actmem::detail {
 namespace {
@@ -21,8 +22,10 @@ namespace pluggable = torch::cuda::CUDAPluggableAllocator;
 using alloc::ProcessAllocators;
 
 void* allocate(size_t bytes, int device, cudaStream_t stream) {
-  // An OutOfMemoryError (actmem's, naming the budget and the bytes) reaches the caller as it is.
-  return ProcessAllocators::instance().for_device(device).allocate(bytes, stream);
+  // Out of memory, it throws c10's type (cuDNN's smaller-workspace fallback catches it), with
+  // actmem's message naming the budget and the bytes.
+  return with_torch_out_of_memory(
+      [&] { return ProcessAllocators::instance().for_device(device).allocate(bytes, stream); });
 }
 
 // Called by a tensor's deleter, where an exception would end the process without a word.

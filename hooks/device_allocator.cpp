@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "hooks/out_of_memory.h"
+
 namespace actmem {
 namespace {
 // The context is the pointer itself; the deleter finds the allocator through the installed one.
@@ -11,7 +13,7 @@ void free_device_block(void* ptr) {
 }  // namespace
 
 c10::DataPtr DeviceAllocator::allocate(size_t bytes) {
-  void* ptr = allocator_.allocate(bytes);
+  void* ptr = detail::with_torch_out_of_memory([&] { return allocator_.allocate(bytes); });
   return {ptr, ptr, &free_device_block, c10::Device(c10::DeviceType::CPU)};
 }
 

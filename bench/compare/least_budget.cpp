@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <stdexcept>
 
-#include "allocator/errors.h"
+#include "hooks/out_of_memory.h"
 
 namespace actmem::bench {
 
@@ -45,7 +45,7 @@ BudgetProbe probe_budget(RunSpec spec, std::int64_t budget, int steps,
     for (int i = 0; i < steps; ++i) run.step(/*fresh_cache=*/true);
     if (grads != nullptr) *grads = run.gradients();
     return {true, 0};
-  } catch (const alloc::OutOfMemoryError& error) {
+  } catch (const OutOfMemoryError& error) {
     return {false, static_cast<std::int64_t>(error.least_budget_bytes())};
   }
 }

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <stdexcept>
 
-#include "allocator/errors.h"
+#include "hooks/out_of_memory.h"
 
 namespace actmem::bench {
 
@@ -45,7 +45,7 @@ Probe probe_training_step(RunSpec spec, std::int64_t batch) {
     TrainingRun run(spec);
     run.step(/*fresh_cache=*/true);
     return {true, run.step(/*fresh_cache=*/true).seconds};
-  } catch (const alloc::OutOfMemoryError&) {
+  } catch (const OutOfMemoryError&) {
     return {false, 0};
   }
 }

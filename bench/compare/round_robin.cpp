@@ -4,7 +4,7 @@
 
 namespace actmem::bench {
 
-DidNotFit DidNotFit::from(const alloc::OutOfMemoryError& error) {
+DidNotFit DidNotFit::from(const OutOfMemoryError& error) {
   return {error.what(), static_cast<std::int64_t>(error.least_budget_bytes())};
 }
 
@@ -18,7 +18,7 @@ std::vector<TurnsTaken> take_turns(const std::vector<TrainingRun*>& runs, int wa
       try {
         const StepCost cost = runs[i]->step();
         if (round >= warmup) taken[i].measured.push_back(cost);
-      } catch (const alloc::OutOfMemoryError& error) {
+      } catch (const OutOfMemoryError& error) {
         taken[i].did_not_fit = DidNotFit::from(error);
       }
     }

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "allocator/errors.h"
+#include "hooks/out_of_memory.h"
 #include "bench/compare/training_run.h"
 
 namespace actmem::bench {
@@ -19,7 +19,7 @@ namespace actmem::bench {
 struct DidNotFit {
   std::string message;
   std::int64_t least_budget_bytes = 0;
-  static DidNotFit from(const alloc::OutOfMemoryError& error);
+  static DidNotFit from(const OutOfMemoryError& error);
 };
 
 // What one run's turns gave.

@@ -5,7 +5,7 @@
 #include <memory>
 #include <stdexcept>
 
-#include "allocator/errors.h"
+#include "hooks/out_of_memory.h"
 #include "allocator/stats.h"
 #include "models/catalogue.h"
 
@@ -53,7 +53,7 @@ void TargetComparison::warm_up_and_measure_memory(TrainingRun& run, RowResult& r
     result.peak_bytes = result.memory.peak_bytes;
     result.offloaded_bytes = result.memory.offloaded_bytes;
     result.recomputed_bytes = result.memory.recomputed_bytes;
-  } catch (const alloc::OutOfMemoryError& error) {
+  } catch (const OutOfMemoryError& error) {
     result.did_not_fit = DidNotFit::from(error);
   }
 }

@@ -70,7 +70,7 @@ class TrainingRun {
   // One training step, measured. Outside the measured time: unparks the run, sets its budget, RNG
   // state and scope (and, with `fresh_cache`, empties the allocator's cache first, so that the
   // reserved bytes are this step's own), then parks it all again, however the step ends. An
-  // alloc::OutOfMemoryError propagates: the step did not fit (and leaves nothing allocated: see
+  // actmem::OutOfMemoryError propagates: the step did not fit (and leaves nothing allocated: see
   // detail::release_failed_backward, hooks/engine.h).
   StepCost step(bool fresh_cache = false);
 

@@ -106,7 +106,7 @@ TEST(TrainingRun, AStepOutOfMemoryInBackwardLeavesNothingAllocated) {
       try {
         run.step(/*fresh_cache=*/true);
         run.step(/*fresh_cache=*/true);
-      } catch (const alloc::OutOfMemoryError&) {
+      } catch (const OutOfMemoryError&) {
         ++failed;
       }
     }

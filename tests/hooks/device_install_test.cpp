@@ -7,6 +7,7 @@
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
+#include <optional>
 #include <string>
 
 #ifdef ACTMEM_TORCH_CUDA
@@ -128,6 +129,35 @@ TEST(DeviceInstall, TorchsMemoryStatisticsOnCudaAreActmems) {
   std::size_t largest = 0;
   torch_memory::cacheInfo(device, &largest);
   EXPECT_GT(largest, std::size_t{0});
+}
+
+// cuDNN asks LibTorch's CUDA allocator for its largest workspace and halves it on
+// c10::OutOfMemoryError (Conv_v8.cpp); any other error fails the convolution. Under a budget
+// actmem's refusal must be that type.
+TEST(DeviceInstall, ACudaRequestOverTheBudgetIsLibTorchsOutOfMemoryError) {
+  if (!has_cuda_device()) GTEST_SKIP() << kNoDevice;
+  install();
+  ASSERT_EQ(managed_device(), c10::DeviceType::CUDA);
+  alloc::CachingAllocator& memory = device_memory();
+  memory.empty_cache();
+  constexpr std::size_t kMiB = std::size_t{1} << 20;
+  memory.set_budget(static_cast<std::size_t>(memory.stats().reserved_bytes.current) + 64 * kMiB);
+  std::size_t workspace = 4096 * kMiB;
+  int refusals = 0;
+  c10::DataPtr granted;
+  while (workspace > 0) {
+    try {
+      granted = c10::cuda::CUDACachingAllocator::get()->allocate(workspace);
+      break;
+    } catch (const c10::OutOfMemoryError&) {
+      ++refusals;
+      workspace /= 2;
+    }
+  }
+  memory.set_budget(std::nullopt);
+  EXPECT_GT(refusals, 0);
+  EXPECT_GE(workspace, 16 * kMiB);
+  EXPECT_NE(granted.get(), nullptr);
 }
 #endif
 

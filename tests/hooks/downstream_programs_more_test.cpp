@@ -1199,7 +1199,7 @@ TEST(DownstreamAutoBudget, AutoUnderATightBudgetTrainsAsPlain) {
         fitted = true;
         expect_same(Outcome{plain, ""}, Outcome{got, ""},
                     "auto at " + std::to_string(fraction) + " of keep's reserved peak");
-      } catch (const alloc::OutOfMemoryError& error) {
+      } catch (const OutOfMemoryError& error) {
         budget = static_cast<std::int64_t>(error.least_budget_bytes());
       }
     }

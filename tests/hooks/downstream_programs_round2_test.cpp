@@ -289,7 +289,7 @@ TEST(DownstreamRound2Shapes, VaryingShapesUnderAutoWithATightBudget) {
         fitted = true;
         expect_same(Outcome{plain, ""}, Outcome{got, ""},
                     "auto at " + std::to_string(fraction) + " of keep");
-      } catch (const alloc::OutOfMemoryError& error) {
+      } catch (const OutOfMemoryError& error) {
         budget = static_cast<std::int64_t>(error.least_budget_bytes());
       }
     }
@@ -1563,7 +1563,7 @@ void expect_auto_under_tight_budgets(const Program& program,
                     std::string(host ? "auto" : "auto without host memory") + " at " +
                         std::to_string(fraction) + " of keep's reserved peak (budget " +
                         std::to_string(budget) + ")");
-      } catch (const alloc::OutOfMemoryError& error) {
+      } catch (const OutOfMemoryError& error) {
         last_error = error.what();
         const auto least = static_cast<std::int64_t>(error.least_budget_bytes());
         budget = least > budget ? least : budget + (2 << 20);
@@ -1840,7 +1840,7 @@ void expect_auto_when_the_budget_drops(bool host) {
                       static_cast<long long>(st.evictions), static_cast<long long>(st.drops));
         }
         expect_same(plain, Outcome{got, ""}, "auto, budget lowered to " + std::to_string(fraction));
-      } catch (const alloc::OutOfMemoryError& error) {
+      } catch (const OutOfMemoryError& error) {
         last = error.what();
         const auto least = static_cast<std::int64_t>(error.least_budget_bytes());
         budget = least > budget ? least : budget + (2 << 20);

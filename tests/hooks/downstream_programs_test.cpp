@@ -425,7 +425,7 @@ TEST(DownstreamAutoBudget, FollowingTheAdviceOfATooSmallBudgetReachesOneThatFits
     try {
       EXPECT_LE(mlp_steps("auto", budget), budget);
       fitted = true;
-    } catch (const alloc::OutOfMemoryError& error) {
+    } catch (const OutOfMemoryError& error) {
       const std::string message = error.what();
       if (dynamic_cast<const BudgetTooSmallError*>(&error) != nullptr) {
         EXPECT_NE(message.find("That is a lower bound"), std::string::npos) << message;

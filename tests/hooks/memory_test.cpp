@@ -113,7 +113,7 @@ TEST(ActivationMemory, AnOutOfMemoryInTheForwardLeavesNothingBehind) {
       device_memory().empty_cache();
       const std::size_t reserved = device_memory().stats().reserved_bytes.current;
       device_memory().set_budget(reserved + (2u << 20));  // less than one block needs
-      EXPECT_THROW(module->loss(), alloc::OutOfMemoryError) << policy;
+      EXPECT_THROW(module->loss(), OutOfMemoryError) << policy;
       device_memory().set_budget(std::nullopt);
     }
     EXPECT_EQ(device_memory().stats().allocated_bytes.current, before) << policy;

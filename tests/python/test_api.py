@@ -87,6 +87,29 @@ def test_enable_twice_and_bad_arguments_raise():
     assert out.splitlines() == ["ValueError True", "ValueError True", "False", "RuntimeError"]
 
 
+def test_out_of_memory_is_torchs_own_error_and_a_smaller_batch_then_fits():
+    # A batch-size search as scripts write one: halve on torch.OutOfMemoryError. Under actmem's
+    # budget the refusal must be that type (it was a RuntimeError), for keep's plain refusal and
+    # for auto's, which says the budget is too small once nothing is left to send out.
+    out = python("""
+        for policy in ["keep", "auto"]:
+            actmem.enable(policy=policy, budget="24MiB", host_budget="0")
+            batch, messages = 1 << 16, []
+            while batch > 0:
+                try:
+                    model.zero_grad(set_to_none=True)
+                    model(torch.randn(batch, 64)).square().mean().backward()
+                    break
+                except torch.OutOfMemoryError as error:
+                    messages.append(str(error))
+                    batch //= 2
+            actmem.disable()
+            print(policy, 0 < batch < 1 << 16, all("actmem:" in m for m in messages),
+                  any("ACTMEM_BUDGET must be at least" in m for m in messages))
+    """)
+    assert out.splitlines() == ["keep True True False", "auto True True True"]
+
+
 def test_a_segment_without_random_numbers_stops_its_rerun_early():
     # No dropout: the rerun stops once it produced what backward needs (StopRerun crosses the
     # Python forward), and training still matches plain PyTorch.

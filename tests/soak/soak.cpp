@@ -145,7 +145,7 @@ Soak soak(const std::string& name, const Options& options, CachingAllocator& dev
     bool fitted = true;
     try {
       models::train_step(*model, *optimizer, batch);
-    } catch (const actmem::alloc::OutOfMemoryError& error) {
+    } catch (const actmem::OutOfMemoryError& error) {
       fitted = false;
       ++result.refused;
       if (options.verbose) std::printf("%s\n", error.what());
