@@ -50,6 +50,16 @@ from . import _C, _tree
 # in place is not undone (buffers changed in place are: the C++ half restores their values).
 
 
+# Note [Segments under torch.compile]
+# Code torch.compile traces runs each segment as a plain module: the segment's forward is traced
+# into the compiled graph, not run through _C.segment. A rerun in backward could not repeat that
+# code's bits (it would run eagerly, on other kernels, with other random numbers), and Dynamo
+# cannot trace _C.segment anyway. The compiled graph's saved tensors still pass through actmem's
+# saved-tensor hooks (AOTAutograd saves them with save_for_backward): kept or offloaded by the
+# policy, and a program trains to the bits it does under torch.compile without actmem. What the
+# compiled code saves is therefore never recomputed; the Segmenter warns once when a model, or one
+# of its segments, it names is compiled and the policy could recompute.
+
 # Saved-tensor hooks a rerun pushes, on whatever thread runs it: PyTorch's default hooks are
 # thread-local, so a backward run on another thread (threading.Thread(target=loss.backward)), or
 # after actmem.disable(), reran without actmem's and its tensors were never captured. A pair of
@@ -147,6 +157,10 @@ class SegmentForward:
     def __call__(self, *args, **kwargs):
         module = self.module
         inner = self.inner
+        if torch.compiler.is_compiling():
+            # Traced by torch.compile (Note [Segments under torch.compile]): the plain forward.
+            return (type(module).forward(module, *args, **kwargs) if inner is None
+                    else inner(*args, **kwargs))
         inputs, rebuild_arguments = _tree.flatten((args, kwargs))
         forward = {"running": True}  # the forward's run leaves the result's shape; reruns none
 
@@ -289,8 +303,18 @@ class Segmenter:
         self.segments: List[str] = []
 
     def __call__(self, module: nn.Module, args) -> None:
+        if torch.compiler.is_compiling():
+            return None  # traced by torch.compile: the WeakSet is nothing Dynamo can trace
         if module in self._named:
             return None
+        wrapped = _compiled_module(module)
+        if wrapped is not None:
+            # torch.compile(model) calls the global hooks for its wrapper and then compiles the
+            # model's own call, where they are traced (above): the model is named from here.
+            self._named.add(module)
+            module = wrapped
+            if module in self._named:
+                return None
         modules = list(module.named_modules())
         for _, m in modules:
             self._named.add(m)
@@ -302,6 +326,9 @@ class Segmenter:
         for name, m in chosen:
             if make_segment(m, name):
                 self.segments.append(name)
+        compiled = [name for name, m in chosen if _is_compiled(m)]
+        if chosen and (wrapped is not None or compiled) and _C.recomputes():
+            self._warn_compiled(wrapped is not None, compiled)
         if not chosen:
             shown = [name for name, _ in modules[1:13]]
             more = f" and {len(modules) - 13} more" if len(modules) > 13 else ""
@@ -309,9 +336,36 @@ class Segmenter:
                 f"actmem: {self.source} picks no module of {type(module).__name__} as a segment, "
                 f"so none of its activations can be recomputed; its modules are "
                 f"{', '.join(shown)}{more}")
-            try:
-                # Past Module._call_impl and its inner(): the line that called the model.
-                warnings.warn(message, stacklevel=5)
-            except Warning:  # warnings turned into errors: the script's call must not fail
-                print(message, file=sys.stderr)
+            _warn(message, stacklevel=5)
         return None
+
+    def _warn_compiled(self, whole: bool, blocks: List[str]) -> None:
+        what = "the model" if whole else "the segments " + ", ".join(blocks[:6]) + (
+            f" and {len(blocks) - 6} more" if len(blocks) > 6 else "")
+        _warn(f"actmem: torch.compile compiles {what}: compiled code runs actmem's segments as "
+              "plain modules, so the activations it saves are kept or offloaded, never "
+              "recomputed (segments recompute where they run eagerly)", stacklevel=6)
+
+
+def _warn(message: str, stacklevel: int) -> None:
+    """Warns at the line ``stacklevel`` frames above the caller (for Segmenter.__call__, 5: past
+    Module._call_impl and its inner(), the line that called the model)."""
+    try:
+        warnings.warn(message, stacklevel=stacklevel + 1)
+    except Warning:  # warnings turned into errors: the script's call must not fail
+        print(message, file=sys.stderr)
+
+
+def _compiled_module(module: nn.Module) -> Optional[nn.Module]:
+    """The model torch.compile(model) wrapped, when ``module`` is such a wrapper; else None.
+    (Looked up without importing torch._dynamo: no wrapper exists before it is imported.)"""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    wrapper = getattr(eval_frame, "OptimizedModule", None)
+    if wrapper is not None and isinstance(module, wrapper):
+        return module._orig_mod
+    return None
+
+
+def _is_compiled(module: nn.Module) -> bool:
+    """Whether calling ``module`` runs compiled code: module.compile() was called on it."""
+    return getattr(module, "_compiled_call_impl", None) is not None

@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <map>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -28,6 +29,7 @@ namespace {
 ActivationScope* g_scope = nullptr;
 std::thread::id g_scope_thread;
 bool g_budget_given = false;  // enable() set the budget: disable() puts the environment's back
+bool g_policy_recomputes = false;  // the scope's policy may rerun segments (Policy::may_recompute)
 
 using Overrides = std::map<std::string, std::string>;
 
@@ -56,7 +58,9 @@ void enable(const Overrides& overrides) {
   alloc::CachingAllocator& memory = device_memory();
   if (budget) memory.set_budget(budget);
   g_budget_given = budget.has_value();
-  g_scope = new ActivationScope(make_device_policy(config), ScopeOptions::from(config));
+  std::shared_ptr<Policy> policy = make_device_policy(config);
+  g_policy_recomputes = policy->may_recompute();
+  g_scope = new ActivationScope(std::move(policy), ScopeOptions::from(config));
   g_scope_thread = std::this_thread::get_id();
   alloc::ProcessAllocators::instance().set_stats_section(
       "activations", [source = g_scope->stats_source()] { return to_json(source()); });
@@ -105,6 +109,8 @@ PYBIND11_MODULE(_C, m) {
         "on this thread. Raises ValueError naming a malformed variable.");
   m.def("disable", &disable, "Ends the scope enable() made (on the thread that made it).");
   m.def("enabled", [] { return g_scope != nullptr; });
+  m.def("recomputes", [] { return g_scope != nullptr && g_policy_recomputes; },
+        "Whether the policy enable() chose may rerun segments (recompute, chain, auto).");
   m.def("segment", &run_segment, py::arg("name"), py::arg("fn"), py::arg("inputs"),
         py::arg("module"));
   m.def("stats_json", [] { return actmem::alloc::ProcessAllocators::instance().stats_json(); },

@@ -37,6 +37,7 @@ def main():
         nn.Linear(32, 10),
     ).to(args.device)
     common.checkpointed(blocks, args.torch_mode)
+    call = common.compiled(model, blocks, args.compile, args.backend)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     clock = common.StepClock(args.device)
     losses = []
@@ -46,7 +47,7 @@ def main():
             y = torch.randint(0, 10, (args.batch,)).to(args.device)
             with clock:
                 optimizer.zero_grad()
-                loss = nn.functional.cross_entropy(model(x), y)
+                loss = nn.functional.cross_entropy(call(x), y)
                 loss.backward()
                 optimizer.step()
             losses.append(loss.detach())

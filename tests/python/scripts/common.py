@@ -20,6 +20,9 @@ def options(description, batch):
                         default="none",
                         help="PyTorch's own mechanism: torch.utils.checkpoint on each block, or "
                              "torch.autograd.graph.save_on_cpu around the steps")
+    parser.add_argument("--compile", choices=["none", "model", "blocks"], default="none",
+                        help="torch.compile(model), or block.compile() on each block")
+    parser.add_argument("--backend", default="inductor", help="torch.compile's backend")
     args = parser.parse_args()
     if args.device.startswith("cuda"):
         # Bit-for-bit comparisons between runs need deterministic kernels.
@@ -35,6 +38,17 @@ def checkpointed(blocks, mode):
     for block in blocks:
         forward = block.forward
         block.forward = lambda *a, _f=forward, **k: checkpoint(_f, *a, use_reentrant=False, **k)
+
+
+def compiled(model, blocks, mode, backend):
+    """The model to call: torch.compile(model) for mode "model"; for "blocks", the model itself,
+    each of its blocks compiled in place (block.compile(), as per-block compilation does)."""
+    if mode == "model":
+        return torch.compile(model, backend=backend)
+    if mode == "blocks":
+        for block in blocks:
+            block.compile(backend=backend)
+    return model
 
 
 def steps_context(mode, device):
