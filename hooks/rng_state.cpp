@@ -35,15 +35,19 @@ const at::Generator& cuda_generator(int device) {
 
 }  // namespace
 
+std::optional<int> RngState::cuda_device_captured_now() {
+  // managed_device(), not installed(): a Python process installs the allocator and no engine, and
+  // its CUDA dropout must rerun from the CUDA generator's state too.
+  if (managed_device() != c10::DeviceType::CUDA) return std::nullopt;
+  return c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getDevice().index();
+}
+
 RngState RngState::capture(const std::vector<at::Generator>& others) {
   RngState captured;
   captured.cpu_ = state_of(at::globalContext().defaultGenerator(c10::DeviceType::CPU));
-  // managed_device(), not installed(): a Python process installs the allocator and no engine, and
-  // its CUDA dropout must rerun from the CUDA generator's state too.
-  if (managed_device() == c10::DeviceType::CUDA) {
-    const int device = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getDevice().index();
+  if (const std::optional<int> device = cuda_device_captured_now()) {
     captured.cuda_device_ = device;
-    captured.cuda_ = state_of(cuda_generator(device));
+    captured.cuda_ = state_of(cuda_generator(*device));
   }
   for (const at::Generator& generator : others) captured.add({generator, state_of(generator)});
   return captured;

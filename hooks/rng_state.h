@@ -25,6 +25,9 @@ class RngState {
  public:
   // The default generators' states now, and those of `others`.
   static RngState capture(const std::vector<at::Generator>& others = {});
+  // The CUDA device whose default generator capture() takes now: the current one where actmem
+  // manages CUDA; none where it manages the CPU.
+  static std::optional<int> cuda_device_captured_now();
   // Adds a generator of the program's own at a state it had (its state when the forward first gave
   // it to an operator): restored with the rest.
   void add(GeneratorState generator) { others_.push_back(std::move(generator)); }

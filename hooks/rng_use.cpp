@@ -3,7 +3,6 @@
 #include <ATen/Context.h>
 #include <ATen/core/function_schema.h>
 #include <ATen/record_function.h>
-#include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <algorithm>
 #include <memory>
@@ -11,7 +10,6 @@
 #include <string_view>
 #include <unordered_map>
 
-#include "hooks/install.h"
 
 namespace actmem {
 namespace {
@@ -26,17 +24,19 @@ thread_local at::CallbackHandle t_callback = 0;
 // generator is not added again.
 thread_local std::vector<GeneratorState> t_given;
 thread_local std::vector<std::size_t> t_watch_starts;
+// The CUDA device whose default generator the state captured with the outermost open watch holds
+// (RngState::cuda_device_captured_now() as it began): the current device then, not at the draw (a
+// segment may switch devices).
+thread_local std::optional<int> t_captured_cuda_device;
 
-// The generators RngState::capture() takes anyway.
+// The generators the state captured as the outermost watch began holds.
 bool is_default(const at::Generator& generator) {
   const c10::Device device = generator.device();
   if (device.is_cpu()) {
     return generator == at::globalContext().defaultGenerator(c10::DeviceType::CPU);
   }
-  if (!device.is_cuda() || managed_device() != c10::DeviceType::CUDA) return false;
-  const c10::DeviceIndex current =
-      c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getDevice().index();
-  return device.index() == current && generator == at::globalContext().defaultGenerator(device);
+  return device.is_cuda() && t_captured_cuda_device == device.index() &&
+         generator == at::globalContext().defaultGenerator(device);
 }
 
 void note_given(const at::Generator& generator) {
@@ -86,11 +86,40 @@ bool takes_generator(const at::RecordFunction& fn) {
   return known.emplace(name, takes).first->second;
 }
 
+// The device an operator runs on, from its inputs: its first tensor's, else the device it was
+// asked for (a factory such as randn(size, device=...)); the CPU when neither says.
+c10::Device device_of(c10::ArrayRef<c10::IValue> inputs) {
+  for (const c10::IValue& input : inputs) {
+    if (input.isTensor() && input.toTensor().defined()) return input.toTensor().device();
+    if (input.isTensorList()) {
+      for (const at::Tensor& tensor : input.toTensorList().vec()) {
+        if (tensor.defined()) return tensor.device();
+      }
+    }
+  }
+  for (const c10::IValue& input : inputs) {
+    if (input.isDevice()) return input.toDevice();
+  }
+  return c10::Device(c10::DeviceType::CPU);
+}
+
 std::unique_ptr<at::ObserverContext> count_draws(const at::RecordFunction& fn) {
   if (!takes_generator(fn)) return nullptr;
   ++t_draws;
-  for (const c10::IValue& input : fn.inputs()) {
-    if (input.isGenerator()) note_given(input.toGenerator());
+  const c10::ArrayRef<c10::IValue> inputs = fn.inputs();
+  bool given = false;
+  for (const c10::IValue& input : inputs) {
+    if (input.isGenerator()) {
+      note_given(input.toGenerator());
+      given = true;
+    }
+  }
+  // Without a generator of its own, the operator draws from its device's default one: for a CUDA
+  // device RngState::capture() does not take (any but the current one where actmem manages CUDA;
+  // every one where it manages the CPU), that generator is kept as a given one is.
+  if (!given) {
+    const c10::Device device = device_of(inputs);
+    if (device.is_cuda()) note_given(at::globalContext().defaultGenerator(device));
   }
   return nullptr;
 }
@@ -100,6 +129,7 @@ std::unique_ptr<at::ObserverContext> count_draws(const at::RecordFunction& fn) {
 RngUseWatch::RngUseWatch() : draws_at_start_(t_draws), given_at_start_(t_given.size()) {
   t_watch_starts.push_back(given_at_start_);
   if (t_open_watches++ == 0) {
+    t_captured_cuda_device = RngState::cuda_device_captured_now();
     t_callback = at::addThreadLocalCallback(at::RecordFunctionCallback(&count_draws)
                                                 .needsInputs(true)
                                                 .scopes({at::RecordScope::FUNCTION}));

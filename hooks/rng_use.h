@@ -9,7 +9,10 @@
 // thread's draws never count. An operator given its own generator counts too (the answer errs on
 // the side of restoring), and the watch keeps that generator, with its state before the first
 // operator given it drew: the rerun must put it back too. (So the callback asks for each
-// operator's inputs: about 2 us more a segment of a few operators, bench/segment_overhead.)
+// operator's inputs: about 2 us more a segment of a few operators, bench/segment_overhead.) So
+// does the default generator of a CUDA device the captured state leaves out, when an operator on
+// that device draws from it (a model split over two GPUs, or CUDA tensors where actmem manages
+// the CPU): torch.utils.checkpoint keeps the generators of its inputs' devices for the same reason.
 #pragma once
 
 #include <cstdint>
@@ -29,9 +32,11 @@ class RngUseWatch {
   // True once an operator that takes a Generator ran on this thread since the watch began
   // (watches nest: an inner one's draws are the outer one's too).
   bool drew() const;
-  // The generators other than the default ones (the CPU's, the current CUDA device's) that
-  // operators on this thread were given since the watch began, each once, with its state before
-  // the first of them drew (an inner watch's are the outer one's too).
+  // The generators other than the default ones RngState::capture() took as the outermost watch
+  // began (the CPU's, and where actmem manages CUDA the CUDA device current then) that operators
+  // on this thread were given, or drew from by default (another CUDA device's), since the watch
+  // began, each once, with its state before the first of them drew (an inner watch's are the
+  // outer one's too). So open the outermost watch right after that capture.
   std::vector<GeneratorState> generators_given() const;
 
  private:

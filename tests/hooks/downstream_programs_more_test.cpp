@@ -550,6 +550,45 @@ TEST(DownstreamRandom, AnExplicitGeneratorInsideASegment) {
       false);
 }
 
+// Dropout on CUDA tensors where actmem manages the CPU (this suite runs with ACTMEM_BACKEND=host,
+// on the GPU machine too): the CUDA generator is not among the states a segment captures up
+// front, and its rerun drew another mask (gradients differed, silently) until the draw watch kept
+// the default generator of the device an operator draws on. A model split over two GPUs, where
+// actmem manages the first, is the same case on the second.
+TEST(DownstreamRandom, CudaDropoutWhereActmemManagesTheCpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "needs a CUDA device (none here)";
+  ASSERT_EQ(managed_device(), c10::DeviceType::CPU) << "the suite runs with ACTMEM_BACKEND=host";
+  expect_as_plain(
+      [] {
+        torch::manual_seed(7);
+        torch::cuda::manual_seed_all(7);
+        nn::Linear l1(64, 64), l2(64, 8);
+        l1->to(torch::kCUDA);
+        l2->to(torch::kCUDA);
+        const torch::Tensor x = torch::randn({32, 64}, torch::kCUDA);
+        std::vector<torch::Tensor> digest;
+        for (int step = 0; step < 2; ++step) {
+          l1->zero_grad();
+          l2->zero_grad();
+          const torch::Tensor y = segment(
+              "cuda-dropout",
+              [&](const TensorList& in) -> TensorList {
+                const torch::Tensor h = torch::dropout(l1(in[0]).relu(), 0.5, /*train=*/true);
+                return {l2(h + 0.1 * torch::rand_like(h))};
+              },
+              {x})[0];
+          const torch::Tensor loss = y.pow(2).mean();
+          loss.backward();
+          digest.push_back(loss.detach().cpu());
+          digest.push_back(torch::rand({3}, torch::kCUDA).cpu());  // where the generator ended
+        }
+        for (const auto& p : l1->parameters()) digest.push_back(p.grad().cpu());
+        for (const auto& p : l2->parameters()) digest.push_back(p.grad().cpu());
+        return digest;
+      },
+      false);
+}
+
 // RReLU in training saves its noise before its kernel fills it (and moves no version counter):
 // an offload copied at pack would carry the empty noise (Note [An offload waits for the operator
 // that saved the tensor]).
