@@ -19,8 +19,9 @@
 
 namespace actmem {
 
-// A tensor's memory could not be found within the budget. what_without_backtrace() is the
-// allocator's message (requested, allocated, reserved and cached bytes, the budget).
+// A tensor's memory could not be found within the budget. what_without_backtrace() (and what():
+// no backtrace) is the allocator's message (requested, allocated, reserved and cached bytes, the
+// budget), or for BudgetTooSmallError the scope's.
 class OutOfMemoryError : public c10::OutOfMemoryError {
  public:
   // `least_budget_bytes`: as alloc::OutOfMemoryError::least_budget_bytes, a lower bound of the

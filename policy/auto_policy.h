@@ -1,7 +1,7 @@
 // The auto policy: the user states a budget (ACTMEM_BUDGET) and nothing else.
 //
 // A budget too small for the step fails when nothing is left to evict, with the hooks'
-// BudgetTooSmallError (hooks/activation_scope.h) naming the budget the step needs at that point.
+// BudgetTooSmallError (hooks/out_of_memory.h) naming the budget the step needs at that point.
 //
 // The first step of each shape is profiled: with every tensor kept when no budget is set, and
 // under a budget with every tensor that can go out offloaded (recomputed, with chains, when

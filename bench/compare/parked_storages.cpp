@@ -45,18 +45,25 @@ void ParkedStorages::park(const std::vector<at::Tensor>& tensors) {
 
 void ParkedStorages::unpark() {
   at::NoGradGuard no_grad;
-  for (Entry& entry : entries_) {
-    const std::size_t bytes = entry.storage->nbytes();
+  // Every storage's memory first: a budget that refuses one leaves them all parked, and what was
+  // found for the others goes back with `fresh`.
+  std::vector<c10::DataPtr> fresh;
+  fresh.reserve(entries_.size());
+  for (const Entry& entry : entries_) {
     c10::Allocator* allocator = entry.storage->allocator() != nullptr
                                     ? entry.storage->allocator()
                                     : c10::GetAllocator(entry.device.type());
-    c10::DataPtr fresh = allocator->allocate(bytes);
+    fresh.push_back(allocator->allocate(entry.storage->nbytes()));
+  }
+  for (std::size_t i = 0; i < entries_.size(); ++i) {
+    Entry& entry = entries_[i];
+    const std::size_t bytes = entry.storage->nbytes();
     if (bytes > 0) {
-      bytes_at(fresh.get(), bytes, entry.device)
+      bytes_at(fresh[i].get(), bytes, entry.device)
           .copy_(bytes_at(entry.storage->mutable_data(), bytes,
                           c10::Device(c10::DeviceType::CPU)));
     }
-    entry.storage->set_data_ptr(std::move(fresh));  // the host copy is freed with the old one
+    entry.storage->set_data_ptr(std::move(fresh[i]));  // the host copy is freed with the old one
   }
   entries_.clear();
 }

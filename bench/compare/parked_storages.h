@@ -28,7 +28,9 @@ class ParkedStorages {
   // Copies the bytes of every storage under `tensors` (undefined tensors skipped, each storage
   // once) to host memory and returns their device memory to its allocator.
   void park(const std::vector<at::Tensor>& tensors);
-  // Gives each parked storage fresh memory from its allocator and copies its bytes back.
+  // Gives each parked storage fresh memory from its allocator and copies its bytes back. All or
+  // nothing: when an allocation fails (out of memory under a budget), every storage stays parked
+  // and the error propagates.
   void unpark();
   bool parked() const { return !entries_.empty(); }
 

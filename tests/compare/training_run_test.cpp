@@ -41,6 +41,29 @@ TEST(ParkedStorages, BytesComeBackBitForBitAndViewsFollowTheirStorage) {
   EXPECT_TRUE(torch::equal(view, expected.t()));
 }
 
+// A budget that refuses one storage while unparking (a run's turn that does not fit) must leave
+// every storage parked, not some back on the device (found by a review: they stayed resident
+// through the other runs' turns).
+TEST(ParkedStorages, AnUnparkThatRunsOutOfMemoryLeavesEveryStorageParked) {
+  install();
+  alloc::CachingAllocator& memory = device_memory();
+  const torch::Tensor small = torch::randn({1024});
+  const torch::Tensor large = torch::randn({8 << 20});  // 32 MiB
+  const torch::Tensor expected = large.clone();
+  ParkedStorages parked;
+  parked.park({small, large});
+  memory.empty_cache();
+  const std::int64_t before = memory.stats().allocated_bytes.current;
+  memory.set_budget(static_cast<std::size_t>(memory.stats().reserved_bytes.current) + (4u << 20));
+  EXPECT_THROW(parked.unpark(), OutOfMemoryError);
+  memory.set_budget(std::nullopt);
+  EXPECT_TRUE(parked.parked());
+  EXPECT_EQ(memory.stats().allocated_bytes.current, before) << "the small one went back too";
+  EXPECT_FALSE(memory.owns(small.data_ptr()));
+  parked.unpark();
+  EXPECT_TRUE(torch::equal(large, expected));
+}
+
 // The LSTM draws dropout masks from the CPU generator: runs taking turns must each draw the
 // stream they would draw alone, and their steps must start from their own bytes only.
 TEST(TrainingRun, RunsTakingTurnsTrainExactlyAsAlone) {
