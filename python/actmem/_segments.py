@@ -300,6 +300,7 @@ class Segmenter:
         self.pattern = pattern
         self.source = source  # how the rule was set, for the warning
         self._named = weakref.WeakSet()
+        self._warned = weakref.WeakSet()  # models warned of compiled segments
         self.segments: List[str] = []
 
     def __call__(self, module: nn.Module, args) -> None:
@@ -308,48 +309,65 @@ class Segmenter:
         if module in self._named:
             return None
         wrapped = _compiled_module(module)
-        if wrapped is not None:
-            # torch.compile(model) calls the global hooks for its wrapper and then compiles the
-            # model's own call, where they are traced (above): the model is named from here.
-            self._named.add(module)
-            module = wrapped
-            if module in self._named:
-                return None
+        if wrapped is None:
+            # Warnings go to the line that called the model: past Module._call_impl and its
+            # inner() (4 frames above this one).
+            self._name(module, stacklevel=5)
+            self._warn_if_compiled(module, whole=False, stacklevel=5)
+            return None
+        # torch.compile(model) calls the global hooks for its wrapper (one frame more), then
+        # compiles the model's own call, where they are traced (above): the model is named from
+        # here, unless an eager call named it before.
+        self._named.add(module)
+        if wrapped not in self._named:
+            self._name(wrapped, stacklevel=6)
+        self._warn_if_compiled(wrapped, whole=True, stacklevel=6)
+        return None
+
+    def _name(self, module: nn.Module, stacklevel: int) -> None:
+        """Names ``module``'s modules and makes those the rule picks segments; warns (at
+        ``stacklevel`` above the caller) when it picks none."""
         modules = list(module.named_modules())
         for _, m in modules:
             self._named.add(m)
         if len(modules) == 1 or isinstance(module, parametrize.ParametrizationList):
             # A layer called on its own (a loss), or a parametrization computing its parameter
             # (even before the model's first call): nothing to choose from, and not a model.
-            return None
+            return
         chosen = choose(module, self.pattern)
         for name, m in chosen:
             if make_segment(m, name):
                 self.segments.append(name)
-        compiled = [name for name, m in chosen if _is_compiled(m)]
-        if chosen and (wrapped is not None or compiled) and _C.recomputes():
-            self._warn_compiled(wrapped is not None, compiled)
         if not chosen:
             shown = [name for name, _ in modules[1:13]]
             more = f" and {len(modules) - 13} more" if len(modules) > 13 else ""
-            message = (
-                f"actmem: {self.source} picks no module of {type(module).__name__} as a segment, "
-                f"so none of its activations can be recomputed; its modules are "
-                f"{', '.join(shown)}{more}")
-            _warn(message, stacklevel=5)
-        return None
+            _warn(f"actmem: {self.source} picks no module of {type(module).__name__} as a "
+                  f"segment, so none of its activations can be recomputed; its modules are "
+                  f"{', '.join(shown)}{more}", stacklevel + 1)
 
-    def _warn_compiled(self, whole: bool, blocks: List[str]) -> None:
-        what = "the model" if whole else "the segments " + ", ".join(blocks[:6]) + (
-            f" and {len(blocks) - 6} more" if len(blocks) > 6 else "")
-        _warn(f"actmem: torch.compile compiles {what}: compiled code runs actmem's segments as "
-              "plain modules, so the activations it saves are kept or offloaded, never "
-              "recomputed (segments recompute where they run eagerly)", stacklevel=6)
+    def _warn_if_compiled(self, model: nn.Module, whole: bool, stacklevel: int) -> None:
+        """Warns once per model, where the policy could recompute, that the segments of ``model``
+        that compiled code runs (all of them when ``whole``; else those inside a module compiled
+        on its own, by torch.compile or module.compile()) are not recomputed (Note [Segments under
+        torch.compile])."""
+        if model in self._warned or not _C.recomputes():
+            return
+        compiled = [] if whole else [name for name, m in model.named_modules()
+                                     if _compiled_module(m) is not None or _is_compiled(m)]
+        names = [m.__dict__["forward"].name for name, m in model.named_modules()
+                 if is_segment(m) and (whole or any(name == prefix or name.startswith(prefix + ".")
+                                                    for prefix in compiled))]
+        if not names:
+            return
+        self._warned.add(model)
+        shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+        _warn(f"actmem: torch.compile compiles the segments {shown}: compiled code runs them as "
+              "plain modules, so the activations it saves are kept or offloaded, never recomputed "
+              "(segments recompute where they run eagerly)", stacklevel + 1)
 
 
 def _warn(message: str, stacklevel: int) -> None:
-    """Warns at the line ``stacklevel`` frames above the caller (for Segmenter.__call__, 5: past
-    Module._call_impl and its inner(), the line that called the model)."""
+    """Warns at the line ``stacklevel`` frames above the caller."""
     try:
         warnings.warn(message, stacklevel=stacklevel + 1)
     except Warning:  # warnings turned into errors: the script's call must not fail

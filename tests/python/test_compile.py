@@ -3,9 +3,13 @@ segments as plain modules (Note [Segments under torch.compile]), trains to the b
 torch.compile without actmem, and its saved tensors are still kept or offloaded by the policy.
 Dynamo failed on actmem's module hook before."""
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 
-from conftest import assert_same_bits
+from conftest import assert_same_bits, environment
 
 # aot_eager runs what inductor's code generation starts from (Dynamo's graph, AOTAutograd's
 # forward and backward, whose saved tensors reach actmem's hooks) without compiling C++: fast, and
@@ -38,3 +42,40 @@ def test_compiled_models_train_to_the_bits_of_plain_torch_compile(mode, backend,
         if mode == "blocks" and warned:
             assert "compiles the segments 1.0, 1.1, 1.2, 1.3, 1.4, 1.5:" in run.stderr
         assert "Traceback" not in run.stderr
+
+
+
+def test_the_warning_comes_for_a_model_run_eagerly_first_and_for_a_wrapped_compiled_model(
+        tmp_path):
+    # Found by a review: both ran their segments compiled without a word.
+    script = tmp_path / "compiled_twice.py"
+    script.write_text(textwrap.dedent("""
+        import torch, warnings
+        from torch import nn
+        warnings.simplefilter("always")
+        def blocks():
+            return nn.Sequential(*[nn.Sequential(nn.Linear(8, 8), nn.Tanh()) for _ in range(3)])
+        class Wrapper(nn.Module):  # as DistributedDataParallel holds a compiled model
+            def __init__(self, module):
+                super().__init__()
+                self.module = module
+            def forward(self, x):
+                return self.module(x)
+        first = blocks()
+        first(torch.randn(4, 8))  # named eagerly, then compiled
+        torch.compile(first, backend="aot_eager")(torch.randn(4, 8)).sum().backward()
+        wrapped = Wrapper(torch.compile(blocks(), backend="aot_eager"))
+        wrapped(torch.randn(4, 8)).sum().backward()
+    """))
+    result = subprocess.run([sys.executable, "-m", "actmem", str(script)],
+                            env=environment(ACTMEM_POLICY="recompute"), capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    warnings = [line for line in result.stderr.splitlines()
+                if "actmem: torch.compile compiles the segments" in line]
+    assert len(warnings) == 2, result.stderr[-3000:]
+    assert "the segments 0, 1, 2:" in warnings[0]
+    assert "the segments module._orig_mod.0, module._orig_mod.1, module._orig_mod.2:" in warnings[1]
+    # At the lines of the script that called the models (15 and 17).
+    assert warnings[0].startswith(f"{script}:15:") and warnings[1].startswith(f"{script}:17:"), \
+        warnings
