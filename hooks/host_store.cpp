@@ -1,6 +1,8 @@
 #include "hooks/host_store.h"
 
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
+#include <ATen/MemoryOverlap.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <algorithm>
@@ -30,9 +32,11 @@ alloc::Stream current_stream(c10::Device device) {
   return c10::impl::getDeviceGuardImpl(device.type())->getStream(device).native_handle();
 }
 
+// The bytes a tensor's elements span in its storage, from its first: what a raw copy of it moves.
+// Its elements' bytes when it is dense; more when it has gaps, fewer when elements share memory.
 std::int64_t byte_size(const at::Tensor& tensor) {
-  return static_cast<std::int64_t>(tensor.numel()) *
-         static_cast<std::int64_t>(tensor.element_size());
+  return static_cast<std::int64_t>(at::detail::computeStorageNbytes(
+      tensor.sizes(), tensor.strides(), static_cast<std::size_t>(tensor.element_size())));
 }
 
 }  // namespace
@@ -47,7 +51,11 @@ class HostStore::Item {
 
   std::shared_ptr<Core> core;
   const std::uint64_t sequence;  // the order it was sent out in
-  at::Tensor host;               // its bytes in the pool, with the device tensor's layout
+  at::Tensor host;               // its bytes in the pool, dense (the tensor's layout when it was)
+  // The tensor's strides when they left gaps between its elements, and its bytes went out dense;
+  // empty when `host` has the tensor's layout (Note [Offloaded tensors come back laid out as
+  // they went]).
+  std::vector<std::int64_t> gapped_strides;
   c10::Device device = c10::Device(c10::DeviceType::CPU);
   copy::CopyEngine::Ticket out = 0;  // the copy to the host
   at::Tensor source;                 // the device tensor, until that copy has finished
@@ -173,6 +181,17 @@ class HostStore::Core {
                              item.host.options().device(item.device));
   }
 
+  // The item's tensor as it went out, from `copied`, its bytes back on the device: `copied`
+  // itself, or for a tensor that had gaps, a copy of it with the tensor's strides, queued on the
+  // current stream (after the copy in: order_after first). Allocates, as device_tensor_for does.
+  static at::Tensor as_it_went(const Item& item, at::Tensor copied) {
+    if (item.gapped_strides.empty()) return copied;
+    at::NoGradGuard no_grad;
+    at::Tensor laid_out = at::empty_strided(copied.sizes(), item.gapped_strides, copied.options());
+    laid_out.copy_(copied);
+    return laid_out;
+  }
+
   // Orders `stream` after copy back `ticket`. If that fails, waits for the copy on the host
   // before the error goes on: the caller frees the copy's destination on the way out, and the copy
   // must not write into a block handed out again.
@@ -259,8 +278,8 @@ bool HostStore::can_hold(const at::Tensor& tensor) const {
       tensor.unsafeGetTensorImpl()->is_python_dispatch()) {
     return false;
   }
-  // An expanded tensor (elements sharing memory) would go out as a dense copy bigger than the
-  // memory it holds.
+  // A tensor whose elements need more bytes than its storage has (expanded): sent out, it would
+  // free less than it counts.
   return static_cast<std::size_t>(tensor.numel() * tensor.element_size()) <=
          tensor.storage().nbytes();
 }
@@ -269,11 +288,16 @@ std::shared_ptr<HostStore::Item> HostStore::offload(const at::Tensor& tensor, bo
   if (!can_hold(tensor)) return nullptr;
   at::NoGradGuard no_grad;
   at::Tensor source = tensor.detach();
-  // A raw copy needs the elements to fill their span: a tensor with gaps is made dense first, in
-  // the order of its strides, so that it comes back laid out as the kernels that read it expect
-  // (a transposed slice stays transposed: matrix products pick their path, and their rounding,
-  // by the operands' layout).
-  if (!source.is_non_overlapping_and_dense()) source = source.clone(at::MemoryFormat::Preserve);
+  // A tensor with gaps goes out dense (Note [Offloaded tensors come back laid out as they
+  // went]); any other as the span of its elements (elements sharing memory: an expanded one).
+  std::vector<std::int64_t> gapped_strides;
+  const std::int64_t elements_bytes = static_cast<std::int64_t>(source.numel()) *
+                                      static_cast<std::int64_t>(source.element_size());
+  if (byte_size(source) > elements_bytes &&
+      at::has_internal_overlap(source) != at::MemOverlap::Yes) {
+    gapped_strides = source.strides().vec();
+    source = source.clone(at::MemoryFormat::Preserve);
+  }
   const std::int64_t bytes = byte_size(source);
   std::shared_ptr<Item> item;
   {
@@ -290,6 +314,7 @@ std::shared_ptr<HostStore::Item> HostStore::offload(const at::Tensor& tensor, bo
     }
     item = std::make_shared<Item>(core_, core_->next_sequence++);
     item->device = source.device();
+    item->gapped_strides = std::move(gapped_strides);
     const std::shared_ptr<Core> core = core_;
     item->host = at::from_blob(
         block, source.sizes(), source.strides(),
@@ -337,6 +362,7 @@ at::Tensor HostStore::take(const std::shared_ptr<Item>& item) {
   }
   const bool hidden = ticket == 0 || core_->engine->finished(ticket);
   core_->order_after(ticket, current_stream(item->device));
+  destination = Core::as_it_went(*item, std::move(destination));
   std::vector<std::shared_ptr<Item>> chosen;
   {
     std::lock_guard<std::mutex> lock(core_->mutex);
@@ -385,7 +411,7 @@ at::Tensor HostStore::copy_back(const Item& item) {
     ticket = core_->queue_in(item, destination);
   }
   core_->order_after(ticket, current_stream(item.device));
-  return destination;
+  return Core::as_it_went(item, std::move(destination));
 }
 
 std::size_t HostStore::release_sources(std::size_t bytes) {

@@ -24,6 +24,18 @@
 // Counted: bytes and copies each way, copies queued ahead, copies that had finished when needed
 // (hidden), the copy time and how much of it compute waited for, offloads refused for lack of
 // room.
+//
+// Note [Offloaded tensors come back laid out as they went]
+// A tensor comes back with its sizes, dtype and strides (not its storage offset: it has a storage
+// of its own). Kernels read them: a matrix product picks its path, and its rounding, by its
+// operands' layout, and code torch.compile generated for the forward's layout asserts it
+// (inductor's assert_size_stride: a saved q, k or v of attention is a permuted slice of one
+// projection). A dense tensor's bytes go as they are, and so do those of a tensor whose elements
+// share memory (an expanded one): the span from its first element to its last, laid out with its
+// strides again on the way back. A tensor with gaps between its elements (a slice) goes out as a
+// dense copy in the order of its strides, and comes back through a copy on the device into a
+// tensor of its own strides: its span, gaps included, is allocated again, as its original
+// storage held them (a downstream run found the dense layout failing inductor's backward).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -88,9 +100,10 @@ class HostStore {
   // CUDA device current when the store was made, or the CPU for the inline engine and engines of
   // the caller's), whose bytes, copied, come back as the same tensor: a strided tensor with
   // storage, of plain values (no conjugate or negative bit, not quantized, not nested, not a zero
-  // tensor, not a Python subclass), whose elements do not share memory (an expanded tensor). Any
-  // other is kept where it is: the bytes alone would come back as another tensor (a conjugate
-  // view as its base), cannot be had (a sparse tensor's), or would take more than it holds.
+  // tensor, not a Python subclass), whose elements need no more bytes than its storage has (a
+  // much-expanded tensor does). Any other is kept where it is: the bytes alone would come back as
+  // another tensor (a conjugate view as its base), cannot be had (a sparse tensor's), or would
+  // free less than they count.
   // A tensor of another device is kept where it is: the engine would order its copy after
   // another device's stream, or read device memory as host memory.
   bool can_hold(const at::Tensor& tensor) const;
@@ -100,9 +113,9 @@ class HostStore {
   // tensor before returning (the pressure handler, which needs the memory back at once).
   std::shared_ptr<Item> offload(const at::Tensor& tensor, bool now = false);
 
-  // The item's tensor on its device again (same sizes and dtype; the same strides when it was
-  // dense, else dense strides in the same order), ordered before the work queued next on the
-  // current stream; fetches ahead the items sent out before it (see the Note).
+  // The item's tensor on its device again (same sizes, dtype and strides: Note [Offloaded tensors
+  // come back laid out as they went]), ordered before the work queued next on the current stream;
+  // fetches ahead the items sent out before it (see the Note).
   // An item can be taken again (retain_graph): a new copy each time.
   at::Tensor take(const std::shared_ptr<Item>& item);
 

@@ -3,11 +3,13 @@ segments as plain modules (Note [Segments under torch.compile]), trains to the b
 torch.compile without actmem, and its saved tensors are still kept or offloaded by the policy.
 Dynamo failed on actmem's module hook before."""
 
+import json
 import subprocess
 import sys
 import textwrap
 
 import pytest
+import torch
 
 from conftest import assert_same_bits, environment
 
@@ -79,3 +81,40 @@ def test_the_warning_comes_for_a_model_run_eagerly_first_and_for_a_wrapped_compi
     # At the lines of the script that called the models (15 and 17).
     assert warnings[0].startswith(f"{script}:15:") and warnings[1].startswith(f"{script}:17:"), \
         warnings
+
+
+ATTENTION = """
+import sys, torch
+import torch.nn.functional as F
+class Attention(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.qkv = torch.nn.Linear(64, 192)
+    def forward(self, x):
+        q, k, v = self.qkv(x).view(32, 16, 3, 4, 16).permute(2, 0, 3, 1, 4)
+        return F.scaled_dot_product_attention(q, k, v)
+torch.manual_seed(0)
+model = Attention()
+compiled = torch.compile(model)
+compiled(torch.randn(32, 16, 64)).square().sum().backward()
+torch.save([p.grad for p in model.parameters()], sys.argv[1])
+"""
+
+
+def test_offloaded_views_come_back_with_the_strides_inductors_backward_asserts(tmp_path):
+    # Found by a downstream run: attention's saved q, k and v are permuted slices of one
+    # projection; offload brought them back dense, and inductor's backward failed its
+    # assert_size_stride (Note [Offloaded tensors come back laid out as they went]).
+    script = tmp_path / "attention.py"
+    script.write_text(ATTENTION)
+    outputs = {}
+    for label, prefix in [("plain", []), ("offload", ["-m", "actmem"])]:
+        out = tmp_path / f"{label}.pt"
+        stats = tmp_path / f"{label}.json"
+        result = subprocess.run([sys.executable, *prefix, str(script), str(out)],
+                                env=environment(ACTMEM_POLICY="offload", ACTMEM_STATS=stats),
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-4000:]
+        outputs[label] = torch.load(out)
+    assert all(torch.equal(a, b) for a, b in zip(outputs["plain"], outputs["offload"]))
+    assert json.loads((tmp_path / "offload.json").read_text())["activations"]["bytes_offloaded"] > 0
