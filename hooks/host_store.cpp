@@ -51,7 +51,7 @@ class HostStore::Item {
 
   std::shared_ptr<Core> core;
   const std::uint64_t sequence;  // the order it was sent out in
-  at::Tensor host;               // its bytes in the pool, dense (the tensor's layout when it was)
+  at::Tensor host;               // its bytes in the pool, laid out as the tensor, or dense
   // The tensor's strides when they left gaps between its elements, and its bytes went out dense;
   // empty when `host` has the tensor's layout (Note [Offloaded tensors come back laid out as
   // they went]).
@@ -342,7 +342,7 @@ std::shared_ptr<HostStore::Item> HostStore::offload(const at::Tensor& tensor, bo
   return item;
 }
 
-at::Tensor HostStore::take(const std::shared_ptr<Item>& item) {
+at::Tensor HostStore::take(const std::shared_ptr<Item>& item, bool exact_layout) {
   at::Tensor destination;
   copy::CopyEngine::Ticket ticket = 0;
   {
@@ -362,7 +362,7 @@ at::Tensor HostStore::take(const std::shared_ptr<Item>& item) {
   }
   const bool hidden = ticket == 0 || core_->engine->finished(ticket);
   core_->order_after(ticket, current_stream(item->device));
-  destination = Core::as_it_went(*item, std::move(destination));
+  if (exact_layout) destination = Core::as_it_went(*item, std::move(destination));
   std::vector<std::shared_ptr<Item>> chosen;
   {
     std::lock_guard<std::mutex> lock(core_->mutex);

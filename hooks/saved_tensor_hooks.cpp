@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/csrc/autograd/engine.h>
+#include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/saved_variable_hooks.h>
 
 #include <algorithm>
@@ -22,6 +23,15 @@ namespace detail {
 namespace {
 
 thread_local std::shared_ptr<ScopeState> t_active_scope;
+
+// Whether the backward unpacking a saved tensor may read its strides, not only its values: any
+// but LibTorch's own derivative formulas (the generated TraceableFunction nodes), such as a custom
+// Function's backward, code torch.compile generated (which asserts the strides its forward saw),
+// or a read outside any backward (Note [Offloaded tensors come back laid out as they went]).
+bool backward_reads_layout() {
+  const std::shared_ptr<torch::autograd::Node> node = torch::autograd::get_current_node();
+  return dynamic_cast<const torch::autograd::TraceableFunction*>(node.get()) == nullptr;
+}
 
 bool same_storage(const at::Tensor& a, const at::Tensor& b) {
   return a.has_storage() && b.has_storage() &&
@@ -151,7 +161,7 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
       offloaded = entry_->offloaded;
     }
     if (action == Action::kOffload && offloaded) {
-      tensor = scope_->host().take(offloaded);
+      tensor = scope_->host().take(offloaded, backward_reads_layout());
     } else if (action == Action::kRecompute) {
       if (!entry_->frame->forward_over) {
         throw std::runtime_error(

@@ -346,6 +346,38 @@ TEST(OffloadPipeline, OverTheThreadEngineEveryItemComesBackExactly) {
 
 // The pipeline under a scope, through the inline engine that the CPU build uses: offload with a
 // prefetch window trains to the same bits as keep.
+// A custom Function's backward (as code torch.compile generates) may rely on the strides of what
+// it saved: an offloaded slice comes back to it with them. LibTorch's own formulas get the dense
+// layout, which takes less memory (Note [Offloaded tensors come back laid out as they went]).
+struct ScaleBySavedSlice : torch::autograd::Function<ScaleBySavedSlice> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& slice) {
+    ctx->save_for_backward({slice});
+    return x * slice;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const torch::Tensor slice = ctx->get_saved_variables()[0];
+    seen_strides = slice.strides().vec();
+    return {grads[0] * slice, torch::Tensor()};
+  }
+  static inline std::vector<std::int64_t> seen_strides;
+};
+
+TEST(OffloadPipeline, ACustomFunctionsBackwardGetsItsSavedSliceWithItsStrides) {
+  install();
+  const torch::Tensor x = torch::randn({64, 64}, torch::requires_grad());
+  const torch::Tensor base = torch::randn({64, 3, 64});
+  const torch::Tensor slice = base.select(1, 1);  // strides {192, 1}: gaps between its rows
+  ScopeOptions options;
+  options.offload_min_bytes = 0;
+  ActivationScope scope(make_policy("offload"), options);
+  ScaleBySavedSlice::apply(x, slice).sum().backward();
+  EXPECT_EQ(scope.stats().tensors_offloaded, 1);
+  EXPECT_EQ(ScaleBySavedSlice::seen_strides, slice.strides().vec());
+  EXPECT_TRUE(torch::equal(x.grad(), slice));
+}
+
 TEST(OffloadPipeline, WithAWindowAScopeTrainsLikeKeep) {
   install();
   auto train = [](const char* policy, std::optional<std::size_t> window) {
