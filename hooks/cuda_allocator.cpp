@@ -106,11 +106,12 @@ class ActmemCudaAllocator final : public pluggable::CUDAPluggableAllocator {
       }
     }
     if (stats.budget_bytes > 0) {
-      // Whole 2 MiB granules: a request rounded up past the budget would run the pressure
-      // handlers (sending activations out) for a workspace cuDNN can do without.
-      constexpr std::int64_t kGranule = std::int64_t{2} << 20;
+      // Whole units of the allocator's rounding of large requests: a request rounded up past the
+      // budget would run the pressure handlers (sending activations out) for a workspace cuDNN
+      // can do without.
+      constexpr auto kRound = static_cast<std::int64_t>(alloc::CachingAllocator::kRoundLarge);
       const std::int64_t under_budget =
-          (stats.budget_bytes - stats.reserved_bytes.current) / kGranule * kGranule;
+          (stats.budget_bytes - stats.reserved_bytes.current) / kRound * kRound;
       room = std::min<std::size_t>(
           room, static_cast<std::size_t>(std::max<std::int64_t>(under_budget, 0)));
     }
