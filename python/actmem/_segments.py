@@ -136,6 +136,14 @@ def _undo(changed) -> None:
                     namespace[key] = value
 
 
+def _run_forward(module: nn.Module, inner, args, kwargs):
+    """What a segment module's forward was: ``inner``, a forward the module had of its own, else
+    its class's."""
+    if inner is None:
+        return type(module).forward(module, *args, **kwargs)
+    return inner(*args, **kwargs)
+
+
 class SegmentForward:
     """A module's ``forward`` run as the actmem segment ``name`` (Note [Segments as a forward of
     their own]): the tensors among its arguments are the segment's inputs, those in its result its
@@ -159,8 +167,7 @@ class SegmentForward:
         inner = self.inner
         if torch.compiler.is_compiling():
             # Traced by torch.compile (Note [Segments under torch.compile]): the plain forward.
-            return (type(module).forward(module, *args, **kwargs) if inner is None
-                    else inner(*args, **kwargs))
+            return _run_forward(module, inner, args, kwargs)
         inputs, rebuild_arguments = _tree.flatten((args, kwargs))
         forward = {"running": True}  # the forward's run leaves the result's shape; reruns none
 
@@ -182,10 +189,7 @@ class SegmentForward:
             try:
                 with (contextlib.nullcontext() if forward["running"]
                       else torch.autograd.graph.saved_tensors_hooks(*_hooks_for_reruns())):
-                    if inner is None:
-                        result = type(module).forward(module, *call_args, **call_kwargs)
-                    else:
-                        result = inner(*call_args, **call_kwargs)
+                    result = _run_forward(module, inner, call_args, call_kwargs)
             finally:
                 if saved is None:
                     forward["rebound"] = _rebound(before)
