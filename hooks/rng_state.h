@@ -13,8 +13,7 @@
 
 namespace actmem {
 
-// A generator and its state, as bytes. (Bytes: LibTorch 1.13's Generator::clone() leaked its
-// clone.)
+// A generator and its state, as bytes (RngState compares states byte for byte).
 using GeneratorState = std::pair<at::Generator, std::vector<std::uint8_t>>;
 
 // `generator`'s state now, and `generator` at `state` again.

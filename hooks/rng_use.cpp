@@ -5,7 +5,9 @@
 #include <ATen/record_function.h>
 
 #include <algorithm>
+#include <exception>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string_view>
 #include <unordered_map>
@@ -19,9 +21,20 @@ thread_local std::uint64_t t_draws = 0;
 thread_local int t_open_watches = 0;
 thread_local at::CallbackHandle t_callback = 0;
 // The generators of the program's own that operators were given while watches were open, each
-// once per watch: from where the innermost open watch began (the last of t_watch_starts), a
-// generator is not added again.
-thread_local std::vector<GeneratorState> t_given;
+// once per watch (from where the innermost open watch began, the last of t_watch_starts, a
+// generator is not added again), with a clone of it taken before the operator drew: its state then.
+// A clone, not the state's bytes: reading a generator's state allocates a tensor, which can fail
+// where actmem manages the CPU under a budget, and LibTorch swallows what a RecordFunction callback
+// throws (it logs a warning). The bytes are read in generators_given(), where a failure reaches the
+// program.
+struct Given {
+  at::Generator generator;
+  at::Generator before;  // a clone, as `generator` was before its first operator drew
+};
+thread_local std::vector<Given> t_given;
+// What the callback could not do (an allocation failed): rethrown by generators_given(), since a
+// rerun without that generator's state would draw other numbers, silently.
+thread_local std::exception_ptr t_failure;
 thread_local std::vector<std::size_t> t_watch_starts;
 // The CUDA device whose default generator the state captured with the outermost open watch holds
 // (RngState::cuda_device_captured_now() as it began): the current device then, not at the draw (a
@@ -38,12 +51,13 @@ bool is_default(const at::Generator& generator) {
          generator == at::globalContext().defaultGenerator(device);
 }
 
-void note_given(const at::Generator& generator) {
+void note_given(at::Generator generator) {
   if (!generator.defined() || is_default(generator)) return;
   for (std::size_t i = t_watch_starts.back(); i < t_given.size(); ++i) {
-    if (t_given[i].first == generator) return;
+    if (t_given[i].generator == generator) return;
   }
-  t_given.emplace_back(generator, state_of(generator));  // before the operator draws
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  t_given.push_back({generator, generator.clone()});  // before the operator draws
 }
 
 bool is_generator(const c10::TypePtr& type) {
@@ -102,8 +116,7 @@ c10::Device device_of(c10::ArrayRef<c10::IValue> inputs) {
   return c10::Device(c10::DeviceType::CPU);
 }
 
-std::unique_ptr<at::ObserverContext> count_draws(const at::RecordFunction& fn) {
-  if (!takes_generator(fn)) return nullptr;
+void note_draw(const at::RecordFunction& fn) {
   ++t_draws;
   const c10::ArrayRef<c10::IValue> inputs = fn.inputs();
   bool given = false;
@@ -119,6 +132,15 @@ std::unique_ptr<at::ObserverContext> count_draws(const at::RecordFunction& fn) {
   if (!given) {
     const c10::Device device = device_of(inputs);
     if (device.is_cuda()) note_given(at::globalContext().defaultGenerator(device));
+  }
+}
+
+std::unique_ptr<at::ObserverContext> count_draws(const at::RecordFunction& fn) {
+  if (!takes_generator(fn)) return nullptr;
+  try {
+    note_draw(fn);
+  } catch (...) {
+    if (!t_failure) t_failure = std::current_exception();
   }
   return nullptr;
 }
@@ -140,18 +162,20 @@ RngUseWatch::~RngUseWatch() {
   if (--t_open_watches == 0) {
     at::removeCallback(t_callback);
     t_given.clear();
+    t_failure = nullptr;
   }
 }
 
 bool RngUseWatch::drew() const { return t_draws > draws_at_start_; }
 
 std::vector<GeneratorState> RngUseWatch::generators_given() const {
+  if (t_failure) std::rethrow_exception(t_failure);
   std::vector<GeneratorState> given;
   for (std::size_t i = given_at_start_; i < t_given.size(); ++i) {
-    const at::Generator& generator = t_given[i].first;
+    const at::Generator& generator = t_given[i].generator;
     const bool seen = std::any_of(given.begin(), given.end(),
                                   [&](const GeneratorState& g) { return g.first == generator; });
-    if (!seen) given.push_back(t_given[i]);
+    if (!seen) given.emplace_back(generator, state_of(t_given[i].before));
   }
   return given;
 }

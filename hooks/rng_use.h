@@ -36,7 +36,9 @@ class RngUseWatch {
   // began (the CPU's, and where actmem manages CUDA the CUDA device current then) that operators
   // on this thread were given, or drew from by default (another CUDA device's), since the watch
   // began, each once, with its state before the first of them drew (an inner watch's are the
-  // outer one's too). So open the outermost watch right after that capture.
+  // outer one's too). So open the outermost watch right after that capture. Throws what the watch
+  // failed to record while an operator ran (an allocation that failed): without that state the
+  // rerun would draw other numbers.
   std::vector<GeneratorState> generators_given() const;
 
  private:

@@ -415,11 +415,12 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
     }
     try {
       outputs = fn(inputs);
+      // (Inside: reading the generators' states allocates, which can fail.)
+      if (watch) frame->context.forward_ended(watch->drew(), watch->generators_given());
     } catch (...) {
       if (bracketed) scope->end_segment(bracket);
       throw;
     }
-    if (watch) frame->context.forward_ended(watch->drew(), watch->generators_given());
     scope->send_deferred_offloads(detail::ScopeState::Deferred::kOnThisThread);
   }
   if (bracketed) scope->end_segment(bracket);

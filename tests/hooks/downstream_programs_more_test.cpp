@@ -6,6 +6,7 @@
 // generators too), buffers of other modules than BatchNorm, exceptions and forward-only steps,
 // sparse and complex tensors, custom autograd functions.
 #include <gtest/gtest.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
 #include <string>
@@ -548,6 +549,96 @@ TEST(DownstreamRandom, AnExplicitGeneratorInsideASegment) {
         return digest;
       },
       false);
+}
+
+// A generator whose state cannot be read while an operator runs: reading a generator's state
+// allocates a tensor, which fails where actmem manages the CPU under a tight budget. The draw watch
+// read the state of a program's generator as the operator that drew from it began, inside a
+// RecordFunction callback, whose exceptions LibTorch swallows: the rerun then left that generator
+// alone and drew another mask (gradients differed, silently). It keeps a clone now and reads its
+// state after the forward, where a failure reaches the program.
+class StateUnreadableWhileArmed final : public at::CPUGeneratorImpl {
+ public:
+  explicit StateUnreadableWhileArmed(std::uint64_t seed) : at::CPUGeneratorImpl(seed) {}
+  c10::intrusive_ptr<c10::TensorImpl> get_state() const override {
+    TORCH_CHECK_WITH(OutOfMemoryError, !armed, "out of memory reading a generator's state");
+    return at::CPUGeneratorImpl::get_state();
+  }
+  static inline thread_local bool armed = false;
+};
+
+TEST(DownstreamRandom, AGeneratorWhoseStateCannotBeReadWhileItsOperatorRuns) {
+  expect_as_plain(
+      [] {
+        torch::manual_seed(113);
+        nn::Linear l1(8, 8), l2(8, 4);
+        at::Generator gen = at::make_generator<StateUnreadableWhileArmed>(/*seed=*/4343);
+        const torch::Tensor x = torch::randn({6, 8});
+        std::vector<torch::Tensor> digest;
+        for (int step = 0; step < 2; ++step) {
+          l1->zero_grad();
+          l2->zero_grad();
+          const torch::Tensor y = segment(
+              "noisy",
+              [&](const TensorList& in) -> TensorList {
+                const torch::Tensor h = l1(in[0]).relu();
+                StateUnreadableWhileArmed::armed = true;
+                const torch::Tensor keep = torch::bernoulli(torch::full_like(h, 0.5), gen);
+                StateUnreadableWhileArmed::armed = false;
+                return {l2(h * keep)};
+              },
+              {x})[0];
+          const torch::Tensor loss = y.pow(2).mean();
+          loss.backward();
+          digest.push_back(loss.detach().clone());
+          digest.push_back(torch::rand({3}, gen));  // where the program's generator ended
+        }
+        add_module(digest, *l1);
+        add_module(digest, *l2);
+        return digest;
+      },
+      false);
+}
+
+// What the draw watch cannot record while an operator runs (here, cloning the generator fails)
+// fails the segment's forward, with that error: LibTorch would swallow it in the callback, and the
+// rerun would draw other numbers.
+class CloneFailsWhileArmed final : public at::CPUGeneratorImpl {
+ public:
+  explicit CloneFailsWhileArmed(std::uint64_t seed) : at::CPUGeneratorImpl(seed) {}
+  static inline thread_local bool armed = false;
+
+ private:
+  at::CPUGeneratorImpl* clone_impl() const override {
+    TORCH_CHECK_WITH(OutOfMemoryError, !armed, "out of memory cloning a generator");
+    auto* clone = new at::CPUGeneratorImpl();
+    clone->set_engine(const_cast<CloneFailsWhileArmed*>(this)->engine());
+    return clone;
+  }
+};
+
+TEST(DownstreamRandom, WhatTheDrawWatchCannotRecordFailsTheForward) {
+  const Program program = [] {
+    torch::manual_seed(114);
+    nn::Linear l1(8, 8);
+    at::Generator gen = at::make_generator<CloneFailsWhileArmed>(/*seed=*/4444);
+    const torch::Tensor y = segment(
+        "noisy",
+        [&](const TensorList& in) -> TensorList {
+          CloneFailsWhileArmed::armed = true;
+          const torch::Tensor keep = torch::bernoulli(torch::full({6, 8}, 0.5), gen);
+          CloneFailsWhileArmed::armed = false;
+          return {l1(in[0]) * keep};
+        },
+        {torch::randn({6, 8})})[0];
+    y.pow(2).mean().backward();
+    return std::vector<torch::Tensor>{l1->weight.grad()};
+  };
+  EXPECT_EQ(run("plain", program).error, "");
+  EXPECT_EQ(run("keep", program).error, "");  // keep never reruns: nothing to record
+  for (const char* policy : {"recompute", "auto"}) {
+    EXPECT_EQ(run(policy, program).error, "out of memory cloning a generator") << policy;
+  }
 }
 
 // Dropout on CUDA tensors where actmem manages the CPU (this suite runs with ACTMEM_BACKEND=host,
