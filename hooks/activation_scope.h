@@ -82,7 +82,13 @@ class ActivationScope {
   ActivationStats stats() const;
   // stats(), readable after the scope is gone (the function shares the scope's state).
   std::function<ActivationStats()> stats_source() const;
+  // The store the scope offloads to: the one of the device of the first tensor of the managed
+  // kind packed under the scope or given to one of its segments (Note [The device a scope
+  // serves], hooks/scope_state.h); made for the current device if there was none yet.
   HostStore& host_store();
+  // The device the scope serves (see host_store()); none before its first tensor of the managed
+  // kind.
+  std::optional<c10::Device> device() const;
 
   // While a Pause lives, the scope is not active on this thread (the scope that was active when it
   // was made is active again) and the device allocator's pressure no longer reaches it; its
@@ -102,12 +108,8 @@ class ActivationScope {
   };
 
  private:
-  void add_pressure_handler();
-  void remove_pressure_handler();
-
   std::shared_ptr<detail::ScopeState> state_;
   std::shared_ptr<detail::ScopeState> previous_;
-  std::optional<std::uint64_t> pressure_handler_;  // registered with the device allocator
 };
 
 }  // namespace actmem

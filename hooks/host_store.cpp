@@ -14,7 +14,6 @@
 
 #include "allocator/errors.h"
 #include "copy/factory.h"
-#include "hooks/install.h"
 
 namespace actmem {
 namespace {
@@ -249,19 +248,15 @@ HostStore::Item::~Item() {
   if (host.defined()) core->retire(std::max(out, in), std::move(host));
 }
 
-HostStore::HostStore(HostStoreOptions options) {
+HostStore::HostStore(HostStoreOptions options, c10::Device device) {
   // A store without room copies nothing: it needs no CUDA stream and no pinned slab.
-  const bool cuda =
-      managed_device() == c10::DeviceType::CUDA && (!options.capacity || *options.capacity > 0);
-  const int device =
-      cuda ? c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getDevice().index() : 0;
+  const bool cuda = device.is_cuda() && (!options.capacity || *options.capacity > 0);
   if (!options.prefetch_window) {
     options.prefetch_window = cuda ? HostStoreOptions::kCudaPrefetchWindow : 0;
   }
-  core_ = std::make_shared<Core>(
-      options, copy::make_copy_engine(cuda, device), copy::make_host_backend(cuda),
-      cuda ? c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device))
-           : c10::Device(c10::DeviceType::CPU));
+  core_ = std::make_shared<Core>(options, copy::make_copy_engine(cuda, device.index()),
+                                 copy::make_host_backend(cuda),
+                                 cuda ? device : c10::Device(c10::DeviceType::CPU));
 }
 
 HostStore::HostStore(HostStoreOptions options, std::unique_ptr<copy::CopyEngine> engine,
@@ -270,6 +265,8 @@ HostStore::HostStore(HostStoreOptions options, std::unique_ptr<copy::CopyEngine>
                                    c10::Device(c10::DeviceType::CPU))) {}
 
 HostStore::~HostStore() { core_->drain(); }
+
+c10::Device HostStore::device() const { return core_->device; }
 
 bool HostStore::can_hold(const at::Tensor& tensor) const {
   if (tensor.device() != core_->device) return false;

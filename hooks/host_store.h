@@ -90,9 +90,9 @@ struct HostStoreOptions {
 
 class HostStore {
  public:
-  // The store for the device actmem manages: on CUDA the pinned pool and the CUDA copy engine of
-  // the current device, else plain host memory and the inline engine.
-  explicit HostStore(HostStoreOptions options = {});
+  // The store for the tensors of `device`, a device of the kind actmem manages: on CUDA the pinned
+  // pool and that device's CUDA copy engine, else plain host memory and the inline engine.
+  HostStore(HostStoreOptions options, c10::Device device);
   // Any engine and pool backend (tests drive the pipeline through engines of their own).
   HostStore(HostStoreOptions options, std::unique_ptr<copy::CopyEngine> engine,
             std::unique_ptr<alloc::Backend> pool_backend);
@@ -102,9 +102,11 @@ class HostStore {
 
   class Item;  // one tensor sent out; shared by its owner and the store's queues
 
+  // The device whose tensors the store sends out (the CPU for engines of the caller's).
+  c10::Device device() const;
+
   // Whether the store can send `tensor` out: a tensor of the device its copy engine serves (the
-  // CUDA device current when the store was made, or the CPU for the inline engine and engines of
-  // the caller's), whose bytes, copied, come back as the same tensor: a strided tensor with
+  // one it was made for, or the CPU for the inline engine and engines of the caller's), whose bytes, copied, come back as the same tensor: a strided tensor with
   // storage, of plain values (no conjugate or negative bit, not quantized, not nested, not a zero
   // tensor, not a Python subclass), whose elements need no more bytes than its storage has (a
   // much-expanded tensor does). Any other is kept where it is: the bytes alone would come back as

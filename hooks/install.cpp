@@ -126,4 +126,16 @@ alloc::CachingAllocator& device_memory() {
   return g_cpu_allocator->caching_allocator();
 }
 
+alloc::CachingAllocator& device_memory(c10::Device device) {
+  install_what_is_missing();
+  if (device.type() != g_device || (device.is_cuda() && !device.has_index())) {
+    throw std::invalid_argument("actmem: device_memory(" + device.str() +
+                                "): not a device of the kind actmem manages (" +
+                                c10::DeviceTypeName(g_device, /*lower_case=*/true) +
+                                "), with its index");
+  }
+  if (device.is_cuda()) return alloc::ProcessAllocators::instance().for_device(device.index());
+  return g_cpu_allocator->caching_allocator();
+}
+
 }  // namespace actmem

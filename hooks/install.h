@@ -1,6 +1,7 @@
 // Installing actmem into LibTorch.
 #pragma once
 
+#include <c10/core/Device.h>
 #include <c10/core/DeviceType.h>
 
 #include "allocator/caching_allocator.h"
@@ -39,5 +40,8 @@ c10::DeviceType managed_device();
 // The caching allocator of the managed device (the current CUDA device's, on CUDA). Installs what
 // is missing first, as managed_device() does.
 alloc::CachingAllocator& device_memory();
+// The caching allocator of `device`, a device of the managed kind with an index on CUDA (else
+// std::invalid_argument).
+alloc::CachingAllocator& device_memory(c10::Device device);
 
 }  // namespace actmem

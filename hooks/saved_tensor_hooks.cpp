@@ -76,9 +76,10 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
     info.segment = frame ? frame->name : "";
     info.shape.assign(tensor.sizes().begin(), tensor.sizes().end());
     info.dtype = std::string(tensor.dtype().name());
+    HostStore* const host = scope_->bind(e.device);  // the first pack's device (see the Note)
     info.order = scope_->begin_pack(entry_);
     info.is_leaf = held_by_the_model(tensor);
-    if (info.order == 0) info.device_bytes = device_memory().stats().allocated_bytes.current;
+    if (info.order == 0) info.device_bytes = scope_->memory().stats().allocated_bytes.current;
     bool segment_input = false;
     std::optional<std::size_t> exact_input;  // the input it is, same view at the same version
     if (frame) {
@@ -99,7 +100,7 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
     if (action == Action::kRecompute && !frame) action = Action::kKeep;
     if (action == Action::kOffload &&
         (static_cast<std::size_t>(e.bytes) < scope_->options().offload_min_bytes ||
-         !scope_->host().can_hold(tensor))) {
+         host == nullptr || !host->can_hold(tensor))) {
       action = Action::kKeep;
     }
     if (frame) {
@@ -161,7 +162,7 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
       offloaded = entry_->offloaded;
     }
     if (action == Action::kOffload && offloaded) {
-      tensor = scope_->host().take(offloaded, backward_reads_layout());
+      tensor = scope_->host()->take(offloaded, backward_reads_layout());
     } else if (action == Action::kRecompute) {
       if (!entry_->frame->forward_over) {
         throw std::runtime_error(
@@ -287,23 +288,8 @@ std::unique_ptr<Policy> make_device_policy(const PolicyConfig& config) {
 ActivationScope::ActivationScope(std::shared_ptr<Policy> policy, ScopeOptions options)
     : state_(std::make_shared<detail::ScopeState>(std::move(policy), options)),
       previous_(detail::t_active_scope) {
-  add_pressure_handler();
+  state_->want_pressure_handler(true);
   detail::t_active_scope = state_;
-}
-
-void ActivationScope::add_pressure_handler() {
-  const Policy& policy = state_->policy();
-  if (!policy.evicts_under_pressure() && !policy.may_offload()) return;
-  std::weak_ptr<detail::ScopeState> weak = state_;
-  pressure_handler_ = device_memory().add_pressure_handler([weak](std::size_t bytes) {
-    const std::shared_ptr<detail::ScopeState> state = weak.lock();
-    return state ? state->relieve(bytes) : 0;
-  });
-}
-
-void ActivationScope::remove_pressure_handler() {
-  if (pressure_handler_) device_memory().remove_pressure_handler(*pressure_handler_);
-  pressure_handler_.reset();
 }
 
 ActivationScope::Pause::Pause(ActivationScope& scope) : scope_(scope) {
@@ -311,13 +297,13 @@ ActivationScope::Pause::Pause(ActivationScope& scope) : scope_(scope) {
     throw std::logic_error(
         "actmem: ActivationScope::Pause: the scope is not the one active on this thread");
   }
-  scope_.remove_pressure_handler();
+  scope_.state_->want_pressure_handler(false);
   detail::t_active_scope = scope_.previous_;
 }
 
 ActivationScope::Pause::~Pause() {
   detail::t_active_scope = scope_.state_;
-  scope_.add_pressure_handler();
+  scope_.state_->want_pressure_handler(true);
 }
 
 ScopeOptions ScopeOptions::from(const PolicyConfig& config) {
@@ -335,7 +321,7 @@ std::unique_ptr<ActivationScope> ActivationScope::from_environment() {
 }
 
 ActivationScope::~ActivationScope() {
-  remove_pressure_handler();
+  state_->want_pressure_handler(false);
   detail::t_active_scope = std::move(previous_);
 }
 
@@ -345,6 +331,14 @@ std::function<ActivationStats()> ActivationScope::stats_source() const {
   return [state = state_] { return state->stats(); };
 }
 
-HostStore& ActivationScope::host_store() { return state_->host(); }
+std::optional<c10::Device> ActivationScope::device() const { return state_->device(); }
+
+HostStore& ActivationScope::host_store() {
+  if (HostStore* store = state_->host()) return *store;
+  const c10::DeviceType type = managed_device();
+  return *state_->bind(type == c10::DeviceType::CUDA
+                           ? c10::impl::getDeviceGuardImpl(type)->getDevice()
+                           : c10::Device(type));
+}
 
 }  // namespace actmem

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/SequenceNumber.h>
 #include <c10/core/StreamGuard.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/csrc/autograd/engine.h>
 #include <torch/csrc/autograd/graph_task.h>
 
@@ -21,7 +22,7 @@ namespace {
 // CUPTI where the device is CUDA (kernels finish after the call that launches them returns),
 // clocks elsewhere or when CUPTI cannot be had (it says why under ACTMEM_LOG).
 std::unique_ptr<SegmentTimer> make_segment_timer(LogLevel log) {
-  if (std::string(device_memory().backend().name()) == "cuda") {
+  if (managed_device() == c10::DeviceType::CUDA) {
     std::string why;
     if (std::unique_ptr<SegmentTimer> cupti = make_cupti_timer(&why)) return cupti;
     if (log != LogLevel::kOff) {
@@ -39,16 +40,62 @@ std::unique_ptr<SegmentTimer> make_segment_timer(LogLevel log) {
 constexpr std::size_t kEvictMinBytes = 16 * 1024;
 
 ScopeState::ScopeState(std::shared_ptr<Policy> policy, ScopeOptions options)
-    : policy_(std::move(policy)),
-      options_(options),
-      host_(HostStoreOptions{options.host_capacity, options.prefetch_window}) {
+    : policy_(std::move(policy)), options_(options) {
   if (policy_->wants_profile()) {
     timer_ = make_segment_timer(options_.log);
     timer_sees_copies_ = std::string(timer_->name()) != "clock";
   }
 }
 
-ScopeState::~ScopeState() { stop_trace(); }
+ScopeState::~ScopeState() {
+  stop_trace();
+  want_pressure_handler(false);
+}
+
+HostStore* ScopeState::bind(c10::Device device) {
+  if (HostStore* store = host()) return store;
+  if (device.type() != managed_device()) return nullptr;
+  std::lock_guard<std::mutex> lock(bind_mutex_);
+  if (host_) return host_.get();  // another thread bound it first
+  if (device.is_cuda() && !device.has_index()) {
+    device = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getDevice();
+  }
+  host_ = std::make_unique<HostStore>(
+      HostStoreOptions{options_.host_capacity, options_.prefetch_window}, device);
+  device_ = device;
+  memory_.store(&device_memory(device), std::memory_order_release);
+  host_ptr_.store(host_.get(), std::memory_order_release);
+  update_pressure_handler();
+  return host_.get();
+}
+
+alloc::CachingAllocator& ScopeState::memory() {
+  alloc::CachingAllocator* served = memory_.load(std::memory_order_acquire);
+  return served ? *served : device_memory();
+}
+
+void ScopeState::want_pressure_handler(bool wanted) {
+  std::lock_guard<std::mutex> lock(bind_mutex_);
+  pressure_handler_wanted_ = wanted;
+  update_pressure_handler();
+}
+
+void ScopeState::update_pressure_handler() {
+  alloc::CachingAllocator* served = memory_.load(std::memory_order_acquire);
+  const bool wanted = pressure_handler_wanted_ && served != nullptr &&
+                      (policy_->evicts_under_pressure() || policy_->may_offload());
+  if (wanted == pressure_handler_.has_value()) return;
+  if (!wanted) {
+    served->remove_pressure_handler(*pressure_handler_);
+    pressure_handler_.reset();
+    return;
+  }
+  std::weak_ptr<ScopeState> weak = weak_from_this();
+  pressure_handler_ = served->add_pressure_handler([weak](std::size_t bytes) {
+    const std::shared_ptr<ScopeState> state = weak.lock();
+    return state ? state->relieve(bytes) : 0;
+  });
+}
 
 ActivationStats ScopeState::stats() {
   ActivationStats stats;
@@ -56,7 +103,7 @@ ActivationStats ScopeState::stats() {
     std::lock_guard<std::mutex> lock(stats_mutex_);
     stats = stats_;
   }
-  stats.transfers = host_.stats();
+  if (const HostStore* store = host()) stats.transfers = store->stats();
   return stats;
 }
 
@@ -109,7 +156,7 @@ void ScopeState::flush_cache_before_first_profile() {
   if (cache_flushed_) return;
   cache_flushed_ = true;
   try {
-    device_memory().empty_cache();
+    memory().empty_cache();
   } catch (const std::exception& error) {
     std::fprintf(stderr,
                  "actmem: emptying the allocator's cache before the first profiled step failed "
@@ -119,7 +166,8 @@ void ScopeState::flush_cache_before_first_profile() {
 }
 
 void ScopeState::start_trace() {
-  alloc::CachingAllocator& device = device_memory();
+  traced_ = &memory();
+  alloc::CachingAllocator& device = *traced_;
   if (!device.trace_enabled()) {
     device.set_trace_enabled(true);
     owns_trace_ = true;
@@ -131,8 +179,8 @@ void ScopeState::start_trace() {
 
 void ScopeState::stop_trace() {
   if (!owns_trace_) return;
-  device_memory().set_trace_enabled(false);
-  device_memory().clear_trace();
+  traced_->set_trace_enabled(false);
+  traced_->clear_trace();
   owns_trace_ = false;
 }
 
@@ -141,14 +189,14 @@ void ScopeState::push_event(const alloc::AllocatorStats& device) {
   profile_.reserved_peak_bytes =
       std::max(profile_.reserved_peak_bytes, device.reserved_bytes.current);
   profile_.event_ns.push_back(elapsed_ns(step_start_));
-  event_trace_positions_.push_back(device_memory().trace_size());
+  event_trace_positions_.push_back(traced_->trace_size());
 }
 
 std::vector<std::int64_t> ScopeState::peaks_between_events() {
   // Replays the allocations and frees the trace recorded after each event, until the next: the
   // most they added to the event's level (a free subtracts what its allocation added, or the
   // block's size for one allocated before the step).
-  alloc::CachingAllocator& device = device_memory();
+  alloc::CachingAllocator& device = *traced_;
   const std::vector<alloc::TraceEntry> entries = device.trace(trace_start_);
   if (owns_trace_) device.clear_trace();
   std::vector<std::int64_t> peaks = profile_.levels;
@@ -199,7 +247,7 @@ void ScopeState::record_pack(const std::shared_ptr<SavedEntry>& entry, const Sav
   }
   if (evicts) evictable_.push_back(entry);
   if (!profile || !detailed_ || entry->step != step_) return;
-  const alloc::AllocatorStats device = device_memory().stats();
+  const alloc::AllocatorStats device = memory().stats();
   ProfiledTensor t;
   t.order = info.order;
   t.bytes = info.bytes;
@@ -253,7 +301,7 @@ void ScopeState::record_unpack(const SavedEntry& entry) {
   if (!policy_->wants_profile() || entry.profile_index < 0) return;  // (light steps record none)
   std::lock_guard<std::mutex> lock(step_mutex_);
   if (entry.step != step_ || !in_step_ || !detailed_) return;
-  const alloc::AllocatorStats device = device_memory().stats();
+  const alloc::AllocatorStats device = memory().stats();
   if (!backward_began_) {
     backward_began_ = true;
     mark_freeable();
@@ -383,7 +431,7 @@ std::shared_ptr<HostStore::Item> ScopeState::offload_after_its_operator(const Sa
   // stream: the packing one here, on its device, whatever this thread was doing.
   std::optional<c10::StreamGuard> packing_stream;
   if (entry.stream) packing_stream.emplace(*entry.stream);
-  return host_.offload(tensor, now);
+  return host()->offload(tensor, now);
 }
 
 void ScopeState::send_deferred(const std::shared_ptr<SavedEntry>& pending) {
@@ -465,7 +513,7 @@ void ScopeState::end_step(std::optional<std::uint64_t> only) {
     if (policy_->wants_profile()) {
       profile_.step_ns = elapsed_ns(step_start_);
       profile_.reserved_peak_bytes =
-          std::max(profile_.reserved_peak_bytes, device_memory().stats().reserved_bytes.current);
+          std::max(profile_.reserved_peak_bytes, memory().stats().reserved_bytes.current);
       profile_.evictions = step_evictions_;
       if (detailed_) profile_.peaks = peaks_between_events();
       stop_trace();  // until the next profiled step: summaries record none
@@ -578,16 +626,18 @@ double ScopeState::copy_bytes_per_second() {
   // Small, so that measuring fits in whatever budget the step left.
   constexpr std::int64_t kElements = 64 * 1024;
   constexpr int kRoundTrips = 16;
+  HostStore* store = host();
+  if (store == nullptr) return 0;  // the scope serves no device yet: nothing to offload to
   try {
-    // On the managed device: on CUDA, a CPU probe would time host-to-host copies.
+    // On the served device: on CUDA, a CPU probe would time host-to-host copies.
     const at::Tensor probe =
-        at::zeros({kElements}, at::TensorOptions(at::kFloat).device(managed_device()));
+        at::zeros({kElements}, at::TensorOptions(at::kFloat).device(*device()));
     const auto start = std::chrono::steady_clock::now();
     at::Tensor back;
     for (int i = 0; i < kRoundTrips; ++i) {
-      const std::shared_ptr<HostStore::Item> item = host_.offload(probe, /*now=*/true);
+      const std::shared_ptr<HostStore::Item> item = store->offload(probe, /*now=*/true);
       if (!item) return 0;
-      back = host_.copy_back(*item);
+      back = store->copy_back(*item);
     }
     (void)back.sum().item<float>();  // the last copy back has landed (it is queued on CUDA)
     const double seconds = std::max<double>(static_cast<double>(elapsed_ns(start)) * 1e-9, 1e-9);
@@ -599,9 +649,9 @@ double ScopeState::copy_bytes_per_second() {
 }
 
 std::size_t ScopeState::relieve(std::size_t bytes_needed) {
-  alloc::CachingAllocator& device = device_memory();
+  alloc::CachingAllocator& device = memory();
   const std::int64_t allocated_before = device.stats().allocated_bytes.current;
-  host_.release_sources(bytes_needed);
+  if (HostStore* store = host()) store->release_sources(bytes_needed);
   const std::int64_t freed =
       std::max<std::int64_t>(0, allocated_before - device.stats().allocated_bytes.current);
   if (freed >= static_cast<std::int64_t>(bytes_needed) || !policy_->evicts_under_pressure()) {
@@ -685,7 +735,7 @@ std::size_t ScopeState::evict(std::size_t bytes_needed) {
             [](const Group* a, const Group* b) { return a->score() < b->score(); });
   // The allocator is short of reserved bytes (room for a segment), so what counts is segments
   // returned: after each eviction, fully free segments go back.
-  alloc::CachingAllocator& device = device_memory();
+  alloc::CachingAllocator& device = memory();
   const std::int64_t allocated_before = device.stats().allocated_bytes.current;
   const std::int64_t reserved_before = device.stats().reserved_bytes.current;
   {

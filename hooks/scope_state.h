@@ -86,7 +86,34 @@ class ScopeState : public std::enable_shared_from_this<ScopeState> {
 
   Policy& policy() { return *policy_; }
   const ScopeOptions& options() const { return options_; }
-  HostStore& host() { return host_; }
+
+  // Note [The device a scope serves]
+  // A scope serves one device: its host store copies that device's tensors (the store's copy
+  // engine and pinned pool belong to it) and its pressure handler is that device's allocator's.
+  // The device is the one of the first tensor of the managed kind packed under the scope (bind()),
+  // not the one current when the scope was made: `python -m actmem` makes its scope before the
+  // script runs, and a DDP rank's script calls torch.cuda.set_device(local_rank) only then, or
+  // just moves its model to cuda:<rank>. A scope made in advance served GPU 0 in every rank,
+  // offloaded nothing on the others and made a CUDA context on GPU 0 in each; made at the first
+  // pack, the store touches no GPU before the program does. Tensors of other devices are kept
+  // where they are (HostStore::can_hold).
+
+  // Serves `device` from now on if the scope serves none yet and `device` is of the kind actmem
+  // manages (managed_device()); returns the host store, null while the scope serves no device.
+  HostStore* bind(c10::Device device);
+  // The host store, null while the scope serves no device. (Whoever holds a HostStore::Item has
+  // one: items come from it.)
+  HostStore* host() const { return host_ptr_.load(std::memory_order_acquire); }
+  // The device the scope serves; none before bind() found one.
+  std::optional<c10::Device> device() const {
+    return host() != nullptr ? std::optional<c10::Device>(device_) : std::nullopt;
+  }
+  // The allocator of the device the scope serves; before it serves one, the managed device's
+  // current one (device_memory()).
+  alloc::CachingAllocator& memory();
+  // Whether the scope's pressure handler is registered, with the allocator of the device it
+  // serves (once it serves one): while its ActivationScope is active and not paused.
+  void want_pressure_handler(bool wanted);
 
   // Updates the counters: `update(ActivationStats&)` runs under their lock.
   template <typename Update>
@@ -204,9 +231,19 @@ class ScopeState : public std::enable_shared_from_this<ScopeState> {
   void push_event(const alloc::AllocatorStats& device);
   std::vector<std::int64_t> peaks_between_events();
 
+  // The pressure handler's registration (bind_mutex_ held).
+  void update_pressure_handler();
+
   std::shared_ptr<Policy> policy_;
   ScopeOptions options_;
-  HostStore host_;
+
+  std::mutex bind_mutex_;  // what bind() sets, and the pressure handler's registration
+  std::unique_ptr<HostStore> host_;
+  c10::Device device_{c10::DeviceType::CPU};  // the served device, written before host_ptr_
+  std::atomic<HostStore*> host_ptr_{nullptr};  // host_, read without the lock
+  std::atomic<alloc::CachingAllocator*> memory_{nullptr};  // the served device's allocator
+  bool pressure_handler_wanted_ = false;
+  std::optional<std::uint64_t> pressure_handler_;  // its id with *memory_
 
   std::mutex stats_mutex_;
   ActivationStats stats_;
@@ -234,6 +271,7 @@ class ScopeState : public std::enable_shared_from_this<ScopeState> {
   std::chrono::steady_clock::time_point step_start_;
   StepProfile profile_;
   std::uint64_t next_segment_id_ = 0;
+  alloc::CachingAllocator* traced_ = nullptr;       // whose trace the profile reads (memory())
   bool owns_trace_ = false;                         // the allocator's trace was off: ours to clear
   std::size_t trace_start_ = 0;                     // its length when the step began
   std::vector<std::size_t> event_trace_positions_;  // its length at each event

@@ -198,7 +198,7 @@ TensorList SegmentFrame::rerun_inputs() {
       throw std::logic_error("actmem: segment '" + name + "': input " + std::to_string(i) +
                              " is gone from the saved tensor it was read through");
     }
-    args[i] = (offloaded ? scope->host().copy_back(*offloaded) : value).detach();
+    args[i] = (offloaded ? scope->host()->copy_back(*offloaded) : value).detach();
     if (input_requires_grad[i]) args[i].requires_grad_(true);
   }
   return args;
@@ -354,6 +354,7 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
   bool dropped_link = false;
   for (std::size_t i = 0; i < inputs.size(); ++i) {
     const at::Tensor& input = inputs[i];
+    if (input.defined()) scope->bind(input.device());  // (Note [The device a scope serves])
     if (!input.defined()) {  // an optional input left out (a mask): the rerun gets none either
       frame->input_requires_grad.push_back(false);
       frame->input_versions.push_back(0);

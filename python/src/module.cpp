@@ -55,8 +55,10 @@ void enable(const Overrides& overrides) {
     budget = alloc::parse_bytes(found->second, "ACTMEM_BUDGET");
   }
   alloc::ProcessAllocators::instance();  // the allocator's variables (ACTMEM_BUDGET, ...)
-  alloc::CachingAllocator& memory = device_memory();
-  if (budget) memory.set_budget(budget);
+  managed_device();                       // installs the allocator
+  // (The current device's only when a budget is given here: the scope itself touches no device
+  // before the script's first saved tensor, Note [The device a scope serves].)
+  if (budget) device_memory().set_budget(budget);
   g_budget_given = budget.has_value();
   std::shared_ptr<Policy> policy = make_device_policy(config);
   g_policy_recomputes = policy->may_recompute();

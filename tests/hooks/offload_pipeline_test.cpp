@@ -407,5 +407,26 @@ TEST(OffloadPipeline, WithAWindowAScopeTrainsLikeKeep) {
   EXPECT_EQ(offload.second.transfers.copies_to_device, offload.second.transfers.copies_to_host);
 }
 
+// Note [The device a scope serves]: the first tensor of the managed kind packed under a scope
+// decides the device it serves; a scope just made touches none, and tensors of other kinds (meta
+// tensors here) decide nothing. (Two GPUs: CudaOffload.AScopeServesTheGpuOfItsTensors….)
+TEST(ScopeDevice, TheFirstTensorOfTheManagedKindDecidesTheDeviceAScopeServes) {
+  install();
+  ScopeOptions options;
+  options.offload_min_bytes = 0;
+  ActivationScope scope(make_policy("offload"), options);
+  EXPECT_FALSE(scope.device().has_value()) << "a scope just made serves no device yet";
+  const torch::Tensor on_meta = torch::randn({64, 64}, torch::kMeta).requires_grad_();
+  on_meta.mm(on_meta).tanh().sum().backward();  // (relu has no meta kernel)
+  EXPECT_FALSE(scope.device().has_value()) << "meta tensors are not of the managed kind";
+  EXPECT_EQ(scope.stats().transfers.copies_to_host, 0);
+  const torch::Tensor w =
+      torch::randn({64, 64}, torch::TensorOptions().device(managed_device())).requires_grad_();
+  w.mm(w).tanh().sum().backward();
+  ASSERT_TRUE(scope.device().has_value());
+  EXPECT_EQ(scope.device()->type(), managed_device());
+  EXPECT_GT(scope.stats().transfers.copies_to_host, 0);
+}
+
 }  // namespace
 }  // namespace actmem

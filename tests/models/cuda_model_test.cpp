@@ -93,6 +93,41 @@ TEST(CudaOffload, CopiesGoThroughTheCudaEngineAndUnpacksNeedNoHostWait) {
 }
 
 #ifdef ACTMEM_TORCH_CUDA
+// Note [The device a scope serves]: a scope made while GPU 0 is current serves the GPU its tensors
+// are on, as a DDP rank under `python -m actmem` needs (its script picks its GPU after actmem made
+// the scope). Made for GPU 0, the store kept every tensor of GPU 1 where it was.
+TEST(CudaOffload, AScopeServesTheGpuOfItsTensorsNotTheOneCurrentWhenItWasMade) {
+  if (!cuda_managed()) GTEST_SKIP() << kNoDevice;
+  if (torch::cuda::device_count() < 2) {
+    GTEST_SKIP() << "needs two CUDA devices (" << torch::cuda::device_count() << " here)";
+  }
+  const c10::cuda::CUDAGuard first_is_current(0);
+  const torch::Device second(torch::kCUDA, 1);
+  auto train = [&](const char* policy) {
+    torch::manual_seed(5);
+    torch::nn::Linear linear(256, 256);
+    linear->to(second);
+    ScopeOptions options;
+    options.offload_min_bytes = 0;
+    ActivationScope scope(make_policy(policy), options);
+    const torch::Tensor x = torch::randn({512, 256}).to(second);
+    for (int step = 0; step < 2; ++step) {
+      linear->zero_grad();
+      torch::relu(linear(torch::relu(linear(x)))).pow(2).mean().backward();
+    }
+    EXPECT_EQ(scope.device(), std::optional<c10::Device>(second)) << policy;
+    std::vector<torch::Tensor> grads;
+    for (const torch::Tensor& p : linear->parameters()) grads.push_back(p.grad().cpu());
+    return std::make_pair(grads, scope.stats().transfers);
+  };
+  const auto keep = train("keep");
+  const auto offload = train("offload");
+  EXPECT_GT(offload.second.copies_to_host, 0) << "GPU 1's tensors went out";
+  for (std::size_t i = 0; i < keep.first.size(); ++i) {
+    EXPECT_TRUE(torch::equal(offload.first[i], keep.first[i])) << i;
+  }
+}
+
 // Note [An offload waits for the operator that saved the tensor]: the copy is queued later than
 // the pack, here by an operator on another stream. It must still wait for the stream the tensor
 // was saved on, where a long kernel holds back the exp that writes it: ordered after the current
