@@ -66,37 +66,63 @@ bool is_generator(const c10::TypePtr& type) {
   return optional && is_generator(optional->getElementType());
 }
 
-// Operators that draw from the default generator without taking one: CUDA's fused dropout and the
-// attention kernels with a dropout probability (counted whatever the probability: they err on the
-// side of restoring).
-bool draws_without_a_generator_argument(std::string_view name) {
-  static const std::string_view kNames[] = {
-      "aten::native_dropout",
-      "aten::_scaled_dot_product_flash_attention",
-      "aten::_scaled_dot_product_efficient_attention",
-      "aten::_scaled_dot_product_cudnn_attention",
-      "aten::_flash_attention_forward",
-      "aten::_efficient_attention_forward",
-  };
-  for (std::string_view known : kNames) {
-    if (name == known) return true;
-  }
-  return false;
-}
+// Operators that draw from the default generator without taking one: CUDA's fused dropout, and
+// the attention kernels when their dropout probability is not zero (they take no Philox offset
+// then: `dropout_p > 0`, or not FP_ZERO, in PyTorch's kernels). (native_dropout counts at p = 0
+// too: its CUDA kernel still advances the generator.)
+struct DefaultDraw {
+  std::string_view name;
+  bool by_dropout_p;  // only when its dropout_p argument is not zero
+};
+constexpr DefaultDraw kDrawsWithoutAGeneratorArgument[] = {
+    {"aten::native_dropout", false},
+    {"aten::_scaled_dot_product_flash_attention", true},
+    {"aten::_scaled_dot_product_efficient_attention", true},
+    {"aten::_scaled_dot_product_cudnn_attention", true},
+    {"aten::_flash_attention_forward", true},
+    {"aten::_efficient_attention_forward", true},
+};
 
-// Whether an operator of this name draws random numbers: it takes a Generator in its schema, or
-// is one of the above. Names are strings the dispatcher owns for the life of the process, so
-// their addresses key the cache.
-bool takes_generator(const at::RecordFunction& fn) {
-  thread_local std::unordered_map<const char*, bool> known;
+// How an operator of some name draws random numbers.
+struct Draws {
+  bool maybe = false;  // it takes a Generator in its schema, or is one of the above
+  // Its dropout_p input's position, for those above that draw only when it is not zero; none
+  // when that argument cannot be found (the operator then always counts).
+  std::optional<std::size_t> dropout_p;
+};
+
+// Names are strings the dispatcher owns for the life of the process, so their addresses key the
+// cache.
+const Draws& draws_of(const at::RecordFunction& fn) {
+  thread_local std::unordered_map<const char*, Draws> known;
   const char* name = fn.name();
   const auto found = known.find(name);
   if (found != known.end()) return found->second;
-  bool takes = draws_without_a_generator_argument(name);
-  if (const std::optional<c10::FunctionSchema> schema = fn.operator_schema()) {
-    for (const c10::Argument& argument : schema->arguments()) takes |= is_generator(argument.type());
+  Draws draws;
+  const std::optional<c10::FunctionSchema> schema = fn.operator_schema();
+  for (const DefaultDraw& known_draw : kDrawsWithoutAGeneratorArgument) {
+    if (name != known_draw.name) continue;
+    draws.maybe = true;
+    if (!known_draw.by_dropout_p || !schema) continue;
+    if (const std::optional<int> index = schema->argumentIndexWithName("dropout_p")) {
+      draws.dropout_p = static_cast<std::size_t>(*index);
+    }
   }
-  return known.emplace(name, takes).first->second;
+  if (schema) {
+    for (const c10::Argument& argument : schema->arguments()) {
+      draws.maybe |= is_generator(argument.type());
+    }
+  }
+  return known.emplace(name, draws).first->second;
+}
+
+// Whether this call of an operator draws (see Draws).
+bool draws(const at::RecordFunction& fn, const Draws& how) {
+  if (!how.maybe) return false;
+  if (!how.dropout_p) return true;
+  const c10::ArrayRef<c10::IValue> inputs = fn.inputs();
+  if (*how.dropout_p >= inputs.size() || !inputs[*how.dropout_p].isDouble()) return true;
+  return inputs[*how.dropout_p].toDouble() != 0.0;
 }
 
 // The device an operator runs on, from its inputs: its first tensor's, else the device it was
@@ -136,7 +162,7 @@ void note_draw(const at::RecordFunction& fn) {
 }
 
 std::unique_ptr<at::ObserverContext> count_draws(const at::RecordFunction& fn) {
-  if (!takes_generator(fn)) return nullptr;
+  if (!draws(fn, draws_of(fn))) return nullptr;
   try {
     note_draw(fn);
   } catch (...) {
