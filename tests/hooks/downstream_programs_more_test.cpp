@@ -5,10 +5,11 @@
 // backward, gradient accumulation, unrolled and branching segments, random numbers (explicit
 // generators too), buffers of other modules than BatchNorm, exceptions and forward-only steps,
 // sparse and complex tensors, custom autograd functions.
-#include <gtest/gtest.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -517,37 +518,44 @@ TEST(DownstreamRandom, RandomOpsInsideSegments) {
       false);
 }
 
-// Dropout through a generator of the program's own, passed explicitly.
+// Dropout through a generator of the program's own, passed explicitly. `armed`, when given, is
+// true while the first operator that draws from it runs.
+Program dropout_from_its_own_generator(std::function<at::Generator()> make_generator,
+                                       bool* armed = nullptr) {
+  return [make_generator, armed] {
+    torch::manual_seed(112);
+    nn::Linear l1(8, 8), l2(8, 4);
+    at::Generator gen = make_generator();
+    const torch::Tensor x = torch::randn({6, 8});
+    std::vector<torch::Tensor> digest;
+    for (int step = 0; step < 2; ++step) {
+      l1->zero_grad();
+      l2->zero_grad();
+      const torch::Tensor y = segment(
+          "noisy",
+          [&](const TensorList& in) -> TensorList {
+            const torch::Tensor h = l1(in[0]).relu();
+            if (armed != nullptr) *armed = true;
+            const torch::Tensor keep = torch::bernoulli(torch::full_like(h, 0.5), gen);
+            if (armed != nullptr) *armed = false;
+            const torch::Tensor noise = torch::randn({6, 8}, gen);
+            return {l2((h * keep + noise).tanh())};
+          },
+          {x})[0];
+      const torch::Tensor loss = y.pow(2).mean();
+      loss.backward();
+      digest.push_back(loss.detach().clone());
+      digest.push_back(torch::rand({3}, gen));  // where the program's generator ended
+    }
+    add_module(digest, *l1);
+    add_module(digest, *l2);
+    return digest;
+  };
+}
+
 TEST(DownstreamRandom, AnExplicitGeneratorInsideASegment) {
   expect_as_plain(
-      [] {
-        torch::manual_seed(112);
-        nn::Linear l1(8, 8), l2(8, 4);
-        at::Generator gen = at::detail::createCPUGenerator(/*seed_val=*/4242);
-        const torch::Tensor x = torch::randn({6, 8});
-        std::vector<torch::Tensor> digest;
-        for (int step = 0; step < 2; ++step) {
-          l1->zero_grad();
-          l2->zero_grad();
-          const torch::Tensor y = segment(
-              "noisy",
-              [&](const TensorList& in) -> TensorList {
-                const torch::Tensor h = l1(in[0]).relu();
-                const torch::Tensor keep =
-                    torch::bernoulli(torch::full_like(h, 0.5), gen);  // the program's generator
-                const torch::Tensor noise = torch::randn({6, 8}, gen);
-                return {l2((h * keep + noise).tanh())};
-              },
-              {x})[0];
-          const torch::Tensor loss = y.pow(2).mean();
-          loss.backward();
-          digest.push_back(loss.detach().clone());
-          digest.push_back(torch::rand({3}, gen));  // where the program's generator ended
-        }
-        add_module(digest, *l1);
-        add_module(digest, *l2);
-        return digest;
-      },
+      dropout_from_its_own_generator([] { return at::detail::createCPUGenerator(/*seed_val=*/4242); }),
       false);
 }
 
@@ -569,34 +577,9 @@ class StateUnreadableWhileArmed final : public at::CPUGeneratorImpl {
 
 TEST(DownstreamRandom, AGeneratorWhoseStateCannotBeReadWhileItsOperatorRuns) {
   expect_as_plain(
-      [] {
-        torch::manual_seed(113);
-        nn::Linear l1(8, 8), l2(8, 4);
-        at::Generator gen = at::make_generator<StateUnreadableWhileArmed>(/*seed=*/4343);
-        const torch::Tensor x = torch::randn({6, 8});
-        std::vector<torch::Tensor> digest;
-        for (int step = 0; step < 2; ++step) {
-          l1->zero_grad();
-          l2->zero_grad();
-          const torch::Tensor y = segment(
-              "noisy",
-              [&](const TensorList& in) -> TensorList {
-                const torch::Tensor h = l1(in[0]).relu();
-                StateUnreadableWhileArmed::armed = true;
-                const torch::Tensor keep = torch::bernoulli(torch::full_like(h, 0.5), gen);
-                StateUnreadableWhileArmed::armed = false;
-                return {l2(h * keep)};
-              },
-              {x})[0];
-          const torch::Tensor loss = y.pow(2).mean();
-          loss.backward();
-          digest.push_back(loss.detach().clone());
-          digest.push_back(torch::rand({3}, gen));  // where the program's generator ended
-        }
-        add_module(digest, *l1);
-        add_module(digest, *l2);
-        return digest;
-      },
+      dropout_from_its_own_generator(
+          [] { return at::make_generator<StateUnreadableWhileArmed>(/*seed=*/4343); },
+          &StateUnreadableWhileArmed::armed),
       false);
 }
 
