@@ -98,8 +98,17 @@ CachingAllocator& ProcessAllocators::for_device(int device) {
     return *existing;
   }
   CachingAllocator* created = make_allocator(device).release();  // lives as long as the process
+  if (budget_) created->set_budget(*budget_);
   allocators_[device].store(created, std::memory_order_release);
   return *created;
+}
+
+void ProcessAllocators::set_budget(std::optional<std::size_t> bytes) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  budget_ = bytes;
+  for (std::atomic<CachingAllocator*>& allocator : allocators_) {
+    if (CachingAllocator* made = allocator.load(std::memory_order_acquire)) made->set_budget(bytes);
+  }
 }
 
 CachingAllocator* ProcessAllocators::existing(int device) {

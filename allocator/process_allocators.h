@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -35,6 +36,11 @@ class ProcessAllocators {
   // The allocator of `device` if it was created, else nullptr.
   CachingAllocator* existing(int device);
 
+  // Caps every device's allocator at `bytes` (nullopt: no cap), those created later too, in place
+  // of the configuration's budget (ACTMEM_BUDGET). For a process that learns its budget after
+  // start-up, before it knows which device it will use (actmem.enable(budget=...) in Python).
+  void set_budget(std::optional<std::size_t> bytes);
+
   // Which backend the allocators use, once resolved ("host" or "cuda").
   BackendKind backend_kind();
 
@@ -56,7 +62,9 @@ class ProcessAllocators {
   std::unique_ptr<CachingAllocator> make_allocator(int device);
 
   ProcessConfig config_;
-  std::mutex mutex_;  // guards creation and sections_
+  std::mutex mutex_;  // guards creation, sections_ and budget_
+  // set_budget's, for allocators created after it; none: the configuration's.
+  std::optional<std::optional<std::size_t>> budget_;
   std::vector<std::pair<std::string, std::function<std::string()>>> sections_;
   std::once_flag backend_resolved_;
   BackendKind backend_ = BackendKind::kAuto;

@@ -32,9 +32,11 @@ struct Given {
   at::Generator before;  // a clone, as `generator` was before its first operator drew
 };
 thread_local std::vector<Given> t_given;
-// What the callback could not do (an allocation failed): rethrown by generators_given(), since a
-// rerun without that generator's state would draw other numbers, silently.
+// What the callback could not do (an allocation failed), the last of it, and how many times:
+// generators_given() rethrows it for a watch open when it happened, since a rerun without that
+// generator's state would draw other numbers, silently.
 thread_local std::exception_ptr t_failure;
+thread_local std::uint64_t t_failures = 0;
 thread_local std::vector<std::size_t> t_watch_starts;
 // The CUDA device whose default generator the state captured with the outermost open watch holds
 // (RngState::cuda_device_captured_now() as it began): the current device then, not at the draw (a
@@ -162,18 +164,22 @@ void note_draw(const at::RecordFunction& fn) {
 }
 
 std::unique_ptr<at::ObserverContext> count_draws(const at::RecordFunction& fn) {
-  if (!draws(fn, draws_of(fn))) return nullptr;
+  // A thread-local callback follows at::ThreadLocalState to the threads that take it on (autograd's
+  // device threads, at::launch): there no watch of this thread's is open.
+  if (t_open_watches == 0) return nullptr;
   try {
-    note_draw(fn);
+    if (draws(fn, draws_of(fn))) note_draw(fn);
   } catch (...) {
-    if (!t_failure) t_failure = std::current_exception();
+    t_failure = std::current_exception();
+    ++t_failures;
   }
   return nullptr;
 }
 
 }  // namespace
 
-RngUseWatch::RngUseWatch() : draws_at_start_(t_draws), given_at_start_(t_given.size()) {
+RngUseWatch::RngUseWatch()
+    : draws_at_start_(t_draws), given_at_start_(t_given.size()), failures_at_start_(t_failures) {
   t_watch_starts.push_back(given_at_start_);
   if (t_open_watches++ == 0) {
     t_captured_cuda_device = RngState::cuda_device_captured_now();
@@ -195,7 +201,7 @@ RngUseWatch::~RngUseWatch() {
 bool RngUseWatch::drew() const { return t_draws > draws_at_start_; }
 
 std::vector<GeneratorState> RngUseWatch::generators_given() const {
-  if (t_failure) std::rethrow_exception(t_failure);
+  if (t_failures > failures_at_start_) std::rethrow_exception(t_failure);
   std::vector<GeneratorState> given;
   for (std::size_t i = given_at_start_; i < t_given.size(); ++i) {
     const at::Generator& generator = t_given[i].generator;

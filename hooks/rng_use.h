@@ -44,6 +44,7 @@ class RngUseWatch {
  private:
   std::uint64_t draws_at_start_;
   std::size_t given_at_start_;
+  std::uint64_t failures_at_start_;
 };
 
 }  // namespace actmem

@@ -56,14 +56,17 @@ HostStore* ScopeState::bind(c10::Device device) {
   if (HostStore* store = host()) return store;
   if (device.type() != managed_device()) return nullptr;
   std::lock_guard<std::mutex> lock(bind_mutex_);
-  if (host_) return host_.get();  // another thread bound it first
+  if (HostStore* store = host()) return store;  // another thread bound it first
   if (device.is_cuda() && !device.has_index()) {
     device = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getDevice();
   }
-  host_ = std::make_unique<HostStore>(
+  // Both made before either is published: a failure leaves the scope unbound, to try again.
+  alloc::CachingAllocator& memory = device_memory(device);
+  auto store = std::make_unique<HostStore>(
       HostStoreOptions{options_.host_capacity, options_.prefetch_window}, device);
+  host_ = std::move(store);
   device_ = device;
-  memory_.store(&device_memory(device), std::memory_order_release);
+  memory_.store(&memory, std::memory_order_release);
   host_ptr_.store(host_.get(), std::memory_order_release);
   update_pressure_handler();
   return host_.get();
@@ -166,6 +169,8 @@ void ScopeState::flush_cache_before_first_profile() {
 }
 
 void ScopeState::start_trace() {
+  // A step begun before the scope served a device traced the current one's allocator: not any more.
+  if (owns_trace_ && traced_ != &memory()) stop_trace();
   traced_ = &memory();
   alloc::CachingAllocator& device = *traced_;
   if (!device.trace_enabled()) {
@@ -230,8 +235,10 @@ std::vector<std::int64_t> ScopeState::peaks_between_events() {
 void ScopeState::record_pack(const std::shared_ptr<SavedEntry>& entry, const SavedTensorInfo& info,
                              const at::Tensor& tensor, bool segment_input) {
   const bool profile = policy_->wants_profile();
+  // (Only tensors of the served device: the pressure comes from its allocator.)
   const bool evicts = policy_->evicts_under_pressure() && entry->action == Action::kKeep &&
-                      !info.is_leaf && static_cast<std::size_t>(info.bytes) >= kEvictMinBytes;
+                      !info.is_leaf && static_cast<std::size_t>(info.bytes) >= kEvictMinBytes &&
+                      device() == std::optional<c10::Device>(entry->device);
   if (!profile && !evicts) return;
   // Asked outside step_mutex_: the policy takes its own lock, and may read the allocator's.
   const std::optional<bool> detailed =

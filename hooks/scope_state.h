@@ -89,14 +89,18 @@ class ScopeState : public std::enable_shared_from_this<ScopeState> {
 
   // Note [The device a scope serves]
   // A scope serves one device: its host store copies that device's tensors (the store's copy
-  // engine and pinned pool belong to it) and its pressure handler is that device's allocator's.
-  // The device is the one of the first tensor of the managed kind packed under the scope (bind()),
-  // not the one current when the scope was made: `python -m actmem` makes its scope before the
-  // script runs, and a DDP rank's script calls torch.cuda.set_device(local_rank) only then, or
-  // just moves its model to cuda:<rank>. A scope made in advance served GPU 0 in every rank,
-  // offloaded nothing on the others and made a CUDA context on GPU 0 in each; made at the first
-  // pack, the store touches no GPU before the program does. Tensors of other devices are kept
-  // where they are (HostStore::can_hold).
+  // engine and pinned pool belong to it), its pressure handler is that device's allocator's, and
+  // only that device's kept tensors are evicted under pressure. The device is the one of the first
+  // tensor of the managed kind (a CUDA tensor where actmem manages CUDA) packed under the scope or
+  // given to one of its segments (bind()), not the one current when the scope was made: `python
+  // -m actmem` makes its scope before the script runs, and a DDP rank's script calls
+  // torch.cuda.set_device(local_rank) only then. Made in advance, the store served GPU 0 in every
+  // rank, offloaded nothing on the others and made its copy stream on GPU 0 in each. Tensors of
+  // other devices are kept where they are (HostStore::can_hold). What is not the served device's:
+  // auto plans against the current device's budget (ACTMEM_BUDGET and enable(budget=...) give
+  // every device the same one); and a script that moves its model to cuda:<rank> without
+  // set_device leaves GPU 0 current, which the copy engine makes current again after each call
+  // (cudaSetDevice: a context on GPU 0).
 
   // Serves `device` from now on if the scope serves none yet and `device` is of the kind actmem
   // manages (managed_device()); returns the host store, null while the scope serves no device.

@@ -54,11 +54,10 @@ void enable(const Overrides& overrides) {
   if (const auto found = overrides.find("ACTMEM_BUDGET"); found != overrides.end()) {
     budget = alloc::parse_bytes(found->second, "ACTMEM_BUDGET");
   }
-  alloc::ProcessAllocators::instance();  // the allocator's variables (ACTMEM_BUDGET, ...)
-  managed_device();                       // installs the allocator
-  // (The current device's only when a budget is given here: the scope itself touches no device
-  // before the script's first saved tensor, Note [The device a scope serves].)
-  if (budget) device_memory().set_budget(budget);
+  alloc::ProcessAllocators& allocators = alloc::ProcessAllocators::instance();  // ACTMEM_BUDGET...
+  managed_device();  // installs the allocator
+  // Every device's: a DDP rank picks its GPU after this (Note [The device a scope serves]).
+  if (budget) allocators.set_budget(budget);
   g_budget_given = budget.has_value();
   std::shared_ptr<Policy> policy = make_device_policy(config);
   g_policy_recomputes = policy->may_recompute();
@@ -80,7 +79,8 @@ void disable() {
   delete g_scope;
   g_scope = nullptr;
   if (g_budget_given) {
-    device_memory().set_budget(alloc::ProcessAllocators::instance().config().allocator.budget_bytes);
+    alloc::ProcessAllocators& allocators = alloc::ProcessAllocators::instance();
+    allocators.set_budget(allocators.config().allocator.budget_bytes);
     g_budget_given = false;
   }
 }

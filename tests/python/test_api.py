@@ -110,6 +110,19 @@ def test_out_of_memory_is_torchs_own_error_and_a_smaller_batch_then_fits():
     assert out.splitlines() == ["keep True True False", "auto True True True"]
 
 
+def test_a_budget_given_to_enable_holds_until_disable_puts_the_environments_back():
+    # A DDP rank picks its GPU after enable(): the budget given there cannot be the current
+    # device's alone (it was: GPU 0's in every rank). disable() puts ACTMEM_BUDGET's back.
+    out = python("""
+        budget = lambda: actmem.stats()["devices"]["0"]["budget_bytes"] >> 20
+        actmem.enable(budget="24MiB")
+        print(budget())
+        actmem.disable()
+        print(budget())
+    """, ACTMEM_BUDGET="100MiB")
+    assert out.splitlines() == ["24", "100"]
+
+
 def test_a_segment_without_random_numbers_stops_its_rerun_early():
     # No dropout: the rerun stops once it produced what backward needs (StopRerun crosses the
     # Python forward), and training still matches plain PyTorch.
