@@ -1,8 +1,11 @@
 // The draw watch (hooks/rng_use.h) on its own: which operators count as drawing random numbers.
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <future>
 #include <string>
 
 #include "hooks/rng_use.h"
@@ -50,6 +53,23 @@ TEST(RngUseWatch, TheAttentionKernelsItReadsTakeDropoutP) {
     ASSERT_TRUE(op.has_value()) << name;
     EXPECT_TRUE(op->schema().argumentIndexWithName("dropout_p").has_value()) << name;
   }
+}
+
+// A thread-local RecordFunction callback follows at::ThreadLocalState to the threads that take it
+// on (at::launch here; autograd's device threads too). There no watch is open: the callback read
+// the innermost watch's start from an empty list (a crash, at best). The other thread's draws are
+// not the watch's.
+TEST(RngUseWatch, ItsCallbackOnAnotherThreadRecordsNothing) {
+  const RngUseWatch watch;
+  at::Generator generator = at::detail::createCPUGenerator(/*seed_val=*/7);
+  std::promise<void> drawn;
+  at::launch([&] {
+    (void)torch::bernoulli(torch::full({4}, 0.5), generator);
+    drawn.set_value();
+  });
+  drawn.get_future().wait();
+  EXPECT_FALSE(watch.drew());
+  EXPECT_TRUE(watch.generators_given().empty());
 }
 
 }  // namespace
