@@ -39,6 +39,7 @@ void ForwardContext::Autocast::apply(c10::DeviceType device) const {
 ForwardContext::ForwardContext()
     : cpu_(Autocast::of(c10::DeviceType::CPU)),
       cuda_(Autocast::of(c10::DeviceType::CUDA)),
+      kernels_(KernelChoice::now()),
       grad_(c10::GradMode::is_enabled()) {}
 
 void ForwardContext::add_module(std::shared_ptr<SegmentModule> module) {
@@ -110,6 +111,10 @@ ForwardContext::Rerun::Rerun(const ForwardContext& context)
   }
   context_.cpu_.apply(c10::DeviceType::CPU);
   context_.cuda_.apply(c10::DeviceType::CUDA);
+  if (KernelChoice now = KernelChoice::now(); now != context_.kernels_) {
+    kernels_before_ = now;
+    context_.kernels_.apply();
+  }
   // No cached casts: what the rerun casts is freed with it, whatever the caller's cache holds.
   at::autocast::set_autocast_cache_enabled(false);
   c10::GradMode::set_enabled(context_.grad_);
@@ -130,6 +135,14 @@ void ForwardContext::Rerun::finish(const std::string& segment) const {
 ForwardContext::Rerun::~Rerun() {
   c10::GradMode::set_enabled(grad_before_);
   at::autocast::set_autocast_cache_enabled(cache_before_);
+  if (kernels_before_) {
+    try {
+      kernels_before_->apply();
+    } catch (const std::exception& error) {  // a destructor: say it, do not end the process
+      std::fprintf(stderr, "actmem: the kernel switches could not be put back after a rerun: %s\n",
+                   error.what());
+    }
+  }
   cuda_before_.apply(c10::DeviceType::CUDA);
   cpu_before_.apply(c10::DeviceType::CPU);
   if (rng_before_) rng_before_->restore();

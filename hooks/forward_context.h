@@ -5,6 +5,8 @@
 //   generators alone in its rerun;
 // - autocast's state for the CPU and CUDA (enabled, dtype);
 // - grad mode;
+// - the switches that choose kernels (kernel_choice.h: cuDNN and oneDNN flags, deterministic
+//   algorithms, TF32, the attention backends);
 // - the training flag of every module the segment and the segments nested in it named, and their
 //   submodules; their buffers (BatchNorm's running stats) are put back after the rerun, so that
 //   they move once per step.
@@ -20,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "hooks/kernel_choice.h"
 #include "hooks/rng_state.h"
 #include "hooks/segment_module.h"
 
@@ -34,7 +37,7 @@ class ForwardContext {
   };
 
  public:
-  // Captures autocast and grad mode now, as a segment begins.
+  // Captures autocast, grad mode and the kernel choice now, as a segment begins.
   ForwardContext();
 
   // The forward about to run may be rerun: captures the generator's state, for forward_ended and
@@ -78,6 +81,7 @@ class ForwardContext {
     const ForwardContext& context_;
     std::optional<RngState> rng_before_;
     Autocast cpu_before_, cuda_before_;
+    std::optional<KernelChoice> kernels_before_;  // when the forward's differed
     bool cache_before_;
     bool grad_before_;
     std::vector<std::vector<bool>> training_before_;  // by module
@@ -89,6 +93,7 @@ class ForwardContext {
   std::optional<RngState> rng_start_;  // set by capture_generator
   std::optional<RngState> rng_end_;    // set when the forward drew
   Autocast cpu_, cuda_;
+  KernelChoice kernels_;
   bool grad_ = true;
   std::vector<std::shared_ptr<SegmentModule>> modules_;
   bool capture_buffers_ = false;

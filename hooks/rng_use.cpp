@@ -15,7 +15,7 @@
 namespace actmem {
 namespace {
 
-// Per thread: how many operators that take a Generator ran while a watch was open, how many
+// Per thread: how many operators that draw random numbers ran while a watch was open, how many
 // watches are open, and the callback the outermost one registered.
 thread_local std::uint64_t t_draws = 0;
 thread_local int t_open_watches = 0;

@@ -1425,5 +1425,53 @@ TEST(DownstreamLayouts, MmSavesATransposedSliceWithGaps) {
       false);
 }
 
+// --- 18. Kernel switches set for the forward only ---
+
+// A program that turns oneDNN off and picks attention's math backend for its forward and calls
+// backward outside (Python's `with torch.backends.mkldnn.flags(enabled=False)` and
+// `with sdpa_kernel(SDPBackend.MATH)`). The rerun ran under the switches backward found: oneDNN's
+// convolution and the CPU flash attention kernel, other bits (and the attention saved other
+// tensors). It runs under the forward's now (hooks/kernel_choice.h), and they are back afterwards.
+TEST(DownstreamKernels, SwitchesSetForTheForwardOnly) {
+  expect_as_plain(
+      [] {
+        torch::manual_seed(120);
+        nn::Conv2d conv(nn::Conv2dOptions(4, 4, 3).padding(1));
+        nn::Linear qkv(16, 48);
+        const torch::Tensor x = torch::randn({2, 4, 4, 4});
+        at::Context& context = at::globalContext();
+        const bool mkldnn = context.userEnabledMkldnn();
+        const bool flash = context.userEnabledFlashSDP();
+        std::vector<torch::Tensor> digest;
+        for (int step = 0; step < 2; ++step) {
+          conv->zero_grad();
+          qkv->zero_grad();
+          context.setUserEnabledMkldnn(false);
+          context.setSDPUseFlash(false);
+          const torch::Tensor y = segment(
+              "conv-attention",
+              [&](const TensorList& in) -> TensorList {
+                const torch::Tensor h = torch::tanh(conv(in[0])).reshape({2, 4, 16});
+                const std::vector<torch::Tensor> qkv_ = qkv(h).view({2, 4, 3, 2, 8}).unbind(2);
+                const torch::Tensor a = at::scaled_dot_product_attention(
+                    qkv_[0].transpose(1, 2), qkv_[1].transpose(1, 2), qkv_[2].transpose(1, 2));
+                return {a.transpose(1, 2).reshape({2, 4, 16}) + h};
+              },
+              {x})[0];
+          context.setUserEnabledMkldnn(mkldnn);
+          context.setSDPUseFlash(flash);
+          const torch::Tensor loss = y.pow(2).mean();
+          loss.backward();
+          digest.push_back(loss.detach().clone());
+          // The switches as the program set them: the rerun put its own back.
+          digest.push_back(torch::tensor({context.userEnabledMkldnn(), context.userEnabledFlashSDP()}));
+        }
+        add_module(digest, *conv);
+        add_module(digest, *qkv);
+        return digest;
+      },
+      false);
+}
+
 }  // namespace
 }  // namespace actmem
