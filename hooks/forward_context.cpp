@@ -71,10 +71,21 @@ void ForwardContext::snapshot_buffers(const SegmentModule& module) {
   }
 }
 
-void ForwardContext::capture_generator() { rng_start_ = RngState::capture(); }
+void ForwardContext::capture_generator() {
+  rng_start_ = RngState::capture();
+  seeds_at_start_ = RngState::default_seeds();
+}
 
 void ForwardContext::forward_ended(bool drew, const std::vector<GeneratorState>& generators_given) {
-  if (!drew || !rng_start_) return;
+  if (!rng_start_) return;
+  if (!drew) {
+    // Drew nothing, yet seeded a default generator (torch.manual_seed in a block): its rerun will
+    // too, in backward, where the program's later draws would start from that seed. The rerun puts
+    // back the states it found, as torch.utils.checkpoint's fork_rng does. (Another thread's draws
+    // move a generator's state, never its seed: a forward that only ran beside them is left alone.)
+    sets_generator_ = RngState::default_seeds() != seeds_at_start_;
+    return;
+  }
   for (const GeneratorState& given : generators_given) rng_start_->add(given);
   rng_end_ = RngState::capture(rng_start_->others());
 }
@@ -108,6 +119,8 @@ ForwardContext::Rerun::Rerun(const ForwardContext& context)
   if (context_.rng_end_) {
     rng_before_ = RngState::capture(context_.rng_start_->others());
     context_.rng_start_->restore();
+  } else if (context_.sets_generator_) {
+    rng_before_ = RngState::capture();
   }
   context_.cpu_.apply(c10::DeviceType::CPU);
   context_.cuda_.apply(c10::DeviceType::CUDA);

@@ -2,7 +2,8 @@
 // force again while it is rerun in backward, so that the rerun computes what the forward did:
 // - the default generators' states, and those of generators the program gave operators itself,
 //   when the forward drew random numbers (rng_use.h); a forward that drew none leaves the
-//   generators alone in its rerun;
+//   generators alone in its rerun, unless it seeded one (torch.manual_seed in the block): then
+//   the rerun puts back the states it found;
 // - autocast's state for the CPU and CUDA (enabled, dtype);
 // - grad mode;
 // - the switches that choose kernels (kernel_choice.h: cuDNN and oneDNN flags, deterministic
@@ -15,8 +16,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
 
+#include <cstdint>
 #include <memory>
-
 #include <optional>
 #include <string>
 #include <utility>
@@ -92,6 +93,8 @@ class ForwardContext {
  private:
   std::optional<RngState> rng_start_;  // set by capture_generator
   std::optional<RngState> rng_end_;    // set when the forward drew
+  std::vector<std::uint64_t> seeds_at_start_;  // the default generators' (capture_generator)
+  bool sets_generator_ = false;  // it drew nothing and seeded a default generator
   Autocast cpu_, cuda_;
   KernelChoice kernels_;
   bool grad_ = true;

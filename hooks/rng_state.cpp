@@ -42,6 +42,15 @@ std::optional<int> RngState::cuda_device_captured_now() {
   return c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getDevice().index();
 }
 
+std::vector<std::uint64_t> RngState::default_seeds() {
+  std::vector<std::uint64_t> seeds = {
+      at::globalContext().defaultGenerator(c10::DeviceType::CPU).current_seed()};
+  if (const std::optional<int> device = cuda_device_captured_now()) {
+    seeds.push_back(cuda_generator(*device).current_seed());
+  }
+  return seeds;
+}
+
 RngState RngState::capture(const std::vector<at::Generator>& others) {
   RngState captured;
   captured.cpu_ = state_of(at::globalContext().defaultGenerator(c10::DeviceType::CPU));

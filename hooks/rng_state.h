@@ -27,6 +27,9 @@ class RngState {
   // The CUDA device whose default generator capture() takes now: the current one where actmem
   // manages CUDA; none where it manages the CPU.
   static std::optional<int> cuda_device_captured_now();
+  // The seeds of the default generators capture() takes now (Generator::current_seed()): a draw,
+  // on any thread, leaves a seed as it is; setting the state (torch.manual_seed) changes it.
+  static std::vector<std::uint64_t> default_seeds();
   // Adds a generator of the program's own at a state it had (its state when the forward first gave
   // it to an operator): restored with the rest.
   void add(GeneratorState generator) { others_.push_back(std::move(generator)); }

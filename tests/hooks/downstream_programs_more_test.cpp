@@ -624,6 +624,42 @@ TEST(DownstreamRandom, WhatTheDrawWatchCannotRecordFailsTheForward) {
   }
 }
 
+// A block that seeds the generator in its forward and draws nothing: its rerun seeded it again in
+// backward, and the next step's data came from that seed. The rerun now leaves the generator as
+// it found it (as torch.utils.checkpoint's fork_rng does).
+TEST(DownstreamRandom, ABlockThatSeedsTheGeneratorAndDrawsNothing) {
+  expect_as_plain(
+      [] {
+        torch::manual_seed(121);
+        nn::Linear l1(8, 8), l2(8, 8);
+        std::vector<torch::Tensor> digest;
+        for (int step = 0; step < 2; ++step) {
+          l1->zero_grad();
+          l2->zero_grad();
+          torch::Tensor h = torch::randn({4, 8});  // the step's data, from the generator
+          int seed = 100;
+          for (nn::Linear* layer : {&l1, &l2}) {
+            h = segment(
+                "seeding-" + std::to_string(seed),
+                [layer, seed](const TensorList& in) -> TensorList {
+                  torch::manual_seed(seed);
+                  return {in[0] + torch::tanh((*layer)(in[0]))};
+                },
+                {h})[0];
+            ++seed;
+          }
+          const torch::Tensor loss = h.pow(2).sum();
+          loss.backward();
+          digest.push_back(loss.detach().clone());
+        }
+        digest.push_back(torch::rand({3}));  // where the generator ended
+        add_module(digest, *l1);
+        add_module(digest, *l2);
+        return digest;
+      },
+      false);
+}
+
 // Dropout on CUDA tensors where actmem manages the CPU (this suite runs with ACTMEM_BACKEND=host,
 // on the GPU machine too): the CUDA generator is not among the states a segment captures up
 // front, and its rerun drew another mask (gradients differed, silently) until the draw watch kept
