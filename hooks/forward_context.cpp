@@ -40,6 +40,7 @@ ForwardContext::ForwardContext()
     : cpu_(Autocast::of(c10::DeviceType::CPU)),
       cuda_(Autocast::of(c10::DeviceType::CUDA)),
       kernels_(KernelChoice::now()),
+      default_dtype_(c10::get_default_dtype()),
       grad_(c10::GradMode::is_enabled()) {}
 
 void ForwardContext::add_module(std::shared_ptr<SegmentModule> module) {
@@ -95,7 +96,10 @@ ForwardContext::Rerun::Rerun(const ForwardContext& context)
       cpu_before_(Autocast::of(c10::DeviceType::CPU)),
       cuda_before_(Autocast::of(c10::DeviceType::CUDA)),
       cache_before_(at::autocast::is_autocast_cache_enabled()),
-      grad_before_(c10::GradMode::is_enabled()) {
+      grad_before_(c10::GradMode::is_enabled()),
+      default_dtype_before_(c10::get_default_dtype()) {
+  // First: inference mode sets grad mode too, which the rest sets as the forward had it.
+  if (c10::InferenceMode::is_enabled()) not_inference_.emplace(/*enabled=*/false);
   {
     at::NoGradGuard no_grad;
     std::unordered_set<const c10::TensorImpl*> seen;
@@ -130,6 +134,7 @@ ForwardContext::Rerun::Rerun(const ForwardContext& context)
   }
   // No cached casts: what the rerun casts is freed with it, whatever the caller's cache holds.
   at::autocast::set_autocast_cache_enabled(false);
+  c10::set_default_dtype(context_.default_dtype_);
   c10::GradMode::set_enabled(context_.grad_);
 }
 
@@ -147,6 +152,7 @@ void ForwardContext::Rerun::finish(const std::string& segment) const {
 
 ForwardContext::Rerun::~Rerun() {
   c10::GradMode::set_enabled(grad_before_);
+  c10::set_default_dtype(default_dtype_before_);
   at::autocast::set_autocast_cache_enabled(cache_before_);
   if (kernels_before_) {
     try {

@@ -5,7 +5,9 @@
 //   generators alone in its rerun, unless it seeded one (torch.manual_seed in the block): then
 //   the rerun puts back the states it found;
 // - autocast's state for the CPU and CUDA (enabled, dtype);
-// - grad mode;
+// - grad mode, outside inference mode (a backward called under torch.inference_mode() reruns
+//   outside it, as its forward ran);
+// - the default dtype (torch.set_default_dtype), which factory functions in the segment read;
 // - the switches that choose kernels (kernel_choice.h: cuDNN and oneDNN flags, deterministic
 //   algorithms, TF32, the attention backends);
 // - the training flag of every module the segment and the segments nested in it named, and their
@@ -14,6 +16,8 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/DefaultDtype.h>
+#include <c10/core/InferenceMode.h>
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
@@ -85,6 +89,8 @@ class ForwardContext {
     std::optional<KernelChoice> kernels_before_;  // when the forward's differed
     bool cache_before_;
     bool grad_before_;
+    caffe2::TypeMeta default_dtype_before_;
+    std::optional<c10::InferenceMode> not_inference_;  // set when the backward runs in it
     std::vector<std::vector<bool>> training_before_;  // by module
     // Each buffer of the modules, once (nested modules share theirs), with its value now.
     std::vector<std::pair<at::Tensor, at::Tensor>> buffers_before_;
@@ -97,6 +103,7 @@ class ForwardContext {
   bool sets_generator_ = false;  // it drew nothing and seeded a default generator
   Autocast cpu_, cuda_;
   KernelChoice kernels_;
+  caffe2::TypeMeta default_dtype_;
   bool grad_ = true;
   std::vector<std::shared_ptr<SegmentModule>> modules_;
   bool capture_buffers_ = false;

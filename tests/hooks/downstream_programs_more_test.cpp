@@ -1509,5 +1509,55 @@ TEST(DownstreamKernels, SwitchesSetForTheForwardOnly) {
       false);
 }
 
+// The default dtype set for the forward only: a factory function in the segment made a float
+// constant in the rerun where the forward made a double one.
+TEST(DownstreamKernels, ADefaultDtypeSetForTheForwardOnly) {
+  expect_as_plain(
+      [] {
+        torch::manual_seed(122);
+        nn::Linear linear(8, 8);
+        const torch::Tensor x = torch::randn({4, 8});
+        const caffe2::TypeMeta before = c10::get_default_dtype();
+        c10::set_default_dtype(caffe2::TypeMeta::Make<double>());
+        const torch::Tensor y = segment(
+            "scaled",
+            [&](const TensorList& in) -> TensorList {
+              return {torch::tanh(linear(in[0])) * torch::full({8}, 1.0 / 3.0)};
+            },
+            {x})[0];
+        c10::set_default_dtype(before);
+        const torch::Tensor loss = y.pow(2).sum();
+        loss.backward();
+        std::vector<torch::Tensor> digest = {loss.detach().clone(),
+                                             torch::tensor({c10::get_default_dtype() == before})};
+        add_module(digest, *linear);
+        return digest;
+      },
+      false);
+}
+
+// backward() called under inference mode (the forward ran outside it): the rerun ran in it,
+// saved nothing, and failed ("saved 3 tensors in its forward but only 0 when rerun").
+TEST(DownstreamKernels, ABackwardUnderInferenceMode) {
+  expect_as_plain(
+      [] {
+        torch::manual_seed(123);
+        nn::Linear linear(8, 8);
+        const torch::Tensor y = segment(
+            "tanh",
+            [&](const TensorList& in) -> TensorList { return {torch::tanh(linear(in[0]))}; },
+            {torch::randn({4, 8})})[0];
+        const torch::Tensor loss = y.pow(2).sum();
+        {
+          c10::InferenceMode inference;
+          loss.backward();
+        }
+        std::vector<torch::Tensor> digest = {loss.detach().clone()};
+        add_module(digest, *linear);
+        return digest;
+      },
+      false);
+}
+
 }  // namespace
 }  // namespace actmem
