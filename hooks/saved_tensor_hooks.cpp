@@ -334,11 +334,8 @@ std::function<ActivationStats()> ActivationScope::stats_source() const {
 std::optional<c10::Device> ActivationScope::device() const { return state_->device(); }
 
 HostStore& ActivationScope::host_store() {
-  if (HostStore* store = state_->host()) return *store;
-  const c10::DeviceType type = managed_device();
-  return *state_->bind(type == c10::DeviceType::CUDA
-                           ? c10::impl::getDeviceGuardImpl(type)->getDevice()
-                           : c10::Device(type));
+  // (bind() takes a CUDA device without an index for the current one.)
+  return *state_->bind(c10::Device(managed_device()));
 }
 
 }  // namespace actmem

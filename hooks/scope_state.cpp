@@ -62,9 +62,8 @@ HostStore* ScopeState::bind(c10::Device device) {
   }
   // Both made before either is published: a failure leaves the scope unbound, to try again.
   alloc::CachingAllocator& memory = device_memory(device);
-  auto store = std::make_unique<HostStore>(
+  host_ = std::make_unique<HostStore>(
       HostStoreOptions{options_.host_capacity, options_.prefetch_window}, device);
-  host_ = std::move(store);
   device_ = device;
   memory_.store(&memory, std::memory_order_release);
   host_ptr_.store(host_.get(), std::memory_order_release);
