@@ -281,7 +281,7 @@ std::unique_ptr<Policy> make_device_policy(const PolicyConfig& config) {
   PolicyOptions options;
   options.offload_min_bytes = config.offload_min_bytes;
   options.log = config.log;
-  options.can_offload = !config.host_budget || *config.host_budget > 0;
+  options.host_capacity = config.host_budget;
   return make_device_policy(config.policy, std::move(options));
 }
 

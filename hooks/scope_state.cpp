@@ -132,6 +132,7 @@ std::int64_t ScopeState::begin_pack(const std::shared_ptr<SavedEntry>& entry) {
     profile_ = StepProfile{};
     detailed_ = true;  // until the policy says otherwise, after this pack's decision
     step_evictions_ = 0;
+    step_refusals_ = 0;
     backward_began_ = false;
     step_entries_.clear();
     step_storages_.clear();
@@ -459,6 +460,7 @@ void ScopeState::send_deferred(const std::shared_ptr<SavedEntry>& pending) {
   tensor = at::Tensor();
   if (!item) {  // the host pool is full: keep it, lose nothing
     keep_instead(pending, /*fell_back=*/true);
+    policy_->offload_refused();
     return;
   }
   {
@@ -488,6 +490,7 @@ void ScopeState::keep_instead(const std::shared_ptr<SavedEntry>& kept, bool fell
     s.bytes_kept += bytes;
   });
   std::lock_guard<std::mutex> lock(step_mutex_);
+  if (fell_back && entry.step == step_ && in_step_) ++step_refusals_;
   if (ProfiledTensor* t = profiled(entry)) t->action = Action::kKeep;
   // As a tensor kept at pack: the pressure handler may send it out later (not drop it: an
   // offloaded entry holds no frame).
@@ -521,6 +524,7 @@ void ScopeState::end_step(std::optional<std::uint64_t> only) {
       profile_.reserved_peak_bytes =
           std::max(profile_.reserved_peak_bytes, memory().stats().reserved_bytes.current);
       profile_.evictions = step_evictions_;
+      profile_.offload_refusals = step_refusals_;
       if (detailed_) profile_.peaks = peaks_between_events();
       stop_trace();  // until the next profiled step: summaries record none
       profile = std::move(profile_);

@@ -291,6 +291,7 @@ class ScopeState : public std::enable_shared_from_this<ScopeState> {
   bool detailed_ = true;  // the step in progress is profiled whole (Policy::profiles_step)
   bool cache_flushed_ = false;  // flush_cache_before_first_profile has run
   std::int64_t step_evictions_ = 0;  // tensors evicted during the step in progress
+  std::int64_t step_refusals_ = 0;   // its offloads the host pool refused
   std::vector<std::weak_ptr<SavedEntry>> step_entries_;  // this step's
   // Each profiled tensor's storage, by profile row (none for tensors without one): keeps its
   // address from being reused within the step, so it stays an id, and tells at the start of

@@ -43,8 +43,9 @@ namespace actmem {
 //
 // Greedy, cheapest seconds per byte first: find the simulated peak; among candidates that are
 // out of memory at that moment and not chosen yet, take the one with the least cost per byte it
-// frees (recompute or offload, whichever is cheaper for a segment); re-simulate; stop when the
-// peak is under the target or no candidate is left. The target is keep's peak when keep's
+// frees (recompute or offload, whichever is cheaper for a segment; offload only while the host
+// pool, whose offloaded bytes are simulated the same way, has room for it); re-simulate; stop when
+// the peak is under the target or no candidate is left. The target is keep's peak when keep's
 // reserved bytes fit the budget, else the budget less the allocator's overhead (what it reserves
 // above the most allocated: segment slack, cached segments) and a margin. The greedy is not
 // optimal (the choice is a knapsack over intervals) but each step is the locally cheapest byte,
@@ -242,7 +243,7 @@ std::vector<Candidate> candidates(const StepProfile& profile, const AutoOptions&
       c.recompute_seconds =
           static_cast<double>(std::max<std::int64_t>(0, forward_ns[c.segment])) * 1e-9;
     }
-    if (c.offload_bytes > 0 && options.can_offload) {
+    if (c.offload_bytes > 0 && options.can_offload()) {
       c.offload_seconds = copy_seconds(c.offload_bytes, c.start, c.end, profile, options);
     }
     if (c.recompute_seconds == std::numeric_limits<double>::infinity() &&
@@ -322,6 +323,53 @@ std::int64_t freed_by(const Candidate& c, Action action) {
       return 0;
   }
   return 0;
+}
+
+// The bytes offloaded candidates hold in the host pool at each event (from their first pack to
+// their first unpack), against the pool's room.
+class HostTimeline {
+ public:
+  HostTimeline(std::size_t events, std::optional<std::int64_t> room)
+      : held_(events, 0), room_(room) {}
+
+  bool fits(const Candidate& c) const {
+    if (!room_) return true;
+    const auto first = held_.begin() + c.start, last = held_.begin() + c.end;
+    return *std::max_element(first, last) + c.offload_bytes <= *room_;
+  }
+  void add(const Candidate& c) {
+    for (std::int64_t e = c.start; e < c.end; ++e) held_[e] += c.offload_bytes;
+  }
+  std::int64_t peak() const {
+    return held_.empty() ? 0 : *std::max_element(held_.begin(), held_.end());
+  }
+
+ private:
+  std::vector<std::int64_t> held_;
+  std::optional<std::int64_t> room_;
+};
+
+// What the host pool can hold at once for a plan: its budget; no more than tuning says once
+// planned steps saw it refuse; and, when the profiled step saw it refuse, no more than that step's
+// offloads held at once (the most the pool provably took, its own overhead and whatever else it
+// held included). None: no limit.
+std::optional<std::int64_t> host_room(const StepProfile& profile, const AutoOptions& options,
+                                      const PlanTuning& tuning) {
+  std::optional<std::int64_t> room;
+  if (options.host_capacity) room = static_cast<std::int64_t>(*options.host_capacity);
+  if (tuning.host_room) room = std::min(room.value_or(*tuning.host_room), *tuning.host_room);
+  if (profile.offload_refusals > 0 && !profile.levels.empty()) {
+    std::vector<std::int64_t> delta(profile.levels.size() + 1, 0);
+    for (const ProfiledTensor& t : profile.tensors) {
+      if (t.action != Action::kOffload) continue;
+      delta[t.pack_event] += t.bytes;
+      delta[t.unpack_event >= 0 ? t.unpack_event : profile.levels.size()] -= t.bytes;
+    }
+    std::int64_t held = 0, most = 0;
+    for (const std::int64_t d : delta) most = std::max(most, held += d);
+    room = std::min(room.value_or(most), most);
+  }
+  return room;
 }
 
 // The choices a simulation runs: an action per candidate, and which links are dropped.
@@ -461,7 +509,7 @@ Action Plan::action_for(const std::string& segment, std::int64_t order) const {
 
 std::string Plan::table() const {
   std::ostringstream out;
-  char line[160];
+  char line[256];
   std::snprintf(line, sizeof line, "%-24s %12s %10s %12s\n", "segment", "bytes", "action",
                 "cost (ms)");
   out << line;
@@ -474,9 +522,11 @@ std::string Plan::table() const {
     out << line;
   }
   std::snprintf(line, sizeof line,
-                "expected peak %s (keep %s, minimum %s, target %s), added %.1f ms per step%s\n",
+                "expected peak %s (keep %s, minimum %s, target %s), host %s of %s, added %.1f ms "
+                "per step%s\n",
                 mib(planned_peak_bytes).c_str(), mib(keep_peak_bytes).c_str(),
-                mib(minimum_bytes).c_str(), mib(target_bytes).c_str(), added_seconds * 1e3,
+                mib(minimum_bytes).c_str(), mib(target_bytes).c_str(), mib(host_bytes).c_str(),
+                host_room_bytes ? mib(*host_room_bytes).c_str() : "no limit", added_seconds * 1e3,
                 as_profiled ? " (at the edge: as the profiled step did, which fitted)"
                 : feasible  ? ""
                             : " (over the target: the pressure handler covers the rest)");
@@ -506,19 +556,26 @@ Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOption
   const std::int64_t room = budget - overhead - share(tuning.extra_margin);
   plan.target_bytes =
       plan.keep_peak_bytes <= room ? plan.keep_peak_bytes : room - share(options.margin);
+  plan.host_room_bytes = host_room(profile, options, tuning);
   {
-    // Each candidate out the way that frees the most, with the chains that lower that most.
+    // Each candidate out the way that frees the most (offloaded while the host pool has room),
+    // with the chains that lower that most.
     Choices most{std::vector<Action>(all.size()), std::vector<char>(links.size(), 0)};
+    HostTimeline host(keep.size(), plan.host_room_bytes);
     for (std::size_t i = 0; i < all.size(); ++i) {
       const auto possible = [](double seconds) { return std::isfinite(seconds); };
       const std::int64_t recompute =
           possible(all[i].recompute_seconds) ? all[i].recompute_bytes : 0;
-      const std::int64_t offload = possible(all[i].offload_seconds) ? all[i].offload_bytes : 0;
+      const std::int64_t offload =
+          possible(all[i].offload_seconds) && host.fits(all[i]) ? all[i].offload_bytes : 0;
       most.actions[i] = recompute >= offload ? Action::kRecompute : Action::kOffload;
+      if (most.actions[i] == Action::kOffload) host.add(all[i]);
     }
     choose_chains(keep, all, links, most);
     plan.minimum_bytes = peak_of(simulate(keep, all, links, most));
   }
+  HostTimeline host(keep.size(), plan.host_room_bytes);
+  std::vector<char> host_full(all.size(), 0);  // candidates the pool had no room for
   std::vector<std::int64_t> levels = keep;
   while (!levels.empty()) {
     const std::size_t at = peak_event(levels);
@@ -533,6 +590,7 @@ Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOption
         continue;
       }
       for (Action action : {Action::kRecompute, Action::kOffload}) {
+        if (action == Action::kOffload && host_full[i]) continue;
         const std::int64_t bytes = freed_by(c, action);
         const double seconds =
             action == Action::kRecompute ? c.recompute_seconds : c.offload_seconds;
@@ -545,7 +603,12 @@ Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOption
         }
       }
     }
+    if (best && best_action == Action::kOffload && !host.fits(all[*best])) {
+      host_full[*best] = 1;  // the same peak again, without that choice
+      continue;
+    }
     if (best) {
+      if (best_action == Action::kOffload) host.add(all[*best]);
       choices.actions[*best] = best_action;
     } else if (!choose_chains(keep, all, links, choices)) {
       break;  // nothing left that is out at the peak, and no chain lowers it
@@ -555,7 +618,7 @@ Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOption
   plan.planned_peak_bytes = peak_of(levels);
   plan.feasible = plan.planned_peak_bytes <= plan.target_bytes;
   const bool at_the_edge =
-      !plan.feasible || (!options.can_offload && plan.planned_peak_bytes <= plan.minimum_bytes);
+      !plan.feasible || (!options.can_offload() && plan.planned_peak_bytes <= plan.minimum_bytes);
   if (at_the_edge) {
     // No plan reaches the target; or, without offload (so without the pressure handler's usual
     // way out), only the one that recomputes all it can. There the simulation is least sure (it
@@ -567,6 +630,11 @@ Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOption
       plan.planned_peak_bytes = peak_of(simulate(keep, all, links, choices));
     }
   }
+  HostTimeline offloaded(keep.size(), std::nullopt);
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    if (choices.actions[i] == Action::kOffload) offloaded.add(all[i]);
+  }
+  plan.host_bytes = offloaded.peak();
   std::vector<char> chained(all.size(), 0);
   for (std::size_t l = 0; l < links.size(); ++l) chained[links[l].consumer] |= choices.dropped[l];
   for (std::size_t i = 0; i < all.size(); ++i) {
@@ -592,9 +660,15 @@ std::optional<std::size_t> AutoPolicy::current_budget() const {
 Action AutoPolicy::profiling_action() const {
   // Under a budget, a step without a plan sends out what it can, since it must fit before it is
   // known (the hooks keep what is too small to offload; pressure can still evict it). Without
-  // offload, it recomputes (the hooks keep what is outside segments).
+  // offload, or once the host pool has refused a tensor, it recomputes (the hooks keep what is
+  // outside segments).
   if (!profiling_under_budget_) return Action::kKeep;
-  return options_.can_offload ? Action::kOffload : Action::kRecompute;
+  return options_.can_offload() && !host_refused_ ? Action::kOffload : Action::kRecompute;
+}
+
+void AutoPolicy::offload_refused() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (in_step_) host_refused_ = true;
 }
 
 Action AutoPolicy::decide(const SavedTensorInfo& tensor) {
@@ -603,6 +677,7 @@ Action AutoPolicy::decide(const SavedTensorInfo& tensor) {
   if (tensor.order == 0) {
     in_step_ = true;
     diverged_ = false;
+    host_refused_ = false;
     first_segment_ = tensor.segment;
     first_bytes_ = tensor.bytes;
     first_level_ = tensor.device_bytes;
@@ -688,9 +763,17 @@ void AutoPolicy::end_step(const StepProfile& profile) {
     }
     if (options_.plan_once) return;
     PlanTuning& tuning = shape->tuning;
+    const bool refused = profile.offload_refusals > 0 && shape->plan->host_bytes > 0;
+    if (refused) {
+      // The host pool took less than the plan offloaded at once (its own overhead, tensors of
+      // other scopes): those tensors stayed on the device. Plan with less of the pool.
+      tuning.host_room = shape->plan->host_bytes * 3 / 4;
+    }
     if (profile.evictions > 0) {
       // The plan crossed the budget: plan this shape again, aiming lower.
       tuning.extra_margin = std::min(0.5, tuning.extra_margin + 0.05);
+    }
+    if (refused || profile.evictions > 0) {
       plan_shape(*shape);
       return;
     }
@@ -705,7 +788,7 @@ void AutoPolicy::end_step(const StepProfile& profile) {
     const bool sent_out = std::any_of(shape->plan->items.begin(), shape->plan->items.end(),
                                       [](const PlanItem& i) { return i.action != Action::kKeep; });
     constexpr int kOverheadUpdates = 8;
-    if (budget.has_value() && sent_out && options_.can_offload &&
+    if (budget.has_value() && sent_out && options_.can_offload() &&
         tuning.overhead_updates < kOverheadUpdates) {
       const auto limit = static_cast<std::int64_t>(budget.value());
       const std::int64_t room = limit - profile.reserved_peak_bytes;

@@ -49,6 +49,8 @@ struct Plan {
   std::int64_t minimum_bytes = 0;       // simulated with everything that can go out, out
   std::int64_t target_bytes = 0;        // what the plan aimed under
   std::int64_t overhead_bytes = 0;      // reserved above the allocated peak, assumed
+  std::int64_t host_bytes = 0;          // the most offloaded at once, simulated
+  std::optional<std::int64_t> host_room_bytes;  // what the host pool was assumed to hold; none: no limit
   double added_seconds = 0;
   double profiled_step_seconds = 0;
   bool feasible = true;  // planned_peak_bytes <= target_bytes
@@ -70,10 +72,12 @@ struct AutoOptions {
   double margin = 0.02;
   // Whether copies overlap compute (a side stream on CUDA); on CPU they are synchronous.
   bool copies_overlap = false;
-  // False when nothing can be offloaded (ACTMEM_HOST_BUDGET=0): a step profiled under a budget
-  // then recomputes every segment, with chains spaced as ChainSpacing says, and plans never
-  // offload.
-  bool can_offload = true;
+  // The host pool's budget, none for no limit. At 0 nothing can be offloaded: a step profiled
+  // under a budget then recomputes every segment, with chains spaced as ChainSpacing says, and
+  // plans never offload. Above, a profiled step offloads until the pool refuses a tensor and
+  // recomputes from there, and a plan offloads no more at once than the pool holds.
+  std::optional<std::size_t> host_capacity;
+  bool can_offload() const { return !host_capacity || *host_capacity > 0; }
   LogLevel log = LogLevel::kOff;
   // Plans once, from the first profile, and applies that plan to every later step whatever its
   // shape. For tests of the pressure handler: a plan made for another shape is wrong on purpose.
@@ -94,6 +98,9 @@ struct PlanTuning {
   // often a job's first, before the optimizer's state exists. Keep's timeline moves by as much.
   // Only raised (by more than 1 % of the budget at a time).
   std::int64_t base_shift = 0;
+  // What the host pool holds at once, as planned steps found it: a step whose offloads the pool
+  // refused lowers it to three quarters of what its plan held there. None: the pool's budget.
+  std::optional<std::int64_t> host_room;
 };
 
 // Chooses the plan for `profile` under `budget` bytes. Room = the budget less the allocator's
@@ -116,6 +123,7 @@ class AutoPolicy final : public Policy {
   bool evicts_under_pressure() const override { return true; }
   bool drops_input(const SegmentLink& link) override;
   void end_step(const StepProfile& profile) override;
+  void offload_refused() override;
 
   int plans_made() const;
 
@@ -151,6 +159,7 @@ class AutoPolicy final : public Policy {
   // last step starting so: steps starting so are profiled whole (see profiles_step).
   std::set<std::pair<std::string, std::int64_t>> ambiguous_;
   bool profiling_under_budget_ = false;  // the step in progress started with a budget set
+  bool host_refused_ = false;            // the host pool refused one of this step's offloads
   std::string first_segment_;            // the step in progress's first pack
   std::int64_t first_bytes_ = 0;
   std::int64_t first_level_ = 0;  // the device bytes allocated at the first pack

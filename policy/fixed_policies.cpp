@@ -90,7 +90,7 @@ std::unique_ptr<Policy> make_policy(const std::string& name, const PolicyOptions
     auto_options.budget = options.budget;
     auto_options.offload_min_bytes = options.offload_min_bytes;
     auto_options.log = options.log;
-    auto_options.can_offload = options.can_offload;
+    auto_options.host_capacity = options.host_capacity;
     auto_options.copies_overlap = options.copies_overlap;
     return std::make_unique<AutoPolicy>(std::move(auto_options));
   }

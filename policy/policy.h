@@ -76,6 +76,10 @@ class Policy {
   // worth it only where the segments' saved tensors are recomputed too.
   virtual bool drops_input(const SegmentLink& /*link*/) { return false; }
   virtual void end_step(const StepProfile& /*profile*/) {}
+  // The host pool refused a tensor this policy chose to offload (it was full; the tensor is kept
+  // instead). Called on the thread that sent it, during the step: a policy that sends out what it
+  // can (auto's profiled step) recomputes the rest of the step instead.
+  virtual void offload_refused() {}
 };
 
 // The policies by name: "keep" (everything stays), "recompute" (every segment is recomputed,
@@ -89,9 +93,10 @@ struct PolicyOptions {
   std::function<std::optional<std::size_t>()> budget;  // for auto
   std::size_t offload_min_bytes = 64 * 1024;           // for auto's plan
   LogLevel log = LogLevel::kOff;
-  // Whether offloads can happen at all: false when the host pool has no room
-  // (ACTMEM_HOST_BUDGET=0). auto then profiles and plans with recompute and chains alone.
-  bool can_offload = true;
+  // The host pool's budget (ACTMEM_HOST_BUDGET), none for no limit. At 0 nothing can be offloaded:
+  // auto then profiles and plans with recompute and chains alone; above, its plans offload no more
+  // at once than the pool holds.
+  std::optional<std::size_t> host_capacity;
   // Whether the copies of an offload run beside compute (a side stream on CUDA): auto then prices
   // an offload at the copy time its window between pack and unpack does not hide.
   bool copies_overlap = false;

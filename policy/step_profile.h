@@ -47,7 +47,7 @@ struct ProfiledSegment {
 
 struct StepProfile {
   // False for a step the policy did not need profiled (Policy::profiles_step): a summary with
-  // only step_ns, reserved_peak_bytes and evictions; everything else is empty.
+  // only step_ns, reserved_peak_bytes, evictions and offload_refusals; everything else is empty.
   bool detailed = true;
   std::vector<ProfiledTensor> tensors;    // in pack order
   std::vector<ProfiledSegment> segments;  // in forward order
@@ -60,6 +60,8 @@ struct StepProfile {
   std::int64_t step_ns = 0;          // first pack to the end of backward
   double copy_bytes_per_second = 0;  // host<->device, measured
   std::int64_t evictions = 0;        // tensors offloaded under pressure during the step
+  // Offloads the policy chose that the host pool refused (it was full): those tensors were kept.
+  std::int64_t offload_refusals = 0;
   // The allocator's reserved bytes at their highest during the step, as sampled at each pack and
   // unpack, at its end and whenever it asked for room (what a budget caps; reserved bytes only
   // fall when segments are released, so the samples miss little).

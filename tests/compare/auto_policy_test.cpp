@@ -102,12 +102,13 @@ TEST(AutoPolicy, BehavesAsKeepWhenTheBudgetHoldsKeepsPeak) {
   }
 }
 
-// Two training steps under `budget` bytes (0: none); the second's starting and reserved bytes.
-StepCost two_steps_under(std::int64_t budget, models::Model& model,
-                         torch::optim::Optimizer& optimizer, const models::Batch& batch) {
+// `steps` training steps under `budget` bytes (0: none); the last one's starting and reserved
+// bytes.
+StepCost steps_under(int steps, std::int64_t budget, models::Model& model,
+                     torch::optim::Optimizer& optimizer, const models::Batch& batch) {
   BudgetGuard guard(budget);
   StepCost cost;
-  for (int i = 0; i < 2; ++i) {
+  for (int i = 0; i < steps; ++i) {
     cost.start_bytes = device_memory().stats().allocated_bytes.current;
     device_memory().reset_peak_stats();
     models::train_step(model, optimizer, batch);
@@ -137,7 +138,7 @@ TEST(AutoPolicy, ThePressureHandlerRescuesAWrongPlan) {
     ActivationScope scope(policy);
     device_memory().empty_cache();
     models::train_step(*model, *optimizer, small);  // profiled and planned: keep everything
-    const StepCost cost = two_steps_under(budget, *model, *optimizer, large);
+    const StepCost cost = steps_under(2, budget, *model, *optimizer, large);
     if (stats) *stats = scope.stats();
     return std::make_pair(gradients_of(*model), cost);
   };
@@ -183,7 +184,7 @@ TEST_P(DropsOnModels, ThePressureHandlerDropsForRecomputeWhenOffloadCannotTakeMo
     options.host_capacity = 0;  // offloading is impossible
     ActivationScope scope(std::move(policy), options);
     device_memory().empty_cache();
-    const StepCost cost = two_steps_under(budget, *model, *optimizer, batch);
+    const StepCost cost = steps_under(2, budget, *model, *optimizer, batch);
     if (stats) *stats = scope.stats();
     std::vector<std::vector<float>> state = gradients_of(*model);
     for (const torch::Tensor& p : model->parameters()) state.push_back(values_of(p));
@@ -201,6 +202,46 @@ TEST_P(DropsOnModels, ThePressureHandlerDropsForRecomputeWhenOffloadCannotTakeMo
 
 INSTANTIATE_TEST_SUITE_P(Tiny, DropsOnModels,
                          ::testing::Values(Case{"resnet", 75}, Case{"lstm", 90}),
+                         [](const auto& param_info) { return param_info.param.model; });
+
+// A host pool that takes a few tensors (1 MiB) under a budget that recompute fits: auto's profiled
+// step offloads until the pool refuses, then recomputes, and its plans offload no more than the
+// pool held; the step fits the budget auto fits without a pool at all, and trains as keep does.
+// (It used to keep what the pool refused and fail the profiled step as "budget too small".)
+class SmallHostPool : public ::testing::TestWithParam<Case> {};
+
+TEST_P(SmallHostPool, AutoRecomputesWhatThePoolCannotTake) {
+  install();
+  const Case& c = GetParam();
+  auto run = [&c](const std::string& policy_name, std::optional<std::size_t> host,
+                  std::int64_t budget, ActivationStats* stats) {
+    auto model = models::make_model(c.model, models::Size::kTiny, 3);
+    auto optimizer = models::make_optimizer(*model);
+    const models::Batch batch =
+        model->make_batch(models::default_batch(c.model, models::Size::kTiny), 2);
+    PolicyOptions policy_options;
+    policy_options.budget = [] { return device_memory().budget(); };
+    policy_options.host_capacity = host;
+    ScopeOptions options;
+    options.host_capacity = host;
+    ActivationScope scope(make_policy(policy_name, policy_options), options);
+    device_memory().empty_cache();
+    const StepCost cost = steps_under(4, budget, *model, *optimizer, batch);
+    if (stats) *stats = scope.stats();
+    return std::make_pair(gradients_of(*model), cost);
+  };
+  const auto [keep_grads, keep_cost] = run("keep", std::nullopt, 0, nullptr);
+  const std::int64_t budget = budget_at(keep_cost, c.percent);
+  ActivationStats stats;
+  const auto [grads, cost] = run("auto", std::size_t{1} << 20, budget, &stats);
+  EXPECT_GT(stats.offload_fallbacks, 0) << "the pool refused tensors";
+  EXPECT_GT(stats.recomputations, 0);
+  EXPECT_LE(cost.reserved_bytes, budget);
+  EXPECT_EQ(grads, keep_grads);
+}
+
+INSTANTIATE_TEST_SUITE_P(Tiny, SmallHostPool,
+                         ::testing::Values(Case{"resnet", 50}, Case{"lstm", 60}),
                          [](const auto& param_info) { return param_info.param.model; });
 
 // A step whose graph is dropped without a backward (here: an error between the forward and the

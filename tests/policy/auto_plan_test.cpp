@@ -311,6 +311,59 @@ TEST(AutoPlan, TheStepsStartAndTheMeasuredOverheadMoveTheTarget) {
             55 * kMiB - static_cast<std::int64_t>(0.1 * 55 * kMiB));
 }
 
+// Offloading is cheaper than recomputing every segment here, but the host pool holds one
+// segment's tensors at a time: the plan offloads what the pool holds and recomputes the rest,
+// instead of counting on offloads the pool would refuse (those tensors would stay on the device).
+TEST(AutoPlan, OffloadsNoMoreAtOnceThanTheHostPoolHolds) {
+  const StepProfile profile = ProfileBuilder(10 * kMiB)
+                                  .segment("a", 2, 10, 100)
+                                  .segment("b", 2, 10, 100)
+                                  .segment("c", 2, 10, 100)
+                                  .backward();
+  const Plan unlimited = make_plan(profile, 40 * kMiB, options());
+  int offloaded = 0;
+  for (const PlanItem& item : unlimited.items) offloaded += item.action == Action::kOffload;
+  ASSERT_EQ(offloaded, 2) << "without a limit, two segments go to the host";
+  EXPECT_EQ(unlimited.host_bytes, 40 * kMiB);
+  EXPECT_FALSE(unlimited.host_room_bytes.has_value());
+
+  AutoOptions small_pool = options();
+  small_pool.host_capacity = 25 * kMiB;
+  const Plan plan = make_plan(profile, 40 * kMiB, small_pool);
+  offloaded = 0;
+  int recomputed = 0;
+  for (const PlanItem& item : plan.items) {
+    offloaded += item.action == Action::kOffload;
+    recomputed += item.action == Action::kRecompute;
+  }
+  EXPECT_EQ(offloaded, 1);
+  EXPECT_EQ(recomputed, 1);
+  EXPECT_EQ(plan.host_bytes, 20 * kMiB);
+  EXPECT_EQ(plan.host_room_bytes, 25 * kMiB);
+  EXPECT_EQ(plan.planned_peak_bytes, unlimited.planned_peak_bytes);
+  EXPECT_TRUE(plan.feasible);
+}
+
+// A profiled step whose offloads the pool refused (its overhead, say, made it hold less than its
+// budget): the plan assumes no more room than that step's offloads held at once.
+TEST(AutoPlan, APoolThatRefusedHoldsWhatTheProfiledStepOffloaded) {
+  StepProfile profile = ProfileBuilder(10 * kMiB)
+                            .sent_out()
+                            .segment("a", 2, 10, 100)
+                            .segment("b", 2, 10, 100)
+                            .segment("c", 2, 10, 100)
+                            .backward();
+  for (std::size_t i = 2; i < profile.tensors.size(); ++i) {
+    profile.tensors[i].action = Action::kRecompute;  // after the refusal
+  }
+  profile.offload_refusals = 1;
+  AutoOptions pool = options();
+  pool.host_capacity = 64 * kMiB;
+  const Plan plan = make_plan(profile, 40 * kMiB, pool);
+  EXPECT_EQ(plan.host_room_bytes, 20 * kMiB);
+  EXPECT_LE(plan.host_bytes, 20 * kMiB);
+}
+
 // The policy itself over synthetic steps: each step's packs go through decide(), then its profile
 // through end_step(), as the hooks do.
 class AutoPolicySteps {
@@ -341,6 +394,7 @@ class AutoPolicySteps {
     summary.step_ns = profile.step_ns;
     summary.reserved_peak_bytes = profile.reserved_peak_bytes;
     summary.evictions = profile.evictions;
+    summary.offload_refusals = profile.offload_refusals;
     policy_->end_step(whole ? profile : summary);
     if (detailed != nullptr) *detailed = whole;
     return actions;
@@ -430,6 +484,48 @@ TEST(AutoPolicyFeedback, AStepThatNeededEvictionsPlansLower) {
   EXPECT_EQ(steps.policy().plans_made(), 2);
   const std::vector<Action> after = steps.step(two_segments(55 * kMiB), 10 * kMiB);
   EXPECT_GE(sent_out(after), sent_out(before)) << "a higher margin sends out no less";
+}
+
+// Under a budget the profiled step offloads what it can; once the host pool has refused one of its
+// tensors, it recomputes the rest, as it would without a pool (a kept tensor would have to fit the
+// budget). The next step starts offloading again.
+TEST(AutoPolicyFeedback, AProfiledStepRecomputesOnceTheHostPoolRefuses) {
+  AutoPolicySteps steps(55 * kMiB);
+  const StepProfile profile = two_segments(75 * kMiB);
+  auto decide = [&](std::size_t i) {
+    SavedTensorInfo info;
+    info.bytes = profile.tensors[i].bytes;
+    info.segment = profile.tensors[i].segment;
+    info.order = profile.tensors[i].order;
+    return steps.policy().decide(info);
+  };
+  EXPECT_EQ(decide(0), Action::kOffload);
+  EXPECT_EQ(decide(1), Action::kOffload);
+  steps.policy().offload_refused();
+  EXPECT_EQ(decide(2), Action::kRecompute);
+  EXPECT_EQ(decide(3), Action::kRecompute);
+  EXPECT_EQ(decide(0), Action::kOffload) << "a new step";
+}
+
+// A planned step whose offloads the pool refused plans again, with less of the pool: where the
+// plan offloaded a segment the pool did not take whole, it recomputes that segment.
+TEST(AutoPolicyFeedback, AStepWhoseOffloadsWereRefusedPlansWithLessOfThePool) {
+  AutoPolicySteps steps(55 * kMiB);
+  // Recomputing costs more than offloading here: the plan offloads what it sends out.
+  StepProfile profile =
+      ProfileBuilder(10 * kMiB).segment("a", 2, 10, 100).segment("b", 2, 10, 100).backward();
+  profile.reserved_peak_bytes = 75 * kMiB;  // 25 MiB of overhead: the plan's target is 30 MiB
+  steps.step(profile, 10 * kMiB);
+  ASSERT_EQ(steps.policy().plans_made(), 1);
+  StepProfile refused = profile;
+  refused.offload_refusals = 2;
+  const std::vector<Action> offloading = steps.step(refused, 10 * kMiB);
+  ASSERT_EQ(std::count(offloading.begin(), offloading.end(), Action::kOffload), 2);
+  ASSERT_EQ(std::count(offloading.begin(), offloading.end(), Action::kRecompute), 0);
+  EXPECT_EQ(steps.policy().plans_made(), 2) << "planned again";
+  const std::vector<Action> after = steps.step(profile, 10 * kMiB);
+  EXPECT_EQ(std::count(after.begin(), after.end(), Action::kOffload), 0);
+  EXPECT_EQ(std::count(after.begin(), after.end(), Action::kRecompute), 2);
 }
 
 }  // namespace
