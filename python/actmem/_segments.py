@@ -200,9 +200,15 @@ class SegmentForward:
                 forward["rebuild"] = rebuild
             return outputs
 
-        outputs = _C.segment(self.name, run, inputs, module)
         # `run` stays with the segment until its backward and must hold nothing of the result: an
-        # object in it holding a tensor would tie the graph to itself.
+        # object in it holding a tensor would tie the graph to itself (through the frame that holds
+        # `run`, which Python's collector cannot see). So too when the segment fails after its
+        # forward returned (out of memory reading the generators, say): no rerun comes then.
+        try:
+            outputs = _C.segment(self.name, run, inputs, module)
+        except BaseException:
+            forward.clear()
+            raise
         forward["running"] = False
         return forward.pop("rebuild")(outputs)
 

@@ -90,11 +90,14 @@ def test_enable_twice_and_bad_arguments_raise():
 def test_out_of_memory_is_torchs_own_error_and_a_smaller_batch_then_fits():
     # A batch-size search as scripts write one: halve on torch.OutOfMemoryError. Under actmem's
     # budget the refusal must be that type (it was a RuntimeError), for keep's plain refusal and
-    # for auto's, which says the budget is too small once nothing is left to send out.
+    # for auto's, which says the budget is too small once nothing is left to send out; and a
+    # failed attempt must leave nothing allocated (one that failed in a segment after its forward
+    # returned left the segment's graph tied to itself, and every smaller batch failed too).
     out = python("""
-        for policy in ["keep", "auto"]:
+        allocated = lambda: actmem.stats()["devices"]["0"]["allocated_bytes"]["current"]
+        for policy in ["keep", "recompute", "auto"]:
             actmem.enable(policy=policy, budget="24MiB", host_budget="0")
-            batch, messages = 1 << 16, []
+            batch, messages, left = 1 << 16, [], []
             while batch > 0:
                 try:
                     model.zero_grad(set_to_none=True)
@@ -103,11 +106,13 @@ def test_out_of_memory_is_torchs_own_error_and_a_smaller_batch_then_fits():
                 except torch.OutOfMemoryError as error:
                     messages.append(str(error))
                     batch //= 2
+                left.append(allocated())
             actmem.disable()
             print(policy, 0 < batch < 1 << 16, all("actmem:" in m for m in messages),
-                  any("ACTMEM_BUDGET must be at least" in m for m in messages))
+                  any("ACTMEM_BUDGET must be at least" in m for m in messages), set(left))
     """)
-    assert out.splitlines() == ["keep True True False", "auto True True True"]
+    assert out.splitlines() == ["keep True True False {0}", "recompute True True False {0}",
+                                "auto True True True {0}"]
 
 
 def test_a_budget_given_to_enable_holds_until_disable_puts_the_environments_back():
