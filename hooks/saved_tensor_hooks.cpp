@@ -120,7 +120,10 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
     // (an exception in the forward, an evaluation with grad on). Unpack re-attaches grad_fn itself.
     // An offloaded one is held until its copy is queued (Note [An offload waits for the operator
     // that saved the tensor] in scope_state.h).
-    if (action != Action::kRecompute) e.kept = tensor.detach();
+    // A recomputed one too, until its segment's forward returns (Note [A segment's forward may read
+    // what it saved] in segment_frame.h).
+    e.kept = tensor.detach();
+    if (action == Action::kRecompute) frame->held_in_forward.push_back(entry_);
     e.action = action;
     scope_->record_pack(entry_, info, tensor, segment_input);
     e.sizes = std::move(info.shape);
@@ -163,15 +166,8 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
     }
     if (action == Action::kOffload && offloaded) {
       tensor = scope_->host()->take(offloaded, backward_reads_layout());
-    } else if (action == Action::kRecompute) {
-      if (!entry_->frame->forward_over) {
-        throw std::runtime_error(
-            "actmem: segment '" + entry_->segment +
-            "' differentiates through a tensor it saved itself, inside its own forward "
-            "(autograd::grad or backward in the segment's function): a tensor its rerun would "
-            "produce is needed before the forward has ended. Keep this segment's tensors (a "
-            "policy that keeps or offloads them), or take the derivative outside the segment");
-      }
+    } else if (action == Action::kRecompute && !tensor.defined()) {
+      // (Defined: read inside the segment's own forward, which still holds it.)
       tensor = entry_->frame->take(entry_->index);
       check_recomputed(tensor);
     }
@@ -222,18 +218,22 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
   std::shared_ptr<SavedEntry> entry_;
 };
 
-// A tensor saved while a segment is rerun in backward: handed to the frame, never unpacked (the
-// rerun's graph is thrown away).
+// A tensor saved while a segment is rerun in backward: handed to the frame. The rerun's graph is
+// thrown away after it, but the function may differentiate through it while it runs, as its
+// forward did (Note [A segment's forward may read what it saved] in segment_frame.h): held until
+// then (detached, as ManagedHooks holds its tensors).
 class CaptureHooks final : public torch::autograd::SavedVariableHooks {
  public:
   explicit CaptureHooks(SegmentFrame& frame) : frame_(frame) {}
-  void call_pack_hook(const at::Tensor& tensor) override { frame_.capture(tensor); }
-  at::Tensor call_unpack_hook() override {
-    throw std::logic_error("actmem: a tensor saved by a segment's rerun was unpacked");
+  void call_pack_hook(const at::Tensor& tensor) override {
+    held_ = tensor.detach();
+    frame_.capture(tensor);
   }
+  at::Tensor call_unpack_hook() override { return held_; }
 
  private:
   SegmentFrame& frame_;
+  at::Tensor held_;
 };
 
 }  // namespace

@@ -345,6 +345,7 @@ void ScopeState::end_segment(std::uint64_t id) {
   timer_->end(id);
   std::lock_guard<std::mutex> lock(step_mutex_);
   open_segments_.erase(id);
+  segment_end_events_[id] = static_cast<std::int64_t>(profile_.levels.size());
 }
 
 void ScopeState::link_segment(std::uint64_t id, const std::string& producer,
@@ -362,6 +363,7 @@ void ScopeState::abort_step() {
     step_storages_.clear();
     segment_names_.clear();
     segment_links_.clear();
+    segment_end_events_.clear();
     stop_trace();
   }
   if (timer_) timer_->collect();  // the step's times are worth nothing either
@@ -512,6 +514,7 @@ void ScopeState::end_step(std::optional<std::uint64_t> only) {
   StepProfile profile;
   std::vector<std::pair<std::uint64_t, std::string>> segments;
   std::map<std::uint64_t, Link> links;
+  std::map<std::uint64_t, std::int64_t> end_events;
   {
     std::lock_guard<std::mutex> lock(step_mutex_);
     if (!in_step_) return;  // a backward with nothing saved under this scope
@@ -531,6 +534,7 @@ void ScopeState::end_step(std::optional<std::uint64_t> only) {
       profile_ = StepProfile{};
       segments.swap(segment_names_);
       links.swap(segment_links_);
+      end_events.swap(segment_end_events_);
     }
   }
   count([](ActivationStats& s) { ++s.steps; });
@@ -548,6 +552,10 @@ void ScopeState::end_step(std::optional<std::uint64_t> only) {
       segment.producer = link->second.producer;
       segment.link_storages = link->second.storages;
       segment.dropped_link = link->second.dropped;
+    }
+    if (const auto end = end_events.find(id); end != end_events.end()) {
+      segment.end_event = std::min<std::int64_t>(
+          end->second, static_cast<std::int64_t>(profile.levels.size()));
     }
     profile.segments.push_back(std::move(segment));
   }
@@ -594,6 +602,14 @@ bool ScopeState::may_drop(const SavedTensorInfo& info, bool segment_input) const
 }
 
 void ScopeState::settle(SegmentFrame& frame) {
+  // The forward has returned: what it saved for recompute comes back through its rerun now.
+  for (const std::weak_ptr<SavedEntry>& weak : frame.held_in_forward) {
+    if (const std::shared_ptr<SavedEntry> entry = weak.lock()) {
+      std::lock_guard<std::mutex> lock(entry->mutex);
+      if (entry->action == Action::kRecompute) entry->kept = at::Tensor();
+    }
+  }
+  frame.held_in_forward.clear();
   if (frame.droppable.empty()) {
     // Nothing of it is recomputed or may be dropped: no rerun, no use for the buffers' copies.
     if (!frame.recomputes_any()) frame.context.forget_buffers();

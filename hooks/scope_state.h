@@ -286,6 +286,7 @@ class ScopeState : public std::enable_shared_from_this<ScopeState> {
     bool dropped = false;
   };
   std::map<std::uint64_t, Link> segment_links_;  // by bracket
+  std::map<std::uint64_t, std::int64_t> segment_end_events_;  // ProfiledSegment::end_event, by bracket
   std::set<std::uint64_t> open_segments_;        // begun, not yet ended
   bool backward_began_ = false;
   bool detailed_ = true;  // the step in progress is profiled whole (Policy::profiles_step)

@@ -63,6 +63,17 @@ struct SegmentFrame {
   // Set once the forward has returned: before, nothing it saved can be recomputed (a rerun would
   // run the segment again inside its own forward, from the generator's state of the moment).
   std::atomic<bool> forward_over{false};
+  // Note [A segment's forward may read what it saved]
+  // ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+  // A forward can differentiate through what it saved itself: autograd::grad with create_graph
+  // inside the segment (a force as the derivative of an energy, a physics-informed residual). Its
+  // unpacks come before the forward has returned, when nothing can be recomputed yet. So a tensor
+  // saved for recompute stays held by its entry until the forward returns (ScopeState::settle lets
+  // go of `held_in_forward`), and an unpack until then returns it. That costs no step peak: by the
+  // end of its forward a segment holds at most what its rerun brings back in backward, on top of
+  // the same kept inputs. torch.utils.checkpoint instead reruns the segment inside its forward.
+  // The rerun's own saved tensors are held the same way while it runs (CaptureHooks).
+  std::vector<std::weak_ptr<SavedEntry>> held_in_forward;
 
   // Registers the next tensor saved during the forward; returns its pack index. `wanted`: the
   // rerun must produce it again (it is recomputed).

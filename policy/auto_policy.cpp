@@ -26,7 +26,8 @@ namespace actmem {
 //     in backward) or offloaded (cost: the copies, 2 x bytes / bandwidth, less the compute they
 //     overlap when copies run on a side stream; on CPU they are synchronous and hide nothing), or
 //   - one tensor outside any segment: offloaded (same cost), or kept.
-// A candidate frees its bytes from its first pack to its first unpack: a recomputed segment comes
+// A candidate frees its bytes from its first pack (a recomputed segment: from the end of its
+// forward, which holds what it saved until then) to its first unpack: a recomputed segment comes
 // back whole when backward first reaches it, and an offloaded tensor is prefetched before it is
 // used. Its bytes count only storages that nothing but saved tensors held when backward began
 // (the hooks check each storage's reference count then), that it alone saved, and never a
@@ -75,6 +76,11 @@ struct Candidate {
   std::int64_t recompute_bytes = 0;  // what dropping its tensors frees (a segment's inputs stay)
   std::int64_t offload_bytes = 0;    // what offloading its tensors frees (small ones stay)
   std::int64_t start = 0, end = 0;   // events [start, end) during which it is out
+  // Recomputed, it is out from the end of its segment's forward (ForwardEnds) instead.
+  std::int64_t recompute_start = 0;
+  std::int64_t start_for(Action action) const {
+    return action == Action::kRecompute ? recompute_start : start;
+  }
   double recompute_seconds = std::numeric_limits<double>::infinity();
   double offload_seconds = std::numeric_limits<double>::infinity();
 };
@@ -104,6 +110,29 @@ std::int64_t observed_peak(const StepProfile& profile) {
   return peak;
 }
 
+// Where the hooks let go of a tensor saved for recompute: at the first event after its segment's
+// forward returned (they hold it until then: Note [A segment's forward may read what it saved] in
+// hooks/segment_frame.h), or at its pack where the profile does not say.
+class ForwardEnds {
+ public:
+  explicit ForwardEnds(const StepProfile& profile) {
+    for (const ProfiledSegment& s : profile.segments) {
+      if (s.end_event >= 0) by_segment_[s.name].push_back(s.end_event);
+    }
+    for (auto& [name, ends] : by_segment_) std::sort(ends.begin(), ends.end());
+  }
+  // For a tensor of `segment` packed at `pack_event`: the end of the forward that saved it.
+  std::int64_t released(const std::string& segment, std::int64_t pack_event) const {
+    const auto it = by_segment_.find(segment);
+    if (it == by_segment_.end()) return pack_event;
+    const auto end = std::upper_bound(it->second.begin(), it->second.end(), pack_event);
+    return end == it->second.end() ? pack_event : *end;
+  }
+
+ private:
+  std::unordered_map<std::string, std::vector<std::int64_t>> by_segment_;
+};
+
 // When each segment's recomputed tensors came back in the profiled step: at its first unpack, or
 // earlier, at its chain's rerun, where the step dropped the link after it.
 std::unordered_map<std::string, std::int64_t> rerun_events(const StepProfile& profile) {
@@ -127,8 +156,8 @@ std::unordered_map<std::string, std::int64_t> rerun_events(const StepProfile& pr
 // evicted under pressure adds the bytes its eviction freed, from the eviction to its unpack; a
 // storage sent out at pack that nothing else held adds its bytes from its first pack to its first
 // unpack (keep would have held it that long; two saved tensors over one storage count it once),
-// or, recomputed, to its segment's rerun if a chain brought it back earlier (the profile's levels
-// hold it from then).
+// or, recomputed, from the end of its segment's forward (the hooks held it until then) to its
+// segment's rerun if a chain brought it back earlier (the profile's levels hold it from then).
 std::vector<std::int64_t> keep_levels(const StepProfile& profile) {
   const auto events = static_cast<std::int64_t>(profile.levels.size());
   std::vector<std::int64_t> delta(profile.levels.size() + 1, 0);
@@ -138,9 +167,12 @@ std::vector<std::int64_t> keep_levels(const StepProfile& profile) {
   };
   std::unordered_map<std::uint64_t, Interval> sent_out;  // by storage
   const std::unordered_map<std::string, std::int64_t> reruns = rerun_events(profile);
+  const ForwardEnds forward_ends(profile);
   for (const ProfiledTensor& t : profile.tensors) {
+    std::int64_t start = t.pack_event;
     std::int64_t end = t.unpack_event >= 0 ? t.unpack_event : events;
     if (t.action == Action::kRecompute && !t.segment.empty()) {
+      start = forward_ends.released(t.segment, t.pack_event);
       if (const auto rerun = reruns.find(t.segment); rerun != reruns.end()) {
         end = std::min(end, rerun->second);
       }
@@ -152,7 +184,7 @@ std::vector<std::int64_t> keep_levels(const StepProfile& profile) {
     if (t.action != Action::kKeep && t.freeable && !t.is_leaf && t.storage != 0) {
       Interval& out = sent_out[t.storage];
       out.bytes = std::max(out.bytes, freed_bytes(t));
-      out.start = std::min(out.start, t.pack_event);
+      out.start = std::min(out.start, start);
       out.end = std::min(out.end, end);
     }
   }
@@ -202,6 +234,7 @@ std::vector<Candidate> candidates(const StepProfile& profile, const AutoOptions&
   for (const ProfiledSegment& s : profile.segments) {
     inputs.insert(s.link_storages.begin(), s.link_storages.end());
   }
+  const ForwardEnds forward_ends(profile);
   std::map<std::string, Candidate> by_group;
   std::vector<std::string> order;  // groups in first-pack order
   std::map<std::string, std::set<std::uint64_t>> counted;
@@ -214,6 +247,8 @@ std::vector<Candidate> candidates(const StepProfile& profile, const AutoOptions&
       c.segment = t.segment;
       c.order = t.segment.empty() ? t.order : -1;
       c.start = t.pack_event;
+      c.recompute_start =
+          t.segment.empty() ? t.pack_event : forward_ends.released(t.segment, t.pack_event);
       c.end = events;
       order.push_back(group);
     }
@@ -388,7 +423,7 @@ std::vector<std::int64_t> simulate(const std::vector<std::int64_t>& keep,
   const std::vector<std::int64_t> back = back_at(all, links, choices.dropped);
   for (std::size_t i = 0; i < all.size(); ++i) {
     const std::int64_t bytes = freed_by(all[i], choices.actions[i]);
-    delta[all[i].start] -= bytes;
+    delta[std::min(all[i].start_for(choices.actions[i]), back[i])] -= bytes;
     delta[choices.actions[i] == Action::kRecompute ? back[i] : all[i].end] += bytes;
   }
   for (std::size_t l = 0; l < links.size(); ++l) {
@@ -585,11 +620,9 @@ Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOption
     double best_price = std::numeric_limits<double>::infinity();
     for (std::size_t i = 0; i < all.size(); ++i) {
       const Candidate& c = all[i];
-      if (choices.actions[i] != Action::kKeep || c.start > static_cast<std::int64_t>(at) ||
-          static_cast<std::int64_t>(at) >= c.end) {
-        continue;
-      }
+      if (choices.actions[i] != Action::kKeep || static_cast<std::int64_t>(at) >= c.end) continue;
       for (Action action : {Action::kRecompute, Action::kOffload}) {
+        if (c.start_for(action) > static_cast<std::int64_t>(at)) continue;  // not out yet
         if (action == Action::kOffload && host_full[i]) continue;
         const std::int64_t bytes = freed_by(c, action);
         const double seconds =

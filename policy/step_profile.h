@@ -43,6 +43,10 @@ struct ProfiledSegment {
   std::string producer;
   std::vector<std::uint64_t> link_storages;
   bool dropped_link = false;  // the step dropped them: its rerun reran `producer` first
+  // The first event after its forward returned, as an index into StepProfile::levels: the hooks
+  // hold the tensors it saved for recompute until then (Note [A segment's forward may read what it
+  // saved] in hooks/segment_frame.h). -1 when unknown.
+  std::int64_t end_event = -1;
 };
 
 struct StepProfile {

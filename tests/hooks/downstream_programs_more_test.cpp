@@ -353,7 +353,9 @@ TEST(DownstreamBackwards, GradientPenaltyThroughSegments) {
 }
 
 // A physics-informed style segment: it takes a derivative of its own output with respect to its
-// input, with create_graph, inside its forward.
+// input, with create_graph, inside its forward. That reads what the segment saved before its
+// forward has returned: under recompute too, the hooks hold it until then (it used to be
+// actmem's error there: "differentiates through a tensor it saved itself").
 TEST(DownstreamBackwards, AutogradGradInsideASegment) {
   const Program program = [] {
     torch::manual_seed(108);
@@ -372,10 +374,49 @@ TEST(DownstreamBackwards, AutogradGradInsideASegment) {
     add_module(digest, *net);
     return digest;
   };
-  expect_as_plain_under(program, false, {"keep", "offload", "auto"});
-  // Its rerun would run inside its own forward: actmem says so, where plain LibTorch runs.
-  expect_actmem_error_under(program, {"recompute", "chain", "every-link"},
-                            "differentiates through a tensor it saved itself");
+  expect_as_plain(program, false);
+}
+
+// Energy blocks in a row, trained: each segment's force is the derivative of an energy of its
+// input, taken inside the segment with create_graph, and the loss goes through both, so backward
+// differentiates twice through what each segment saved (once inside its forward, once from the
+// loss) and through the links between them.
+TEST(DownstreamBackwards, EnergyBlocksInARowTrain) {
+  expect_as_plain(
+      [] {
+        torch::manual_seed(118);
+        nn::Sequential e1(nn::Linear(12, 32), nn::Tanh(), nn::Dropout(0.2), nn::Linear(32, 1));
+        nn::Sequential e2(nn::Linear(12, 32), nn::Tanh(), nn::Linear(32, 1));
+        torch::optim::SGD opt(std::vector<torch::Tensor>{}, torch::optim::SGDOptions(0.05));
+        for (auto* e : {&e1, &e2}) opt.add_param_group({(*e)->parameters()});
+        std::vector<torch::Tensor> digest;
+        for (int step = 0; step < 2; ++step) {
+          const torch::Tensor x = torch::randn({8, 12});
+          torch::Tensor h = x;
+          int block = 0;
+          for (auto* e : {&e1, &e2}) {
+            h = segment(
+                "energy" + std::to_string(block++),
+                [e](const TensorList& in) -> TensorList {
+                  const torch::Tensor xr = in[0].requires_grad() ? in[0] : in[0].detach().requires_grad_(true);
+                  const torch::Tensor force = torch::autograd::grad(
+                      {(*e)->forward(xr).sum()}, {xr}, {}, /*retain_graph=*/true,
+                      /*create_graph=*/true)[0];
+                  return {in[0] - 0.1 * force};
+                },
+                {h})[0];
+          }
+          const torch::Tensor loss = h.pow(2).mean();
+          opt.zero_grad();
+          loss.backward();
+          opt.step();
+          digest.push_back(loss.detach().clone());
+        }
+        add_module(digest, *e1);
+        add_module(digest, *e2);
+        return digest;
+      },
+      false);
 }
 
 // --- 7. Gradient accumulation over micro-batches, zero_grad(set_to_none) ---
