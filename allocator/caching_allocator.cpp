@@ -165,7 +165,16 @@ class CachingAllocator::Impl {
         shortfall = shortfall_for(size);
         ++stats_.pressure_calls;
       }
-      const std::size_t freed = call_pressure_handlers(shortfall);
+      std::size_t freed = 0;
+      try {
+        freed = call_pressure_handlers(shortfall);
+      } catch (...) {
+        // A handler that gives up on the request (the hooks' BudgetTooSmallError) fails it: an
+        // out-of-memory all the same.
+        std::lock_guard<std::mutex> lock(mutex_);
+        count_out_of_memory(bytes, stream);
+        throw;
+      }
       std::lock_guard<std::mutex> lock(mutex_);
       stats_.pressure_freed_bytes += static_cast<std::int64_t>(freed);
       if (freed == 0) {
@@ -1070,13 +1079,17 @@ class CachingAllocator::Impl {
     return largest;
   }
 
+  // A request that failed, in the statistics and the trace. (mutex_ held)
+  void count_out_of_memory(std::size_t bytes, Stream stream) {
+    if (t_speculative) return;  // a speculative request that finds no room is no failure
+    ++stats_.ooms;
+    record_trace(TraceEntry::Action::kOom, nullptr, bytes, stream);
+  }
+
   // `least_budget`: a lower bound of the budget the request needed (OutOfMemoryError).
   OutOfMemoryError out_of_memory(std::size_t bytes, Stream stream, const char* why,
                                  std::size_t least_budget) {
-    if (!t_speculative) {  // a speculative request that finds no room is no failure
-      ++stats_.ooms;
-      record_trace(TraceEntry::Action::kOom, nullptr, bytes, stream);
-    }
+    count_out_of_memory(bytes, stream);
     const auto& s = stats_;
     std::string message = "actmem: out of memory: tried to allocate " +
                           format_bytes(static_cast<std::int64_t>(bytes)) + " on the " +

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -279,6 +280,27 @@ TEST_P(AllocatorConformance, PressureHandlerIsAskedForTheShortfallAndTheRetrySuc
   EXPECT_LE(s.reserved_bytes.peak, static_cast<std::int64_t>(6 * MiB));
   a.deallocate(big);
   a.deallocate(pinned);
+}
+
+// A handler may give up on the request by throwing (the hooks' BudgetTooSmallError): its error
+// leaves allocate() as it is, and the request counts as an out-of-memory all the same (it did not:
+// a training loop that caught the hooks' error read `ooms` 0).
+TEST_P(AllocatorConformance, AHandlerThatGivesUpFailsTheRequestAsAnOutOfMemory) {
+  AllocatorOptions options;
+  options.budget_bytes = 2 * MiB;
+  CachingAllocator& a = make(options);
+  void* held = a.allocate(2 * MiB);
+  a.set_trace_enabled(true);
+  a.add_pressure_handler([](std::size_t) -> std::size_t {
+    throw std::runtime_error("nothing left to send out");
+  });
+  EXPECT_THROW(a.allocate(4 * KiB), std::runtime_error);
+  EXPECT_EQ(a.stats().ooms, 1);
+  const std::vector<TraceEntry> trace = a.trace();
+  ASSERT_FALSE(trace.empty());
+  EXPECT_EQ(trace.back().action, TraceEntry::Action::kOom);
+  a.check_invariants();
+  a.deallocate(held);
 }
 
 TEST_P(AllocatorConformance, RequestsTooLargeToRoundAreRefusedNotWrapped) {
