@@ -12,6 +12,7 @@
 #include <c10/util/Exception.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <utility>
 
@@ -48,6 +49,10 @@ class BudgetTooSmallError : public OutOfMemoryError {
 };
 
 namespace detail {
+
+// How many OutOfMemoryErrors were made on this thread so far: a rerun that caught one and went on
+// another way (Note [A rerun that ran out of memory] in segment_frame.h) tells by the count.
+std::uint64_t out_of_memory_errors_on_this_thread();
 
 // Returns allocate(); an alloc::OutOfMemoryError it throws leaves as actmem::OutOfMemoryError.
 // For the allocators LibTorch calls; other exceptions pass unchanged.

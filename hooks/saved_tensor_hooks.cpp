@@ -167,7 +167,18 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
     if (action == Action::kOffload && offloaded) {
       tensor = scope_->host()->take(offloaded, backward_reads_layout());
     } else if (action == Action::kRecompute && !tensor.defined()) {
-      // (Defined: read inside the segment's own forward, which still holds it.)
+      // (Defined: read inside the segment's own forward, which still holds it.) Undefined before
+      // the forward returned only when the pressure handler dropped a kept tensor of the segment
+      // while it ran: a rerun cannot run inside the forward (from the generators' state of that
+      // moment, with the random-number watch not closed).
+      if (!entry_->frame->forward_over) {
+        throw std::runtime_error(
+            "actmem: segment '" + entry_->segment +
+            "' reads a tensor it saved itself inside its own forward (autograd::grad in the "
+            "segment's function), and the budget's pressure dropped that tensor for the "
+            "segment's rerun, which cannot run before the forward has returned. Raise "
+            "ACTMEM_BUDGET, or give actmem host memory to offload to (ACTMEM_HOST_BUDGET)");
+      }
       tensor = entry_->frame->take(entry_->index);
       check_recomputed(tensor);
     }
@@ -211,7 +222,7 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
             << c10::toString(tensor.scalar_type()) << " " << tensor.sizes()
             << " one in its place when rerun: its function must do the same work given the same "
                "inputs, RNG state and modules' training flags";
-    throw std::runtime_error(message.str());
+    e.frame->fail_rerun(message.str());
   }
 
   std::shared_ptr<ScopeState> scope_;

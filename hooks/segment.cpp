@@ -10,6 +10,7 @@
 #include <stdexcept>
 #include <utility>
 
+#include "hooks/out_of_memory.h"
 #include "hooks/rng_use.h"
 #include "hooks/segment_frame.h"
 
@@ -147,6 +148,17 @@ void SegmentFrame::capture(const at::Tensor& tensor) {
   }
 }
 
+void SegmentFrame::fail_rerun(const std::string& message) const {
+  if (!ran_out_of_memory_) throw std::runtime_error(message);
+  throw OutOfMemoryError(
+      "actmem: segment '" + name +
+          "' ran out of memory when rerun in backward, and its function caught the error and "
+          "went on another way, so the rerun did not repeat the forward (" + message +
+          "). Raise ACTMEM_BUDGET, let actmem offload (ACTMEM_HOST_BUDGET), or use a smaller "
+          "batch",
+      0, 0);
+}
+
 void SegmentFrame::throw_stop_swallowed() const {
   throw std::runtime_error(
       "actmem: segment '" + name +
@@ -220,6 +232,7 @@ void SegmentFrame::rerun(bool outputs) {
     if (wanted_[i]) last_wanted_ = i;
   }
   if (outputs) last_wanted_ = std::numeric_limits<std::int64_t>::max();  // run to the end
+  const std::uint64_t refusals = detail::out_of_memory_errors_on_this_thread();
   {
     ForwardContext::Rerun in_force(context);
     CapturingGuard capturing(*this);
@@ -238,6 +251,7 @@ void SegmentFrame::rerun(bool outputs) {
     if (!stopped && stop_thrown_) throw_stop_swallowed();
     if (!stopped) in_force.finish(name);
   }
+  ran_out_of_memory_ = detail::out_of_memory_errors_on_this_thread() != refusals;
   const std::int64_t ns = elapsed_ns(start);
   scope->count([ns](ActivationStats& s) {
     ++s.recomputations;
@@ -249,11 +263,10 @@ void SegmentFrame::rerun(bool outputs) {
   for (std::int64_t i = 0; i < packs; ++i) {
     if (!wanted_[i]) continue;
     if (!recomputed_[i].defined()) {
-      throw std::runtime_error("actmem: segment '" + name + "' saved " + std::to_string(packs) +
-                               " tensors in its forward but only " +
-                               std::to_string(capture_index_) +
-                               " when rerun: its function must do the same work given the same "
-                               "inputs and RNG state");
+      fail_rerun("actmem: segment '" + name + "' saved " + std::to_string(packs) +
+                 " tensors in its forward but only " + std::to_string(capture_index_) +
+                 " when rerun: its function must do the same work given the same inputs and RNG "
+                 "state");
     }
     ++outstanding_;
   }

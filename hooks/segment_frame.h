@@ -106,6 +106,20 @@ struct SegmentFrame {
   // Called by the capture hooks during a rerun.
   void capture(const at::Tensor& tensor);
 
+  // Note [A rerun that ran out of memory]
+  // ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+  // Backward holds more than the forward did, so a rerun can run out of memory where its forward
+  // fitted. Usually that error leaves the rerun and backward as it is, LibTorch's out-of-memory
+  // error. But a function that catches it and goes on another way (a fallback that computes in
+  // chunks) saves other tensors than its forward did, and the rerun's check would call that a
+  // function that does not repeat its work: for a caller that halves its batch on out-of-memory,
+  // an error it does not catch. So a rerun counts the out-of-memory errors made on its thread while
+  // it runs, and a mismatch after one is reported as out of memory (fail_rerun).
+  //
+  // Throws `message` as the rerun's mismatch: an OutOfMemoryError (hooks/out_of_memory.h) saying
+  // the rerun ran out of memory if its last rerun did, else std::runtime_error.
+  [[noreturn]] void fail_rerun(const std::string& message) const;
+
  private:
   // mutex_ held. `outputs`: keep what fn returns, for output_for_chain (and run it to the end).
   void rerun(bool outputs);
@@ -140,6 +154,7 @@ struct SegmentFrame {
   bool capturing_ = true;     // the rerun in progress keeps the tensors it must produce
   bool stop_thrown_ = false;  // it threw StopRerun: a return from the function after that means
                               // the function swallowed it
+  std::atomic<bool> ran_out_of_memory_{false};  // in the last rerun (see fail_rerun)
   TensorList chain_outputs_;  // what the rerun returned, until the next segment takes it
 };
 

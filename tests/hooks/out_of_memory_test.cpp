@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "hooks/actmem.h"
 #include "hooks/out_of_memory.h"
@@ -91,6 +92,42 @@ TEST(OutOfMemory, AutosTooSmallBudgetIsLibTorchsErrorToo) {
     }
   }
   EXPECT_EQ(device_memory().stats().allocated_bytes.current, before) << "the failed step left nothing";
+}
+
+// A segment whose function falls back to chunks when LibTorch's out-of-memory error stops its
+// whole-batch path, as scripts write them: the forward fits, and a budget set before backward
+// leaves its rerun room for the chunks' 512 KiB products but not for the whole batch's 8 MiB one.
+// The rerun then saves other tensors; that is reported as out of memory (Note [A rerun that ran
+// out of memory] in segment_frame.h), so that a caller halving its batch on out-of-memory catches
+// it. (It was std::runtime_error: "saved a Float [128, 128, 1] tensor in its forward, but a Float
+// [8, 128, 1] one in its place".)
+TEST(OutOfMemory, ARerunThatRanOutOfMemoryAndWentAnotherWayIsLibTorchsError) {
+  install();
+  const torch::Tensor x =
+      torch::randn({128, 128}, torch::device(managed_device())).requires_grad_();
+  const SegmentFn whole_or_chunks = [](const TensorList& in) -> TensorList {
+    const auto pairs = [](const torch::Tensor& rows, const torch::Tensor& all) {
+      return (rows.unsqueeze(2) * all.unsqueeze(0)).sum(2).tanh();  // a rows x 128 x 128 product
+    };
+    try {
+      return {pairs(in[0], in[0])};
+    } catch (const c10::OutOfMemoryError&) {
+      std::vector<torch::Tensor> parts;
+      for (const torch::Tensor& rows : in[0].split(8)) parts.push_back(pairs(rows, in[0]));
+      return {torch::cat(parts)};
+    }
+  };
+  ActivationScope scope(make_device_policy("recompute"));
+  const torch::Tensor y = segment("pairs", whole_or_chunks, {x})[0];
+  const BudgetAboveReserved budget(2 * kMiB);
+  try {
+    y.sum().backward();
+    FAIL() << "the rerun's whole-batch path fitted 2 MiB above what was reserved";
+  } catch (const c10::OutOfMemoryError& error) {
+    const std::string message = error.what_without_backtrace();
+    EXPECT_NE(message.find("ran out of memory when rerun"), std::string::npos) << message;
+    EXPECT_NE(message.find("segment 'pairs'"), std::string::npos) << message;
+  }
 }
 
 }  // namespace
