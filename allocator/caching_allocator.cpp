@@ -169,8 +169,8 @@ class CachingAllocator::Impl {
       try {
         freed = call_pressure_handlers(shortfall);
       } catch (...) {
-        // A handler that gives up on the request (the hooks' BudgetTooSmallError) fails it: an
-        // out-of-memory all the same.
+        // A handler that throws (the hooks' BudgetTooSmallError when nothing is left to send out;
+        // any other error too) fails the request: an out-of-memory all the same.
         std::lock_guard<std::mutex> lock(mutex_);
         count_out_of_memory(bytes, stream);
         throw;

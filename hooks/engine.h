@@ -25,8 +25,7 @@ void backward_failed();
 void release_failed_backward() noexcept;
 
 // Counts the backwards running on this thread, nested ones included. A backward run under one
-// (torch::autograd::grad inside a forward, a reentrant Function, release_failed_backward's) ends
-// no step.
+// (a reentrant Function, release_failed_backward's) ends no step.
 class BackwardDepth {
  public:
   BackwardDepth() { ++depth_; }
@@ -47,13 +46,16 @@ class ActmemEngine final : public torch::autograd::Engine {
     return hooks_for_this_thread();
   }
 
-  // The outermost backward on this thread ends the step of the scope active on it (if any):
+  // The outermost full backward on this thread ends the step of the scope active on it (if any):
   // returning hands the step's profile to the policy, throwing discards it. A backward nested in
-  // another (torch::autograd::grad inside a forward, a reentrant Function) ends nothing.
+  // another (a reentrant Function) ends nothing, nor does one for some inputs only
+  // (torch::autograd::grad, backward(inputs=…): a derivative taken inside a forward or a gradient
+  // penalty is part of the step), as PyTorch's own engine tells actmem's Python package.
   torch::autograd::variable_list execute(const torch::autograd::edge_list& roots,
                                          const torch::autograd::variable_list& inputs,
                                          bool keep_graph, bool create_graph, bool accumulate_grad,
                                          const torch::autograd::edge_list& outputs) override {
+    const bool full = outputs.empty();
     torch::autograd::variable_list result;
     {
       BackwardDepth nested;
@@ -62,13 +64,13 @@ class ActmemEngine final : public torch::autograd::Engine {
             Engine::execute(roots, inputs, keep_graph, create_graph, accumulate_grad, outputs);
       } catch (...) {
         if (BackwardDepth::depth() == 1) {
-          backward_failed();
+          if (full) backward_failed();
           release_failed_backward();  // nested: it ends no step
         }
         throw;
       }
     }
-    if (BackwardDepth::depth() == 0) backward_finished();
+    if (BackwardDepth::depth() == 0 && full) backward_finished();
     return result;
   }
 

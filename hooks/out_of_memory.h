@@ -50,9 +50,11 @@ class BudgetTooSmallError : public OutOfMemoryError {
 
 namespace detail {
 
-// How many OutOfMemoryErrors were made on this thread so far: a rerun that caught one and went on
-// another way (Note [A rerun that ran out of memory] in segment_frame.h) tells by the count.
+// How many out-of-memory errors left the allocators LibTorch calls on this thread so far (those
+// actmem made and swallowed itself do not count): a rerun that caught one and went on another way
+// (Note [A rerun that ran out of memory] in segment_frame.h) tells by the count.
 std::uint64_t out_of_memory_errors_on_this_thread();
+void count_out_of_memory_error();
 
 // Returns allocate(); an alloc::OutOfMemoryError it throws leaves as actmem::OutOfMemoryError.
 // For the allocators LibTorch calls; other exceptions pass unchanged.
@@ -61,7 +63,11 @@ auto with_torch_out_of_memory(Allocate&& allocate) -> decltype(std::forward<Allo
   try {
     return std::forward<Allocate>(allocate)();
   } catch (const alloc::OutOfMemoryError& error) {
+    count_out_of_memory_error();
     throw OutOfMemoryError(error);
+  } catch (const c10::OutOfMemoryError&) {  // a pressure handler's BudgetTooSmallError
+    count_out_of_memory_error();
+    throw;
   }
 }
 

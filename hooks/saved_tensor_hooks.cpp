@@ -151,6 +151,11 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
   }
 
   at::Tensor call_unpack_hook() override {
+    // Inside a segment's forward on this thread (a derivative the forward takes): its rerun will
+    // take it too, through its own saved tensors.
+    if (const std::shared_ptr<SegmentFrame>& running = forward_frame()) {
+      running->read_in_forward = true;
+    }
     check_version();
     scope_->send_deferred_offloads(ScopeState::Deferred::kAll);  // the forward's operators ran
     // Read the entry under its lock, but restore or rerun without it: either may allocate, and
@@ -164,19 +169,26 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
       tensor = entry_->kept;
       offloaded = entry_->offloaded;
     }
+    if (action == Action::kRecompute && tensor.defined()) {
+      // Read inside the segment's own forward, which still holds it (Note [A segment's forward may
+      // read what it saved] in segment_frame.h): no backward has begun, and nothing came back.
+      entry_->frame->read_in_forward = true;
+      scope_->count([](ActivationStats& s) { ++s.unpacked; });
+      return tensor;
+    }
     if (action == Action::kOffload && offloaded) {
       tensor = scope_->host()->take(offloaded, backward_reads_layout());
-    } else if (action == Action::kRecompute && !tensor.defined()) {
-      // (Defined: read inside the segment's own forward, which still holds it.) Undefined before
-      // the forward returned only when the pressure handler dropped a kept tensor of the segment
-      // while it ran: a rerun cannot run inside the forward (from the generators' state of that
-      // moment, with the random-number watch not closed).
+    } else if (action == Action::kRecompute) {
+      // Before the forward returned only when the pressure handler dropped a kept tensor of the
+      // segment while it ran, or the forward threw and let go of what it held: a rerun cannot run
+      // inside the forward (from the generators' state of that moment, with the random-number
+      // watch not closed).
       if (!entry_->frame->forward_over) {
         throw std::runtime_error(
             "actmem: segment '" + entry_->segment +
-            "' reads a tensor it saved itself inside its own forward (autograd::grad in the "
-            "segment's function), and the budget's pressure dropped that tensor for the "
-            "segment's rerun, which cannot run before the forward has returned. Raise "
+            "' needs a tensor it saved for recompute before its forward returned (autograd::grad "
+            "in the segment's function), and that tensor is gone: the budget's pressure dropped "
+            "it, or the forward threw. A rerun cannot run before the forward has returned. Raise "
             "ACTMEM_BUDGET, or give actmem host memory to offload to (ACTMEM_HOST_BUDGET)");
       }
       tensor = entry_->frame->take(entry_->index);
@@ -230,17 +242,22 @@ class ManagedHooks final : public torch::autograd::SavedVariableHooks {
 };
 
 // A tensor saved while a segment is rerun in backward: handed to the frame. The rerun's graph is
-// thrown away after it, but the function may differentiate through it while it runs, as its
-// forward did (Note [A segment's forward may read what it saved] in segment_frame.h): held until
-// then (detached, as ManagedHooks holds its tensors).
+// thrown away after it; but where the forward read back what it saved (Note [A segment's forward
+// may read what it saved] in segment_frame.h), the rerun will too, and holds it while it runs
+// (detached, as ManagedHooks holds its tensors).
 class CaptureHooks final : public torch::autograd::SavedVariableHooks {
  public:
   explicit CaptureHooks(SegmentFrame& frame) : frame_(frame) {}
   void call_pack_hook(const at::Tensor& tensor) override {
-    held_ = tensor.detach();
+    if (frame_.read_in_forward) held_ = tensor.detach();
     frame_.capture(tensor);
   }
-  at::Tensor call_unpack_hook() override { return held_; }
+  at::Tensor call_unpack_hook() override {
+    if (!held_.defined()) {
+      throw std::logic_error("actmem: a tensor saved by a segment's rerun was unpacked");
+    }
+    return held_;
+  }
 
  private:
   SegmentFrame& frame_;

@@ -122,6 +122,15 @@ std::int64_t ScopeState::begin_pack(const std::shared_ptr<SavedEntry>& entry) {
                                           return open_segments_.count(bracket.first) == 0;
                                         }),
                          segment_names_.end());
+    const auto closed = [this](const auto& by_bracket) {
+      return open_segments_.count(by_bracket.first) == 0;
+    };
+    for (auto it = segment_links_.begin(); it != segment_links_.end();) {
+      it = closed(*it) ? segment_links_.erase(it) : std::next(it);
+    }
+    for (auto it = segment_end_events_.begin(); it != segment_end_events_.end();) {
+      it = closed(*it) ? segment_end_events_.erase(it) : std::next(it);
+    }
     timer_->collect();  // an open bracket still counts when it closes
   }
   if (!in_step_ || abandoned) {
@@ -453,16 +462,17 @@ void ScopeState::send_deferred(const std::shared_ptr<SavedEntry>& pending) {
   }
   const auto start = std::chrono::steady_clock::now();
   std::shared_ptr<HostStore::Item> item;
+  bool pool_refused = true;  // what a null item means, unless the copy itself failed
   try {
     item = offload_after_its_operator(entry, tensor, /*now=*/false);
   } catch (const std::exception&) {
     // No room on the device for a dense copy of a tensor with gaps, say: the tensor stays.
+    pool_refused = false;
   }
   const std::int64_t copy_ns = elapsed_ns(start);
   tensor = at::Tensor();
   if (!item) {  // the host pool is full: keep it, lose nothing
-    keep_instead(pending, /*fell_back=*/true);
-    policy_->offload_refused();
+    keep_instead(pending, /*fell_back=*/true, pool_refused);
     return;
   }
   {
@@ -476,13 +486,15 @@ void ScopeState::send_deferred(const std::shared_ptr<SavedEntry>& pending) {
   }
 }
 
-void ScopeState::keep_instead(const std::shared_ptr<SavedEntry>& kept, bool fell_back) {
+void ScopeState::keep_instead(const std::shared_ptr<SavedEntry>& kept, bool fell_back,
+                              bool pool_refused) {
   SavedEntry& entry = *kept;
   {
     std::lock_guard<std::mutex> lock(entry.mutex);
     if (!entry.offload_waiting()) return;
     entry.action = Action::kKeep;
   }
+  if (pool_refused) policy_->offload_refused();
   const std::int64_t bytes = entry.bytes;
   count([bytes, fell_back](ActivationStats& s) {
     s.offload_fallbacks += fell_back;
@@ -492,7 +504,7 @@ void ScopeState::keep_instead(const std::shared_ptr<SavedEntry>& kept, bool fell
     s.bytes_kept += bytes;
   });
   std::lock_guard<std::mutex> lock(step_mutex_);
-  if (fell_back && entry.step == step_ && in_step_) ++step_refusals_;
+  if (pool_refused && entry.step == step_ && in_step_) ++step_refusals_;
   if (ProfiledTensor* t = profiled(entry)) t->action = Action::kKeep;
   // As a tensor kept at pack: the pressure handler may send it out later (not drop it: an
   // offloaded entry holds no frame).
@@ -603,13 +615,7 @@ bool ScopeState::may_drop(const SavedTensorInfo& info, bool segment_input) const
 
 void ScopeState::settle(SegmentFrame& frame) {
   // The forward has returned: what it saved for recompute comes back through its rerun now.
-  for (const std::weak_ptr<SavedEntry>& weak : frame.held_in_forward) {
-    if (const std::shared_ptr<SavedEntry> entry = weak.lock()) {
-      std::lock_guard<std::mutex> lock(entry->mutex);
-      if (entry->action == Action::kRecompute) entry->kept = at::Tensor();
-    }
-  }
-  frame.held_in_forward.clear();
+  frame.let_go_of_held();
   if (frame.droppable.empty()) {
     // Nothing of it is recomputed or may be dropped: no rerun, no use for the buffers' copies.
     if (!frame.recomputes_any()) frame.context.forget_buffers();

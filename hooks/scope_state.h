@@ -215,7 +215,9 @@ class ScopeState : public std::enable_shared_from_this<ScopeState> {
                                                                const at::Tensor& tensor, bool now);
   // A deferred offload kept instead: the action, the counters and the profile say so, and the
   // pressure handler may send it out.
-  void keep_instead(const std::shared_ptr<SavedEntry>& kept, bool fell_back);
+  // `pool_refused`: the host pool had no room (the policy hears of it, the profile counts it).
+  void keep_instead(const std::shared_ptr<SavedEntry>& kept, bool fell_back,
+                    bool pool_refused = false);
   // The entry's row in the profile of the step in progress, or null (step_mutex_ held).
   ProfiledTensor* profiled(const SavedEntry& entry);
   double copy_bytes_per_second();  // measured once
@@ -286,7 +288,8 @@ class ScopeState : public std::enable_shared_from_this<ScopeState> {
     bool dropped = false;
   };
   std::map<std::uint64_t, Link> segment_links_;  // by bracket
-  std::map<std::uint64_t, std::int64_t> segment_end_events_;  // ProfiledSegment::end_event, by bracket
+  // ProfiledSegment::end_event, by bracket.
+  std::map<std::uint64_t, std::int64_t> segment_end_events_;
   std::set<std::uint64_t> open_segments_;        // begun, not yet ended
   bool backward_began_ = false;
   bool detailed_ = true;  // the step in progress is profiled whole (Policy::profiles_step)

@@ -148,6 +148,16 @@ void SegmentFrame::capture(const at::Tensor& tensor) {
   }
 }
 
+void SegmentFrame::let_go_of_held() {
+  for (const std::weak_ptr<SavedEntry>& weak : held_in_forward) {
+    if (const std::shared_ptr<SavedEntry> entry = weak.lock()) {
+      std::lock_guard<std::mutex> lock(entry->mutex);
+      if (entry->action == Action::kRecompute) entry->kept = at::Tensor();
+    }
+  }
+  held_in_forward.clear();
+}
+
 void SegmentFrame::fail_rerun(const std::string& message) const {
   if (!ran_out_of_memory_) throw std::runtime_error(message);
   throw OutOfMemoryError(
@@ -433,6 +443,7 @@ TensorList segment(const std::string& name, const SegmentFn& fn, const TensorLis
       if (watch) frame->context.forward_ended(watch->drew(), watch->generators_given());
     } catch (...) {
       if (bracketed) scope->end_segment(bracket);
+      frame->let_go_of_held();  // whatever still holds the partial graph holds no more than that
       throw;
     }
     scope->send_deferred_offloads(detail::ScopeState::Deferred::kOnThisThread);

@@ -69,11 +69,17 @@ struct SegmentFrame {
   // inside the segment (a force as the derivative of an energy, a physics-informed residual). Its
   // unpacks come before the forward has returned, when nothing can be recomputed yet. So a tensor
   // saved for recompute stays held by its entry until the forward returns (ScopeState::settle lets
-  // go of `held_in_forward`), and an unpack until then returns it. That costs no step peak: by the
-  // end of its forward a segment holds at most what its rerun brings back in backward, on top of
-  // the same kept inputs. torch.utils.checkpoint instead reruns the segment inside its forward.
+  // go of `held_in_forward`), and an unpack until then returns it. By the end of its forward a
+  // segment holds what its rerun brings back in backward, over the same kept inputs: the reference
+  // models' peaks did not move (RESULTS). torch.utils.checkpoint instead reruns the segment inside
+  // its forward.
   // The rerun's own saved tensors are held the same way while it runs (CaptureHooks).
   std::vector<std::weak_ptr<SavedEntry>> held_in_forward;
+  // Something was unpacked inside the forward (on its thread, or a tensor it held for recompute):
+  // its rerun holds its own saved tensors while it runs (CaptureHooks).
+  std::atomic<bool> read_in_forward{false};
+  // Lets go of held_in_forward: when the forward returned (ScopeState::settle) or threw.
+  void let_go_of_held();
 
   // Registers the next tensor saved during the forward; returns its pack index. `wanted`: the
   // rerun must produce it again (it is recomputed).
@@ -113,8 +119,9 @@ struct SegmentFrame {
   // error. But a function that catches it and goes on another way (a fallback that computes in
   // chunks) saves other tensors than its forward did, and the rerun's check would call that a
   // function that does not repeat its work: for a caller that halves its batch on out-of-memory,
-  // an error it does not catch. So a rerun counts the out-of-memory errors made on its thread while
-  // it runs, and a mismatch after one is reported as out of memory (fail_rerun).
+  // an error it does not catch. So a rerun counts the out-of-memory errors that left the allocators
+  // on its thread while it ran (one an operator's worker thread met is not seen), and a mismatch
+  // after one is reported as out of memory (fail_rerun).
   //
   // Throws `message` as the rerun's mismatch: an OutOfMemoryError (hooks/out_of_memory.h) saying
   // the rerun ran out of memory if its last rerun did, else std::runtime_error.

@@ -75,6 +75,9 @@ struct Candidate {
   std::int64_t order = -1;
   std::int64_t recompute_bytes = 0;  // what dropping its tensors frees (a segment's inputs stay)
   std::int64_t offload_bytes = 0;    // what offloading its tensors frees (small ones stay)
+  // What offloading it puts in the host pool: a copy of each saved tensor the hooks would send
+  // (two saved over one storage are two copies), whether or not that frees device bytes.
+  std::int64_t host_bytes = 0;
   std::int64_t start = 0, end = 0;   // events [start, end) during which it is out
   // Recomputed, it is out from the end of its segment's forward (ForwardEnds) instead.
   std::int64_t recompute_start = 0;
@@ -253,6 +256,7 @@ std::vector<Candidate> candidates(const StepProfile& profile, const AutoOptions&
       order.push_back(group);
     }
     if (t.unpack_event >= 0) c.end = std::min(c.end, t.unpack_event);
+    if (static_cast<std::size_t>(t.bytes) >= options.offload_min_bytes) c.host_bytes += t.bytes;
     // Only storages nothing else held, that this group alone saved, counted once.
     if (!(t.freeable || t.evicted) || holders[t.storage].size() != 1 ||
         !counted[group].insert(t.storage).second) {
@@ -370,10 +374,10 @@ class HostTimeline {
   bool fits(const Candidate& c) const {
     if (!room_) return true;
     const auto first = held_.begin() + c.start, last = held_.begin() + c.end;
-    return *std::max_element(first, last) + c.offload_bytes <= *room_;
+    return *std::max_element(first, last) + c.host_bytes <= *room_;
   }
   void add(const Candidate& c) {
-    for (std::int64_t e = c.start; e < c.end; ++e) held_[e] += c.offload_bytes;
+    for (std::int64_t e = c.start; e < c.end; ++e) held_[e] += c.host_bytes;
   }
   std::int64_t peak() const {
     return held_.empty() ? 0 : *std::max_element(held_.begin(), held_.end());
@@ -599,8 +603,11 @@ Plan make_plan(const StepProfile& profile, std::int64_t budget, const AutoOption
     HostTimeline host(keep.size(), plan.host_room_bytes);
     for (std::size_t i = 0; i < all.size(); ++i) {
       const auto possible = [](double seconds) { return std::isfinite(seconds); };
+      // (A recomputed segment whose tensors backward needs as its forward ends frees nothing.)
       const std::int64_t recompute =
-          possible(all[i].recompute_seconds) ? all[i].recompute_bytes : 0;
+          possible(all[i].recompute_seconds) && all[i].recompute_start < all[i].end
+              ? all[i].recompute_bytes
+              : 0;
       const std::int64_t offload =
           possible(all[i].offload_seconds) && host.fits(all[i]) ? all[i].offload_bytes : 0;
       most.actions[i] = recompute >= offload ? Action::kRecompute : Action::kOffload;

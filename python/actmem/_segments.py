@@ -207,7 +207,8 @@ class SegmentForward:
         try:
             outputs = _C.segment(self.name, run, inputs, module)
         except BaseException:
-            forward.clear()
+            forward.pop("rebuild", None)
+            forward.pop("rebound", None)
             raise
         forward["running"] = False
         return forward.pop("rebuild")(outputs)

@@ -381,42 +381,52 @@ TEST(DownstreamBackwards, AutogradGradInsideASegment) {
 // input, taken inside the segment with create_graph, and the loss goes through both, so backward
 // differentiates twice through what each segment saved (once inside its forward, once from the
 // loss) and through the links between them.
+std::vector<torch::Tensor> energy_blocks(int steps) {
+  torch::manual_seed(118);
+  nn::Sequential e1(nn::Linear(12, 32), nn::Tanh(), nn::Dropout(0.2), nn::Linear(32, 1));
+  nn::Sequential e2(nn::Linear(12, 32), nn::Tanh(), nn::Linear(32, 1));
+  torch::optim::SGD opt(std::vector<torch::Tensor>{}, torch::optim::SGDOptions(0.05));
+  for (auto* e : {&e1, &e2}) opt.add_param_group({(*e)->parameters()});
+  std::vector<torch::Tensor> digest;
+  for (int step = 0; step < steps; ++step) {
+    const torch::Tensor x = torch::randn({8, 12});
+    torch::Tensor h = x;
+    int block = 0;
+    for (auto* e : {&e1, &e2}) {
+      h = segment(
+          "energy" + std::to_string(block++),
+          [e](const TensorList& in) -> TensorList {
+            const torch::Tensor xr =
+                in[0].requires_grad() ? in[0] : in[0].detach().requires_grad_(true);
+            const torch::Tensor force =
+                torch::autograd::grad({(*e)->forward(xr).sum()}, {xr}, {},
+                                      /*retain_graph=*/true, /*create_graph=*/true)[0];
+            return {in[0] - 0.1 * force};
+          },
+          {h})[0];
+    }
+    const torch::Tensor loss = h.pow(2).mean();
+    opt.zero_grad();
+    loss.backward();
+    opt.step();
+    digest.push_back(loss.detach().clone());
+  }
+  add_module(digest, *e1);
+  add_module(digest, *e2);
+  return digest;
+}
+
 TEST(DownstreamBackwards, EnergyBlocksInARowTrain) {
-  expect_as_plain(
-      [] {
-        torch::manual_seed(118);
-        nn::Sequential e1(nn::Linear(12, 32), nn::Tanh(), nn::Dropout(0.2), nn::Linear(32, 1));
-        nn::Sequential e2(nn::Linear(12, 32), nn::Tanh(), nn::Linear(32, 1));
-        torch::optim::SGD opt(std::vector<torch::Tensor>{}, torch::optim::SGDOptions(0.05));
-        for (auto* e : {&e1, &e2}) opt.add_param_group({(*e)->parameters()});
-        std::vector<torch::Tensor> digest;
-        for (int step = 0; step < 2; ++step) {
-          const torch::Tensor x = torch::randn({8, 12});
-          torch::Tensor h = x;
-          int block = 0;
-          for (auto* e : {&e1, &e2}) {
-            h = segment(
-                "energy" + std::to_string(block++),
-                [e](const TensorList& in) -> TensorList {
-                  const torch::Tensor xr = in[0].requires_grad() ? in[0] : in[0].detach().requires_grad_(true);
-                  const torch::Tensor force = torch::autograd::grad(
-                      {(*e)->forward(xr).sum()}, {xr}, {}, /*retain_graph=*/true,
-                      /*create_graph=*/true)[0];
-                  return {in[0] - 0.1 * force};
-                },
-                {h})[0];
-          }
-          const torch::Tensor loss = h.pow(2).mean();
-          opt.zero_grad();
-          loss.backward();
-          opt.step();
-          digest.push_back(loss.detach().clone());
-        }
-        add_module(digest, *e1);
-        add_module(digest, *e2);
-        return digest;
-      },
-      false);
+  expect_as_plain([] { return energy_blocks(2); }, false);
+}
+
+// The derivatives taken inside the forward are part of the step: only loss.backward() ends one
+// (each used to end a step of its own: auto planned from fragments of steps).
+TEST(DownstreamBackwards, ADerivativeInsideAForwardEndsNoStep) {
+  install();
+  ActivationScope scope(policy_for("auto"));
+  energy_blocks(3);
+  EXPECT_EQ(scope.stats().steps, 3);
 }
 
 // --- 7. Gradient accumulation over micro-batches, zero_grad(set_to_none) ---

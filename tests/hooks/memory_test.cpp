@@ -103,6 +103,30 @@ TEST(ActivationMemory, AForwardDroppedWithoutBackwardFreesEverything) {
   }
 }
 
+// A segment's forward holds what it saves for recompute until it returns (Note [A segment's
+// forward may read what it saved]); one that throws lets go of it too, even while something (a
+// Python traceback, here a tensor the function left outside) still holds the partial graph.
+TEST(ActivationMemory, ASegmentWhoseForwardThrowsLetsGoOfWhatItHeldForRecompute) {
+  install();
+  const torch::Tensor x = torch::randn({256, 256}, torch::requires_grad());
+  const std::int64_t before = device_memory().stats().allocated_bytes.current;
+  torch::Tensor left_outside;
+  {
+    ActivationScope scope(make_policy("recompute"));
+    EXPECT_THROW(segment(
+                     "throws",
+                     [&](const TensorList& in) -> TensorList {
+                       left_outside = in[0].tanh().tanh().sum();  // saves two 256 KiB outputs
+                       throw std::runtime_error("the forward gives up");
+                     },
+                     {x}),
+                 std::runtime_error);
+  }
+  ASSERT_TRUE(left_outside.requires_grad()) << "the partial graph is alive";
+  EXPECT_LT(device_memory().stats().allocated_bytes.current - before, 256 * 1024)
+      << "the two tanh outputs saved for recompute are gone";
+}
+
 TEST(ActivationMemory, AnOutOfMemoryInTheForwardLeavesNothingBehind) {
   install();
   for (const char* policy : {"keep", "recompute", "offload"}) {

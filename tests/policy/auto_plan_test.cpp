@@ -384,6 +384,23 @@ TEST(AutoPlan, OffloadsNoMoreAtOnceThanTheHostPoolHolds) {
   EXPECT_TRUE(plan.feasible);
 }
 
+// Two saved tensors over one storage: offloading frees the storage once, but the hooks send a copy
+// of each to the host pool. The pool's room counts both.
+TEST(AutoPlan, ATensorSavedTwiceTakesTwoCopiesInTheHostPool) {
+  StepProfile profile = ProfileBuilder(10 * kMiB).segment("a", 2, 10, 100).backward();
+  profile.tensors[1].storage = profile.tensors[0].storage;
+  AutoOptions pool = options();
+  pool.host_capacity = 15 * kMiB;  // one copy's room, not two
+  const Plan plan = make_plan(profile, 15 * kMiB, pool);
+  EXPECT_NE(plan.action_for("a", 0), Action::kOffload) << plan.table();
+  EXPECT_EQ(plan.host_bytes, 0);
+  AutoOptions roomy = options();
+  roomy.host_capacity = 25 * kMiB;
+  const Plan both = make_plan(profile, 15 * kMiB, roomy);
+  EXPECT_EQ(both.action_for("a", 0), Action::kOffload) << both.table();
+  EXPECT_EQ(both.host_bytes, 20 * kMiB);
+}
+
 // A profiled step whose offloads the pool refused (its overhead, say, made it hold less than its
 // budget): the plan assumes no more room than that step's offloads held at once.
 TEST(AutoPlan, APoolThatRefusedHoldsWhatTheProfiledStepOffloaded) {
