@@ -286,9 +286,27 @@ void SegmentFrame::rerun(bool outputs) {
 at::Tensor SegmentFrame::take(std::int64_t index) {
   std::lock_guard<std::mutex> lock(mutex_);
   Taking taking(this);
-  if (!materialized_ || !recomputed_[index].defined()) rerun(/*outputs=*/false);
+  if (!materialized_ || !recomputed_[index].defined()) {
+    // Taken already, and what was handed out is still alive and unchanged (a Function that reads
+    // its saved tensors twice in one backward): the same again, rather than a second rerun.
+    if (static_cast<std::size_t>(index) < taken_.size() && taken_[index]) {
+      const Taken& taken = *taken_[index];
+      if (c10::intrusive_ptr<c10::StorageImpl> storage = taken.storage.lock()) {
+        // Over the same memory, as a read of a tensor saved without hooks gets it (a change the
+        // first read made in place included).
+        return at::empty({0}, taken.options)
+            .set_(c10::Storage(std::move(storage)), taken.offset, taken.sizes, taken.strides);
+      }
+    }
+    rerun(/*outputs=*/false);
+  }
   at::Tensor tensor = std::move(recomputed_[index]);
   recomputed_[index] = at::Tensor();
+  if (taken_.size() < recomputed_.size()) taken_.resize(recomputed_.size());
+  if (tensor.has_storage()) {
+    taken_[index] = Taken{tensor.storage().getWeakStorageImpl(), tensor.options(),
+                          tensor.sizes().vec(), tensor.strides().vec(), tensor.storage_offset()};
+  }
   if (--outstanding_ == 0) materialized_ = false;  // a second backward reruns again
   return tensor;
 }

@@ -102,7 +102,8 @@ struct SegmentFrame {
   bool input_changed(std::size_t i) const;
 
   // Returns the tensor saved as pack `index`, rerunning the segment first if needed, and lets
-  // the frame forget it.
+  // the frame forget it (but for a weak reference: read again while the memory it handed out is
+  // alive, it hands out the same, so each segment reruns once per backward).
   at::Tensor take(std::int64_t index);
 
   // For the segment after it in a chain: output `index` of this segment's rerun, rerunning it (to
@@ -154,6 +155,16 @@ struct SegmentFrame {
   std::vector<char> wanted_;  // one per tensor saved during the forward: produced by the rerun?
   bool reran_ = false;        // a rerun happened: later drops would re-produce taken tensors
   std::vector<at::Tensor> recomputed_;
+  // What take() handed out, by pack index: its memory (weakly) and how the tensor lay in it, so
+  // that a second read while that memory is alive gets the same tensor (autograd hands out its
+  // own copy of the tensor object: only the storage tells that the first read is still alive).
+  struct Taken {
+    c10::weak_intrusive_ptr<c10::StorageImpl> storage;
+    at::TensorOptions options;
+    std::vector<std::int64_t> sizes, strides;
+    std::int64_t offset = 0;
+  };
+  std::vector<std::optional<Taken>> taken_;
   std::int64_t capture_index_ = 0;
   std::int64_t last_wanted_ = -1;
   std::int64_t outstanding_ = 0;

@@ -429,6 +429,46 @@ TEST(DownstreamBackwards, ADerivativeInsideAForwardEndsNoStep) {
   EXPECT_EQ(scope.stats().steps, 3);
 }
 
+// A custom Function whose backward reads its saved tensors twice, in a segment: the second read
+// hands out what the first did (alive in the backward), so the segment reruns once per backward
+// (it reran twice: issue 15's "each segment reruns exactly once per backward").
+struct SquareReadTwice : torch::autograd::Function<SquareReadTwice> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x) {
+    ctx->save_for_backward({x});
+    return x * x;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad) {
+    const torch::Tensor x = ctx->get_saved_variables()[0];
+    const torch::Tensor again = ctx->get_saved_variables()[0];
+    return {grad[0] * (x + again)};
+  }
+};
+
+std::vector<torch::Tensor> read_twice_program() {
+  torch::manual_seed(119);
+  nn::Linear lin(16, 16);
+  const torch::Tensor x = torch::randn({8, 16});
+  const torch::Tensor y = segment(
+      "twice",
+      [&](const TensorList& in) -> TensorList {
+        return {SquareReadTwice::apply(lin(in[0]).tanh())};
+      },
+      {x})[0];
+  y.sum().backward();
+  std::vector<torch::Tensor> digest;
+  add_module(digest, *lin);
+  return digest;
+}
+
+TEST(DownstreamBackwards, AFunctionReadingItsSavedTensorsTwiceRerunsItsSegmentOnce) {
+  expect_as_plain(read_twice_program, false);
+  install();
+  ActivationScope scope(policy_for("recompute"));
+  read_twice_program();
+  EXPECT_EQ(scope.stats().recomputations, 1);
+}
+
 // --- 7. Gradient accumulation over micro-batches, zero_grad(set_to_none) ---
 
 TEST(DownstreamBackwards, GradientAccumulationOverMicroBatches) {
