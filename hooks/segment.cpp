@@ -287,8 +287,8 @@ at::Tensor SegmentFrame::take(std::int64_t index) {
   std::lock_guard<std::mutex> lock(mutex_);
   Taking taking(this);
   if (!materialized_ || !recomputed_[index].defined()) {
-    // Taken already, and what was handed out is still alive and unchanged (a Function that reads
-    // its saved tensors twice in one backward): the same again, rather than a second rerun.
+    // Taken already, and the memory handed out is still alive (a Function that reads its saved
+    // tensors twice in one backward): the same again, rather than a second rerun.
     if (static_cast<std::size_t>(index) < taken_.size() && taken_[index]) {
       const Taken& taken = *taken_[index];
       if (c10::intrusive_ptr<c10::StorageImpl> storage = taken.storage.lock()) {
