@@ -117,20 +117,18 @@ std::int64_t ScopeState::begin_pack(const std::shared_ptr<SavedEntry>& entry) {
                   [](const std::weak_ptr<SavedEntry>& e) { return e.expired(); });
   if (abandoned && timer_) {
     // Its brackets that are closed are worth nothing; an open one is this pack's own segment.
-    segment_names_.erase(std::remove_if(segment_names_.begin(), segment_names_.end(),
-                                        [this](const auto& bracket) {
-                                          return open_segments_.count(bracket.first) == 0;
-                                        }),
-                         segment_names_.end());
     const auto closed = [this](const auto& by_bracket) {
       return open_segments_.count(by_bracket.first) == 0;
     };
-    for (auto it = segment_links_.begin(); it != segment_links_.end();) {
-      it = closed(*it) ? segment_links_.erase(it) : std::next(it);
-    }
-    for (auto it = segment_end_events_.begin(); it != segment_end_events_.end();) {
-      it = closed(*it) ? segment_end_events_.erase(it) : std::next(it);
-    }
+    segment_names_.erase(std::remove_if(segment_names_.begin(), segment_names_.end(), closed),
+                         segment_names_.end());
+    const auto forget_closed = [&closed](auto& by_bracket) {
+      for (auto it = by_bracket.begin(); it != by_bracket.end();) {
+        it = closed(*it) ? by_bracket.erase(it) : std::next(it);
+      }
+    };
+    forget_closed(segment_links_);
+    forget_closed(segment_end_events_);
     timer_->collect();  // an open bracket still counts when it closes
   }
   if (!in_step_ || abandoned) {
